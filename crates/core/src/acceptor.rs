@@ -1,0 +1,204 @@
+//! The acceptor's rules. Each handler returns the state to persist (if any) and the reply; the
+//! caller must make that state durable before the reply leaves the node.
+
+use counter_proto::{Ballot, Register};
+use serde::{Deserialize, Serialize};
+
+/// Acceptor state of one key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcceptorState {
+    /// Highest ballot promised (or accepted). Prepares and accepts below it are refused.
+    pub promised: Ballot,
+    /// The last register accepted and the ballot it was accepted under.
+    pub accepted: Option<(Ballot, Register)>,
+}
+
+/// An acceptor's answer to a coordinator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcceptorReply {
+    Promise {
+        ballot: Ballot,
+        accepted: Option<(Ballot, Register)>,
+    },
+    Accepted {
+        ballot: Ballot,
+    },
+    /// `ballot` was refused because `promised` (>= `ballot`) was promised first.
+    Reject {
+        ballot: Ballot,
+        promised: Ballot,
+    },
+}
+
+impl AcceptorState {
+    /// Highest ballot this acceptor knows of (promised or accepted).
+    pub fn highest(&self) -> Ballot {
+        match self.accepted {
+            Some((b, _)) if b > self.promised => b,
+            _ => self.promised,
+        }
+    }
+
+    /// Phase 1: promise `ballot` if it is above every ballot promised so far.
+    ///
+    /// Returns `Some(new state)` when the state changed: persist it, then send the reply.
+    pub fn prepare(&self, ballot: Ballot) -> (Option<AcceptorState>, AcceptorReply) {
+        if ballot > self.highest() {
+            let next = AcceptorState {
+                promised: ballot,
+                accepted: self.accepted,
+            };
+            let reply = AcceptorReply::Promise {
+                ballot,
+                accepted: self.accepted,
+            };
+            (Some(next), reply)
+        } else {
+            (None, self.reject(ballot))
+        }
+    }
+
+    /// Phase 2: accept `register` under `ballot` unless a higher ballot was promised or accepted.
+    ///
+    /// Returns `Some(new state)` on acceptance: persist it, then send the reply. A repeated
+    /// accept of the same ballot is accepted again (and persisted again, so that its reply
+    /// never overtakes the sync of the first).
+    pub fn accept(
+        &self,
+        ballot: Ballot,
+        register: Register,
+    ) -> (Option<AcceptorState>, AcceptorReply) {
+        if ballot >= self.highest() {
+            let next = AcceptorState {
+                promised: ballot,
+                accepted: Some((ballot, register)),
+            };
+            (Some(next), AcceptorReply::Accepted { ballot })
+        } else {
+            (None, self.reject(ballot))
+        }
+    }
+
+    fn reject(&self, ballot: Ballot) -> AcceptorReply {
+        AcceptorReply::Reject {
+            ballot,
+            promised: self.highest(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(round: u64, node: u32) -> Ballot {
+        Ballot {
+            round,
+            node,
+            epoch: 0,
+        }
+    }
+    fn reg(value: i64) -> Register {
+        Register {
+            value,
+            version: value as u64,
+        }
+    }
+
+    #[test]
+    fn prepare_promises_only_above_the_promise() {
+        let s = AcceptorState::default();
+        let (next, reply) = s.prepare(b(1, 1));
+        let next = next.expect("fresh acceptor promises");
+        assert_eq!(next.promised, b(1, 1));
+        assert_eq!(
+            reply,
+            AcceptorReply::Promise {
+                ballot: b(1, 1),
+                accepted: None
+            }
+        );
+        // The same ballot again, and a lower one, are refused with the promise to fast-forward past.
+        for lower in [b(1, 1), b(1, 0), b(0, 9)] {
+            let (changed, reply) = next.prepare(lower);
+            assert_eq!(changed, None);
+            assert_eq!(
+                reply,
+                AcceptorReply::Reject {
+                    ballot: lower,
+                    promised: b(1, 1)
+                }
+            );
+        }
+        assert!(next.prepare(b(1, 2)).0.is_some());
+    }
+
+    #[test]
+    fn promise_carries_what_was_accepted() {
+        let s = AcceptorState {
+            promised: b(3, 1),
+            accepted: Some((b(3, 1), reg(5))),
+        };
+        let (next, reply) = s.prepare(b(4, 2));
+        assert_eq!(
+            reply,
+            AcceptorReply::Promise {
+                ballot: b(4, 2),
+                accepted: Some((b(3, 1), reg(5)))
+            }
+        );
+        assert_eq!(next.unwrap().accepted, Some((b(3, 1), reg(5))));
+    }
+
+    #[test]
+    fn accept_is_refused_below_the_promise() {
+        let s = AcceptorState {
+            promised: b(5, 1),
+            accepted: None,
+        };
+        let (changed, reply) = s.accept(b(4, 9), reg(1));
+        assert_eq!(changed, None);
+        assert_eq!(
+            reply,
+            AcceptorReply::Reject {
+                ballot: b(4, 9),
+                promised: b(5, 1)
+            }
+        );
+    }
+
+    #[test]
+    fn accept_is_refused_below_the_accepted_ballot() {
+        // Even if `promised` were somehow lower, the accepted ballot bounds acceptance.
+        let s = AcceptorState {
+            promised: b(1, 1),
+            accepted: Some((b(6, 1), reg(2))),
+        };
+        let (changed, reply) = s.accept(b(5, 1), reg(3));
+        assert_eq!(changed, None);
+        assert!(matches!(reply, AcceptorReply::Reject { promised, .. } if promised == b(6, 1)));
+        assert!(s.prepare(b(6, 0)).0.is_none());
+    }
+
+    #[test]
+    fn accept_at_or_above_the_promise_is_taken_and_raises_the_promise() {
+        let s = AcceptorState {
+            promised: b(5, 1),
+            accepted: None,
+        };
+        let (next, reply) = s.accept(b(5, 1), reg(7));
+        assert_eq!(reply, AcceptorReply::Accepted { ballot: b(5, 1) });
+        assert_eq!(
+            next,
+            Some(AcceptorState {
+                promised: b(5, 1),
+                accepted: Some((b(5, 1), reg(7)))
+            })
+        );
+        let (next, _) = s.accept(b(8, 2), reg(9));
+        let next = next.unwrap();
+        assert_eq!(next.promised, b(8, 2));
+        // After accepting b8 a prepare of b6 must be refused.
+        assert!(next.prepare(b(6, 3)).0.is_none());
+    }
+}

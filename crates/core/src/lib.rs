@@ -1,0 +1,23 @@
+//! The safety rules of the counter store: per-key single-slot Paxos (CASPaxos style).
+//!
+//! Pure: no I/O, no clocks, no randomness. The node drives these state machines and does the
+//! persisting and sending; the simulator and the model checker drive the very same types.
+//!
+//! # Layout
+//!
+//! - [`acceptor`]: what an acceptor does with a Prepare or an Accept (and what it must persist
+//!   before it may reply).
+//! - [`proposer`]: one round of a coordinator, as a state machine fed with replies.
+//! - [`change`]: the change functions (incr, decr, reset, read) applied to a register.
+//! - [`ballot`]: choosing the next ballot.
+
+pub mod acceptor;
+pub mod ballot;
+pub mod change;
+pub mod proposer;
+
+pub use acceptor::{AcceptorReply, AcceptorState};
+pub use ballot::next_ballot;
+pub use change::{apply, apply_all, ChangeError};
+pub use counter_proto::{Ballot, NodeId, Op, Register};
+pub use proposer::{Round, Step};

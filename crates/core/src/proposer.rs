@@ -1,0 +1,344 @@
+//! One round of a coordinator on one key, as a state machine.
+//!
+//! `Round::new(ballot, replicas)` → send Prepare(ballot) to every replica → feed replies with
+//! `on_promise` / `on_reject` → on [`Step::Promised`] apply the change to `prior` and call
+//! `propose(new)` → send Accept(ballot, new) → feed `on_accepted` / `on_reject` → on
+//! [`Step::Chosen`] the register is chosen and the clients may be answered.
+//!
+//! Only replies to this round's ballot, from replicas of the key, count, and each replica
+//! counts once: a stale or duplicated reply can never complete a quorum.
+
+use counter_proto::{Ballot, NodeId, Register};
+
+/// What the coordinator should do after feeding a reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing yet (or the reply did not count).
+    Pending,
+    /// A majority promised. `prior` is the register accepted under the highest ballot among the
+    /// promises (the initial register if none): apply the change to it and `propose`.
+    Promised { prior: Register },
+    /// A majority accepted: `register` is chosen.
+    Chosen(Register),
+    /// A majority can no longer be reached with this ballot: retry above `seen`.
+    Preempted { seen: Ballot },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Preparing,
+    Promised,
+    Accepting(Register),
+    Chosen(Register),
+    Preempted,
+}
+
+/// One prepare/accept round under one ballot.
+#[derive(Clone, Debug)]
+pub struct Round {
+    ballot: Ballot,
+    replicas: Vec<NodeId>,
+    phase: Phase,
+    /// Replicas that answered positively in the current phase.
+    granted: Vec<NodeId>,
+    /// Replicas that refused in the current phase.
+    refused: Vec<NodeId>,
+    /// Highest accepted (ballot, register) among the promises.
+    best: Option<(Ballot, Register)>,
+    /// Highest ballot heard of (our own, or one a rejection carried).
+    seen: Ballot,
+    /// The register sent in Accepts, once `propose` was called.
+    proposed: Option<Register>,
+}
+
+impl Round {
+    /// A round of `ballot` over the key's `replicas` (distinct node ids).
+    pub fn new(ballot: Ballot, replicas: &[NodeId]) -> Round {
+        Round {
+            ballot,
+            replicas: replicas.to_vec(),
+            phase: Phase::Preparing,
+            granted: Vec::with_capacity(replicas.len()),
+            refused: Vec::new(),
+            best: None,
+            seen: ballot,
+            proposed: None,
+        }
+    }
+
+    pub fn ballot(&self) -> Ballot {
+        self.ballot
+    }
+
+    /// A majority of the replicas.
+    pub fn quorum(&self) -> usize {
+        self.replicas.len() / 2 + 1
+    }
+
+    /// Highest ballot heard of: retry above it.
+    pub fn seen(&self) -> Ballot {
+        self.seen
+    }
+
+    /// The register this round sent in Accepts, if it got that far. A round that ends (by
+    /// preemption or timeout) without being chosen is ambiguous exactly when this is `Some`:
+    /// the register may have been accepted by a minority and be chosen later by another round.
+    pub fn proposed(&self) -> Option<Register> {
+        self.proposed
+    }
+
+    /// The register accepted under the highest ballot among the promises so far, with that ballot.
+    pub fn highest_accepted(&self) -> Option<(Ballot, Register)> {
+        self.best
+    }
+
+    /// Whether the round has been decided.
+    pub fn chosen(&self) -> Option<Register> {
+        match self.phase {
+            Phase::Chosen(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Counts a promise from `from`.
+    pub fn on_promise(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        accepted: Option<(Ballot, Register)>,
+    ) -> Step {
+        if self.phase != Phase::Preparing || !self.counts(from, ballot) {
+            return Step::Pending;
+        }
+        self.granted.push(from);
+        if let Some((b, r)) = accepted {
+            if self.best.is_none_or(|(best, _)| b > best) {
+                self.best = Some((b, r));
+            }
+        }
+        if self.granted.len() >= self.quorum() {
+            self.phase = Phase::Promised;
+            self.granted.clear();
+            self.refused.clear();
+            let prior = self.best.map(|(_, r)| r).unwrap_or_default();
+            return Step::Promised { prior };
+        }
+        Step::Pending
+    }
+
+    /// Enters phase 2 with `register` (the change applied to `prior`). Send Accept(ballot, register).
+    ///
+    /// # Panics
+    /// If the round has not reached [`Step::Promised`]: that is a bug in the caller.
+    pub fn propose(&mut self, register: Register) {
+        assert_eq!(self.phase, Phase::Promised, "propose before a promise quorum");
+        self.phase = Phase::Accepting(register);
+        self.proposed = Some(register);
+    }
+
+    /// Counts an acceptance from `from`.
+    pub fn on_accepted(&mut self, from: NodeId, ballot: Ballot) -> Step {
+        let Phase::Accepting(register) = self.phase else {
+            return Step::Pending;
+        };
+        if !self.counts(from, ballot) {
+            return Step::Pending;
+        }
+        self.granted.push(from);
+        if self.granted.len() >= self.quorum() {
+            self.phase = Phase::Chosen(register);
+            return Step::Chosen(register);
+        }
+        Step::Pending
+    }
+
+    /// Counts a refusal: `from` has promised `promised`, above our ballot.
+    pub fn on_reject(&mut self, from: NodeId, ballot: Ballot, promised: Ballot) -> Step {
+        if !matches!(self.phase, Phase::Preparing | Phase::Accepting(_)) {
+            return Step::Pending;
+        }
+        // A refusal that names our own ballot is the echo of a duplicated request we already
+        // counted, not a competitor.
+        if promised <= self.ballot || !self.counts(from, ballot) {
+            return Step::Pending;
+        }
+        self.seen = self.seen.max(promised);
+        self.refused.push(from);
+        if self.replicas.len() - self.refused.len() < self.quorum() {
+            self.phase = Phase::Preempted;
+            return Step::Preempted { seen: self.seen };
+        }
+        Step::Pending
+    }
+
+    /// Whether a reply of `from` to `ballot` counts in the current phase.
+    fn counts(&self, from: NodeId, ballot: Ballot) -> bool {
+        ballot == self.ballot
+            && self.replicas.contains(&from)
+            && !self.granted.contains(&from)
+            && !self.refused.contains(&from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(round: u64, node: u32) -> Ballot {
+        Ballot {
+            round,
+            node,
+            epoch: 0,
+        }
+    }
+    fn reg(value: i64, version: u64) -> Register {
+        Register { value, version }
+    }
+    const REPLICAS: [NodeId; 3] = [1, 2, 3];
+
+    #[test]
+    fn a_majority_of_distinct_replicas_is_needed() {
+        let mut r = Round::new(b(5, 1), &REPLICAS);
+        assert_eq!(r.on_promise(1, b(5, 1), None), Step::Pending);
+        // The same replica twice (a duplicated message) does not make a majority.
+        assert_eq!(r.on_promise(1, b(5, 1), None), Step::Pending);
+        // A node that is not a replica of the key does not count.
+        assert_eq!(r.on_promise(9, b(5, 1), None), Step::Pending);
+        assert_eq!(
+            r.on_promise(2, b(5, 1), None),
+            Step::Promised {
+                prior: Register::default()
+            }
+        );
+    }
+
+    #[test]
+    fn replies_to_another_ballot_do_not_count() {
+        let mut r = Round::new(b(5, 1), &REPLICAS);
+        assert_eq!(r.on_promise(1, b(4, 1), None), Step::Pending);
+        assert_eq!(r.on_promise(2, b(4, 1), None), Step::Pending);
+        assert_eq!(r.on_promise(3, b(6, 1), None), Step::Pending);
+        assert_eq!(r.on_promise(1, b(5, 1), None), Step::Pending);
+        assert!(matches!(
+            r.on_promise(2, b(5, 1), None),
+            Step::Promised { .. }
+        ));
+        r.propose(reg(1, 1));
+        assert_eq!(r.on_accepted(1, b(4, 1)), Step::Pending);
+        assert_eq!(r.on_accepted(2, b(4, 1)), Step::Pending);
+        assert_eq!(r.on_accepted(1, b(5, 1)), Step::Pending);
+        assert_eq!(r.on_accepted(1, b(5, 1)), Step::Pending);
+        assert_eq!(r.on_accepted(3, b(5, 1)), Step::Chosen(reg(1, 1)));
+        assert_eq!(r.chosen(), Some(reg(1, 1)));
+    }
+
+    #[test]
+    fn takes_the_register_accepted_under_the_highest_ballot() {
+        // Values are chosen so that "largest value" (article pitfall 1) picks differently.
+        let mut r = Round::new(b(9, 1), &[1, 2, 3, 4, 5]);
+        r.on_promise(1, b(9, 1), Some((b(2, 2), reg(50, 8))));
+        r.on_promise(2, b(9, 1), Some((b(7, 3), reg(2, 9))));
+        let step = r.on_promise(3, b(9, 1), Some((b(4, 2), reg(40, 7))));
+        assert_eq!(step, Step::Promised { prior: reg(2, 9) });
+    }
+
+    #[test]
+    fn a_zero_register_under_the_highest_ballot_wins() {
+        // A reset to 0 is a real accepted value (article pitfall 2).
+        let mut r = Round::new(b(9, 1), &REPLICAS);
+        r.on_promise(1, b(9, 1), Some((b(3, 2), reg(0, 4))));
+        let step = r.on_promise(2, b(9, 1), Some((b(2, 3), reg(17, 3))));
+        assert_eq!(step, Step::Promised { prior: reg(0, 4) });
+    }
+
+    #[test]
+    fn the_highest_ballot_wins_whatever_order_promises_arrive_in() {
+        let mut r = Round::new(b(9, 1), &REPLICAS);
+        r.on_promise(1, b(9, 1), Some((b(3, 2), reg(30, 4))));
+        let step = r.on_promise(3, b(9, 1), Some((b(3, 1), reg(31, 4))));
+        assert_eq!(step, Step::Promised { prior: reg(30, 4) });
+        let mut r = Round::new(b(9, 1), &REPLICAS);
+        r.on_promise(3, b(9, 1), Some((b(3, 1), reg(31, 4))));
+        let step = r.on_promise(1, b(9, 1), Some((b(3, 2), reg(30, 4))));
+        assert_eq!(step, Step::Promised { prior: reg(30, 4) });
+    }
+
+    #[test]
+    fn accept_replies_before_propose_do_not_count() {
+        let mut r = Round::new(b(5, 1), &REPLICAS);
+        assert_eq!(r.on_accepted(1, b(5, 1)), Step::Pending);
+        assert_eq!(r.on_accepted(2, b(5, 1)), Step::Pending);
+        r.on_promise(1, b(5, 1), None);
+        r.on_promise(2, b(5, 1), None);
+        // Promises must not be mistaken for acceptances either.
+        r.propose(reg(1, 1));
+        assert_eq!(r.on_accepted(1, b(5, 1)), Step::Pending);
+        assert_eq!(r.chosen(), None);
+    }
+
+    #[test]
+    #[should_panic(expected = "propose before a promise quorum")]
+    fn propose_without_promises_is_a_bug() {
+        Round::new(b(5, 1), &REPLICAS).propose(reg(1, 1));
+    }
+
+    #[test]
+    fn preempted_once_a_majority_is_out_of_reach() {
+        let mut r = Round::new(b(5, 1), &REPLICAS);
+        assert_eq!(r.on_reject(2, b(5, 1), b(7, 2)), Step::Pending);
+        assert_eq!(r.on_reject(2, b(5, 1), b(7, 2)), Step::Pending);
+        assert_eq!(
+            r.on_reject(3, b(5, 1), b(6, 3)),
+            Step::Preempted { seen: b(7, 2) }
+        );
+        assert_eq!(r.proposed(), None);
+        assert!(r.seen() > b(7, 1));
+        // Once preempted, late promises change nothing.
+        assert_eq!(r.on_promise(1, b(5, 1), None), Step::Pending);
+    }
+
+    #[test]
+    fn one_refusal_does_not_stop_a_majority() {
+        let mut r = Round::new(b(5, 1), &REPLICAS);
+        r.on_reject(3, b(5, 1), b(8, 3));
+        r.on_promise(1, b(5, 1), None);
+        assert!(matches!(
+            r.on_promise(2, b(5, 1), None),
+            Step::Promised { .. }
+        ));
+        r.propose(reg(3, 1));
+        r.on_reject(3, b(5, 1), b(8, 3));
+        r.on_accepted(1, b(5, 1));
+        assert_eq!(r.on_accepted(2, b(5, 1)), Step::Chosen(reg(3, 1)));
+    }
+
+    #[test]
+    fn a_refusal_naming_our_own_ballot_or_a_stale_one_is_ignored() {
+        let mut r = Round::new(b(5, 1), &REPLICAS);
+        r.on_promise(1, b(5, 1), None);
+        // Echo of a duplicated Prepare: the acceptor has promised exactly our ballot.
+        assert_eq!(r.on_reject(1, b(5, 1), b(5, 1)), Step::Pending);
+        assert_eq!(r.on_reject(2, b(4, 1), b(9, 9)), Step::Pending);
+        assert_eq!(r.on_reject(3, b(4, 1), b(9, 9)), Step::Pending);
+        assert_eq!(r.seen(), b(5, 1));
+        assert!(matches!(
+            r.on_promise(2, b(5, 1), None),
+            Step::Promised { .. }
+        ));
+    }
+
+    #[test]
+    fn preemption_after_propose_is_ambiguous() {
+        let mut r = Round::new(b(5, 1), &REPLICAS);
+        r.on_promise(1, b(5, 1), None);
+        r.on_promise(2, b(5, 1), None);
+        r.propose(reg(1, 1));
+        r.on_reject(2, b(5, 1), b(6, 2));
+        assert_eq!(
+            r.on_reject(3, b(5, 1), b(6, 2)),
+            Step::Preempted { seen: b(6, 2) }
+        );
+        assert_eq!(r.proposed(), Some(reg(1, 1)));
+        assert_eq!(r.chosen(), None);
+    }
+}

@@ -1,0 +1,360 @@
+//! The coordinator: drives `counter-core`'s [`Round`] over a key's replicas.
+//!
+//! Operations on one key queue up here. The first one starts a leader task for the key; the
+//! leader takes everything queued, runs one round for all of it (n increments become one
+//! Accept of v + sum, each caller answered with its own value) and repeats until the queue is
+//! empty. A rejected round retries above the ballot the rejection carried, after a randomized
+//! exponential backoff, so that competing coordinators do not livelock.
+//!
+//! Errors are honest: while no Accept carrying an operation has been sent, a failure is
+//! `unavailable` (not applied); after one was sent and the round did not finish, the operation
+//! is `unknown`, and it is never applied a second time by a retry, with one safe exception:
+//! when the next round's promises show that the highest accepted register is exactly the one
+//! this coordinator proposed (same ballot), it proposes that same register again, so the
+//! operations inside it are finished rather than repeated.
+
+use counter_core::{apply_all, next_ballot, AcceptorReply, ChangeError, Round, Step};
+use counter_net::Pool;
+use counter_proto::{Ballot, ClientError, Msg, NodeId, Op, Register, ShardId};
+use counter_storage::Store;
+use dashmap::DashMap;
+use futures::stream::{FuturesUnordered, StreamExt};
+use rand::Rng;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// How long one phase waits for a majority before the round is retried.
+const PHASE_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Most operations coalesced into one round.
+const MAX_BATCH: usize = 1024;
+const BACKOFF_START: Duration = Duration::from_millis(1);
+const BACKOFF_MAX: Duration = Duration::from_millis(200);
+
+/// A caller waiting for its operation.
+struct Waiter {
+    op: Op,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<i64, ClientError>>,
+}
+
+/// Where a key's replicas are and how to reach them.
+pub struct Coordinator {
+    id: NodeId,
+    epoch: u32,
+    store: Arc<Store>,
+    pool: Arc<Pool>,
+    addrs: Arc<std::collections::BTreeMap<NodeId, String>>,
+    /// Keys with a leader running, and the operations queued behind it.
+    queues: DashMap<String, Vec<Waiter>>,
+}
+
+type ReplyFuture = Pin<Box<dyn Future<Output = (NodeId, Option<AcceptorReply>)> + Send>>;
+
+impl Coordinator {
+    pub fn new(
+        id: NodeId,
+        store: Arc<Store>,
+        addrs: std::collections::BTreeMap<NodeId, String>,
+    ) -> Arc<Coordinator> {
+        Arc::new(Coordinator {
+            id,
+            epoch: store.epoch(),
+            store,
+            pool: Arc::new(Pool::new(Duration::from_millis(300))),
+            addrs: Arc::new(addrs),
+            queues: DashMap::new(),
+        })
+    }
+
+    /// Runs `op` on `key` (of `shard`, replicated on `replicas`) and waits at most `budget`.
+    pub async fn submit(
+        self: &Arc<Self>,
+        shard: ShardId,
+        replicas: Arc<[NodeId]>,
+        key: String,
+        op: Op,
+        budget: Duration,
+    ) -> Result<i64, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        let waiter = Waiter {
+            op,
+            deadline: Instant::now() + budget,
+            reply: tx,
+        };
+        let lead = match self.queues.entry(key.clone()) {
+            dashmap::Entry::Occupied(mut e) => {
+                e.get_mut().push(waiter);
+                false
+            }
+            dashmap::Entry::Vacant(e) => {
+                e.insert(vec![waiter]);
+                true
+            }
+        };
+        if lead {
+            let this = self.clone();
+            tokio::spawn(async move { this.lead(shard, replicas, key).await });
+        }
+        match tokio::time::timeout(budget, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ClientError::unknown("coordinator dropped the operation")),
+            Err(_) => Err(ClientError::unknown(format!(
+                "no decision within {} ms; the operation may still be applied",
+                budget.as_millis()
+            ))),
+        }
+    }
+
+    /// Runs rounds for `key` until its queue is empty.
+    async fn lead(self: Arc<Self>, shard: ShardId, replicas: Arc<[NodeId]>, key: String) {
+        loop {
+            let batch = match self.queues.entry(key.clone()) {
+                dashmap::Entry::Occupied(mut e) => {
+                    if e.get().is_empty() {
+                        e.remove();
+                        return;
+                    }
+                    let q = e.get_mut();
+                    let n = q.len().min(MAX_BATCH);
+                    q.drain(..n).collect::<Vec<_>>()
+                }
+                dashmap::Entry::Vacant(_) => return,
+            };
+            self.run(shard, &replicas, &key, batch).await;
+        }
+    }
+
+    /// Runs one batch to a decision (or to an honest error) and answers every waiter.
+    async fn run(&self, shard: ShardId, replicas: &[NodeId], key: &str, batch: Vec<Waiter>) {
+        let deadline = batch.iter().map(|w| w.deadline).max().expect("non-empty batch");
+        let ops: Vec<Op> = batch.iter().map(|w| w.op).collect();
+        let outcome = self.decide(shard, replicas, key, &ops, deadline).await;
+        for (i, w) in batch.into_iter().enumerate() {
+            let answer = match &outcome {
+                Ok(results) => results[i].map_err(|e| ClientError::invalid(e.to_string())),
+                Err(e) => Err(e.clone()),
+            };
+            let _ = w.reply.send(answer);
+        }
+    }
+
+    /// Rounds until `ops` are chosen: each op's result, or an error for all of them.
+    async fn decide(
+        &self,
+        shard: ShardId,
+        replicas: &[NodeId],
+        key: &str,
+        ops: &[Op],
+        deadline: Instant,
+    ) -> Result<Vec<Result<i64, ChangeError>>, ClientError> {
+        let mut seen = self
+            .store
+            .peek(shard, key)
+            .map_err(|e| ClientError::unavailable(format!("local acceptor: {e}")))?
+            .highest();
+        let mut backoff = BACKOFF_START;
+        // The register we sent in Accepts that did not reach a decision, its ballot and answers.
+        let mut in_doubt: Option<(Ballot, Register, Vec<Result<i64, ChangeError>>)> = None;
+        let mut last_error = String::from("deadline reached before the first round");
+        let mut results = Vec::with_capacity(ops.len());
+        while Instant::now() < deadline {
+            let ballot = next_ballot(self.id, self.epoch, seen);
+            let mut round = Round::new(ballot, replicas);
+            let phase_end = (Instant::now() + PHASE_TIMEOUT).min(deadline);
+
+            // Phase 1.
+            let mut replies = self.fan_out(replicas, |node| self.prepare(node, shard, key, ballot));
+            let prior = loop {
+                match next_reply(&mut replies, phase_end).await {
+                    None => break None,
+                    Some((from, reply)) => match feed(&mut round, from, reply) {
+                        Step::Promised { prior } => break Some(prior),
+                        Step::Preempted { .. } => break None,
+                        _ => {}
+                    },
+                }
+            };
+            drop(replies);
+            seen = seen.max(round.seen());
+            let Some(prior) = prior else {
+                last_error = format!("round {ballot} got no majority of promises");
+                backoff = self.back_off(backoff, deadline).await;
+                continue;
+            };
+
+            // The register to propose: finish our own in-doubt register if it is the one the
+            // promises report; otherwise apply the ops to the highest-ballot register, unless
+            // an earlier Accept of ours may have applied them already.
+            let proposal = match &in_doubt {
+                Some((b, reg, res)) if round.highest_accepted() == Some((*b, *reg)) => {
+                    results = res.clone();
+                    *reg
+                }
+                Some(_) => {
+                    return Err(ClientError::unknown(format!(
+                        "an accept of this operation was interrupted and another register \
+                         superseded it; it may have been applied ({last_error})"
+                    )))
+                }
+                None => {
+                    results.clear();
+                    apply_all(ops.iter().copied(), prior, &mut results)
+                }
+            };
+            round.propose(proposal);
+
+            // Phase 2.
+            let mut replies =
+                self.fan_out(replicas, |node| self.accept(node, shard, key, ballot, proposal));
+            let chosen = loop {
+                match next_reply(&mut replies, phase_end).await {
+                    None => break false,
+                    Some((from, reply)) => match feed(&mut round, from, reply) {
+                        Step::Chosen(_) => break true,
+                        Step::Preempted { .. } => break false,
+                        _ => {}
+                    },
+                }
+            };
+            drop(replies);
+            if chosen {
+                return Ok(results);
+            }
+            seen = seen.max(round.seen());
+            last_error = format!("round {ballot} got no majority of accepts");
+            in_doubt = Some((ballot, proposal, results.clone()));
+            backoff = self.back_off(backoff, deadline).await;
+        }
+        Err(match in_doubt {
+            Some(_) => ClientError::unknown(format!(
+                "an accept was sent but no decision was reached before the deadline: {last_error}"
+            )),
+            None => ClientError::unavailable(format!(
+                "no quorum of replicas {replicas:?} before the deadline: {last_error}"
+            )),
+        })
+    }
+
+    /// Sleeps a random time below `backoff` (but not past `deadline`); returns the next backoff.
+    async fn back_off(&self, backoff: Duration, deadline: Instant) -> Duration {
+        let jitter = rand::thread_rng().gen_range(Duration::ZERO..=backoff);
+        let left = deadline.saturating_duration_since(Instant::now());
+        tokio::time::sleep(jitter.min(left)).await;
+        (backoff * 2).min(BACKOFF_MAX)
+    }
+
+    fn fan_out<F>(&self, replicas: &[NodeId], call: F) -> FuturesUnordered<ReplyFuture>
+    where
+        F: Fn(NodeId) -> ReplyFuture,
+    {
+        replicas.iter().map(|&n| call(n)).collect()
+    }
+
+    fn prepare(&self, node: NodeId, shard: ShardId, key: &str, ballot: Ballot) -> ReplyFuture {
+        if node == self.id {
+            let store = self.store.clone();
+            let key = key.to_string();
+            return Box::pin(async move {
+                let reply = store.prepare(shard, &key, ballot).await;
+                (node, log_local(reply))
+            });
+        }
+        self.remote(
+            node,
+            Msg::Prepare {
+                shard,
+                key: key.to_string(),
+                ballot,
+            },
+        )
+    }
+
+    fn accept(
+        &self,
+        node: NodeId,
+        shard: ShardId,
+        key: &str,
+        ballot: Ballot,
+        register: Register,
+    ) -> ReplyFuture {
+        if node == self.id {
+            let store = self.store.clone();
+            let key = key.to_string();
+            return Box::pin(async move {
+                let reply = store.accept(shard, &key, ballot, register).await;
+                (node, log_local(reply))
+            });
+        }
+        self.remote(
+            node,
+            Msg::Accept {
+                shard,
+                key: key.to_string(),
+                ballot,
+                register,
+            },
+        )
+    }
+
+    fn remote(&self, node: NodeId, msg: Msg) -> ReplyFuture {
+        let addr = self.addrs.get(&node).cloned();
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            let Some(addr) = addr else {
+                return (node, None);
+            };
+            let reply = match pool.call(&addr, msg, PHASE_TIMEOUT).await {
+                Ok(Msg::Promise { ballot, accepted }) => {
+                    Some(AcceptorReply::Promise { ballot, accepted })
+                }
+                Ok(Msg::Accepted { ballot }) => Some(AcceptorReply::Accepted { ballot }),
+                Ok(Msg::Reject { ballot, promised }) => {
+                    Some(AcceptorReply::Reject { ballot, promised })
+                }
+                Ok(other) => {
+                    tracing::warn!(node, reply = ?other, "unexpected reply from acceptor");
+                    None
+                }
+                Err(e) => {
+                    tracing::debug!(node, error = %e, "acceptor call failed");
+                    None
+                }
+            };
+            (node, reply)
+        })
+    }
+}
+
+/// Feeds one acceptor reply to the round.
+fn feed(round: &mut Round, from: NodeId, reply: AcceptorReply) -> Step {
+    match reply {
+        AcceptorReply::Promise { ballot, accepted } => round.on_promise(from, ballot, accepted),
+        AcceptorReply::Accepted { ballot } => round.on_accepted(from, ballot),
+        AcceptorReply::Reject { ballot, promised } => round.on_reject(from, ballot, promised),
+    }
+}
+
+/// The next useful reply, or `None` when every replica answered or the phase timed out.
+async fn next_reply(
+    replies: &mut FuturesUnordered<ReplyFuture>,
+    until: Instant,
+) -> Option<(NodeId, AcceptorReply)> {
+    loop {
+        match tokio::time::timeout_at(until.into(), replies.next()).await {
+            Ok(Some((from, Some(reply)))) => return Some((from, reply)),
+            Ok(Some((_, None))) => continue,
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
+fn log_local(
+    reply: Result<AcceptorReply, counter_storage::StorageError>,
+) -> Option<AcceptorReply> {
+    reply
+        .map_err(|e| tracing::error!(error = %e, "local acceptor failed"))
+        .ok()
+}

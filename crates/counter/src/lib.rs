@@ -1,0 +1,16 @@
+//! The counter store's processes, wired from the library crates.
+//!
+//! # Layout
+//!
+//! - [`node`]: a storage node: the acceptor of its shards (RocksDB via `counter-storage`) and
+//!   the coordinator of the keys routed to it ([`coordinator`]).
+//! - [`coordinator`]: runs single-slot Paxos rounds (`counter-core`) over the key's replicas,
+//!   one queue per key so concurrent operations ride one round.
+//! - [`command`]: parsing the CLI's commands (CLI.md), shared by `counter-cli` and tests.
+//! - [`logging`]: tracing set-up for the binaries.
+//! - `bin/`: `counter-node`, `counter-router`, `counter-cli`.
+
+pub mod command;
+pub mod coordinator;
+pub mod logging;
+pub mod node;

@@ -1,0 +1,128 @@
+//! A storage node: acceptor of its shards, coordinator of the keys routed to it.
+
+use crate::coordinator::Coordinator;
+use counter_core::AcceptorReply;
+use counter_proto::{validate_key, validate_op, ClientError, Msg, NodeId, ShardId};
+use counter_router::forward::{msg_name, DEFAULT_TIMEOUT_MS};
+use counter_router::{Cluster, Placement};
+use counter_storage::Store;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct Node {
+    id: NodeId,
+    placement: Placement,
+    /// Replica set of every shard (shared with rounds without copying).
+    replicas: Vec<Arc<[NodeId]>>,
+    store: Arc<Store>,
+    coordinator: Arc<Coordinator>,
+}
+
+impl Node {
+    pub fn new(id: NodeId, cluster: &Cluster, store: Arc<Store>) -> Arc<Node> {
+        let placement = Placement::new(cluster);
+        let replicas = (0..placement.shards())
+            .map(|s| Arc::from(placement.replicas(s)))
+            .collect();
+        let coordinator = Coordinator::new(id, store.clone(), cluster.nodes.clone());
+        Arc::new(Node {
+            id,
+            placement,
+            replicas,
+            store,
+            coordinator,
+        })
+    }
+
+    fn is_replica(&self, shard: ShardId) -> bool {
+        self.replicas
+            .get(shard as usize)
+            .is_some_and(|set| set.contains(&self.id))
+    }
+
+    /// Answers one message from a router, a client or another node's coordinator.
+    pub async fn handle(self: Arc<Self>, msg: Msg) -> Msg {
+        match msg {
+            Msg::Command {
+                key,
+                op,
+                timeout_ms,
+            } => {
+                if let Err(e) = validate_key(&key).and_then(|_| validate_op(&op)) {
+                    return Msg::Error(e);
+                }
+                let shard = self.placement.shard_of(&key);
+                if !self.is_replica(shard) {
+                    return Msg::Error(ClientError::unavailable(format!(
+                        "node {} is not a replica of shard {shard} (replicas {:?}); \
+                         is the cluster file the same everywhere?",
+                        self.id,
+                        self.placement.replicas(shard)
+                    )));
+                }
+                let timeout_ms = if timeout_ms == 0 {
+                    DEFAULT_TIMEOUT_MS
+                } else {
+                    timeout_ms
+                };
+                let budget = Duration::from_millis(u64::from(timeout_ms));
+                let replicas = self.replicas[shard as usize].clone();
+                match self
+                    .coordinator
+                    .submit(shard, replicas, key, op, budget)
+                    .await
+                {
+                    Ok(v) => Msg::Value(v),
+                    Err(e) => Msg::Error(e),
+                }
+            }
+            Msg::Prepare { shard, key, ballot } => {
+                if let Some(refusal) = self.check_acceptor(shard, &key) {
+                    return refusal;
+                }
+                to_msg(self.store.prepare(shard, &key, ballot).await)
+            }
+            Msg::Accept {
+                shard,
+                key,
+                ballot,
+                register,
+            } => {
+                if let Some(refusal) = self.check_acceptor(shard, &key) {
+                    return refusal;
+                }
+                to_msg(self.store.accept(shard, &key, ballot, register).await)
+            }
+            other => Msg::Error(ClientError::invalid(format!(
+                "a node does not take {} messages",
+                msg_name(&other)
+            ))),
+        }
+    }
+
+    /// Refuses acceptor requests for keys this node does not replicate (or in the wrong shard).
+    fn check_acceptor(&self, shard: ShardId, key: &str) -> Option<Msg> {
+        if let Err(e) = validate_key(key) {
+            return Some(Msg::Error(e));
+        }
+        if self.placement.shard_of(key) != shard || !self.is_replica(shard) {
+            return Some(Msg::Error(ClientError::invalid(format!(
+                "node {} does not replicate key {key:?} in shard {shard}",
+                self.id
+            ))));
+        }
+        None
+    }
+}
+
+fn to_msg(reply: Result<AcceptorReply, counter_storage::StorageError>) -> Msg {
+    match reply {
+        Ok(AcceptorReply::Promise { ballot, accepted }) => Msg::Promise { ballot, accepted },
+        Ok(AcceptorReply::Accepted { ballot }) => Msg::Accepted { ballot },
+        Ok(AcceptorReply::Reject { ballot, promised }) => Msg::Reject { ballot, promised },
+        Err(e) => {
+            tracing::error!(error = %e, "acceptor storage failed");
+            Msg::Error(ClientError::unavailable(format!("storage: {e}")))
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! One multiplexed connection to a peer.
+
+use crate::codec::FrameCodec;
+use bytes::BytesMut;
+use counter_proto::{Frame, Msg};
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{Encoder, FramedRead};
+
+/// How long a batch of writes may take before the connection is declared dead.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Requests queued for the writer before callers wait.
+const QUEUE: usize = 4096;
+
+/// Why a call got no reply. The distinction is what makes errors honest: `NotSent` means the
+/// request certainly never left this process; `Lost` means it may have reached the peer.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum CallError {
+    #[error("not sent: {0}")]
+    NotSent(String),
+    #[error("no reply: {0}")]
+    Lost(String),
+}
+
+impl CallError {
+    pub fn was_sent(&self) -> bool {
+        matches!(self, CallError::Lost(_))
+    }
+}
+
+type Inflight = Arc<Mutex<HashMap<u64, oneshot::Sender<Msg>>>>;
+
+/// A connection on which many requests are in flight at once.
+pub struct Conn {
+    peer: String,
+    tx: mpsc::Sender<Frame>,
+    inflight: Inflight,
+    next_id: AtomicU64,
+    closed: Arc<AtomicBool>,
+}
+
+impl Conn {
+    /// Connects to `addr` within `timeout`.
+    pub async fn connect(addr: &str, timeout: Duration) -> Result<Conn, CallError> {
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(CallError::NotSent(format!("connect to {addr}: {e}"))),
+            Err(_) => {
+                return Err(CallError::NotSent(format!(
+                    "connect to {addr}: timed out after {timeout:?}"
+                )))
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let inflight: Inflight = Arc::default();
+        let closed = Arc::new(AtomicBool::new(false));
+        tokio::spawn(write_loop(write, rx, closed.clone()));
+        tokio::spawn(read_loop(
+            addr.to_string(),
+            FramedRead::new(read, FrameCodec::default()),
+            inflight.clone(),
+            closed.clone(),
+        ));
+        Ok(Conn {
+            peer: addr.to_string(),
+            tx,
+            inflight,
+            next_id: AtomicU64::new(1),
+            closed,
+        })
+    }
+
+    /// Whether the connection has failed (a new one is needed).
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire) || self.tx.is_closed()
+    }
+
+    /// Sends `msg` and waits at most `timeout` for its reply.
+    pub async fn call(&self, msg: Msg, timeout: Duration) -> Result<Msg, CallError> {
+        if self.is_closed() {
+            return Err(CallError::NotSent(format!(
+                "connection to {} is closed",
+                self.peer
+            )));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.inflight
+            .lock()
+            .expect("inflight lock")
+            .insert(id, reply_tx);
+        let guard = Forget {
+            inflight: &self.inflight,
+            id,
+        };
+        match tokio::time::timeout(timeout, self.tx.send(Frame { id, msg })).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                return Err(CallError::NotSent(format!(
+                    "connection to {} is closed",
+                    self.peer
+                )))
+            }
+            Err(_) => {
+                return Err(CallError::NotSent(format!(
+                    "send queue to {} full for {timeout:?}",
+                    self.peer
+                )))
+            }
+        }
+        let result = match tokio::time::timeout(timeout, reply_rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(CallError::Lost(format!(
+                "connection to {} closed before the reply",
+                self.peer
+            ))),
+            Err(_) => Err(CallError::Lost(format!(
+                "no reply from {} within {timeout:?}",
+                self.peer
+            ))),
+        };
+        drop(guard);
+        result
+    }
+}
+
+/// Removes a request's reply slot however the call ends (reply, timeout, or cancellation).
+struct Forget<'a> {
+    inflight: &'a Inflight,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.inflight.lock() {
+            map.remove(&self.id);
+        }
+    }
+}
+
+/// Writes queued frames, as many per write as are waiting.
+pub(crate) async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
+    mut write: W,
+    mut rx: mpsc::Receiver<Frame>,
+    closed: Arc<AtomicBool>,
+) {
+    let mut codec = FrameCodec::default();
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut frames = Vec::with_capacity(256);
+    loop {
+        if rx.recv_many(&mut frames, 256).await == 0 {
+            break;
+        }
+        for frame in frames.drain(..) {
+            if let Err(e) = codec.encode(&frame, &mut buf) {
+                tracing::error!(error = %e, "dropping a frame that cannot be encoded");
+            }
+        }
+        match tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&buf)).await {
+            Ok(Ok(())) => buf.clear(),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "write failed; closing connection");
+                break;
+            }
+            Err(_) => {
+                tracing::warn!("write stalled for {WRITE_TIMEOUT:?}; closing connection");
+                break;
+            }
+        }
+    }
+    closed.store(true, Ordering::Release);
+    let _ = write.shutdown().await;
+}
+
+async fn read_loop(
+    peer: String,
+    mut frames: FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
+    inflight: Inflight,
+    closed: Arc<AtomicBool>,
+) {
+    while let Some(next) = frames.next().await {
+        match next {
+            Ok(Frame { id, msg }) => {
+                let slot = inflight.lock().expect("inflight lock").remove(&id);
+                match slot {
+                    Some(reply) => {
+                        let _ = reply.send(msg);
+                    }
+                    None if id == 0 => {
+                        tracing::warn!(%peer, ?msg, "peer reported a connection error")
+                    }
+                    None => {} // the caller gave up (timeout) before the reply came
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "closing connection after a bad frame");
+                break;
+            }
+        }
+    }
+    closed.store(true, Ordering::Release);
+    // Dropping the reply slots wakes every waiting caller with `Lost`.
+    inflight.lock().expect("inflight lock").clear();
+}

@@ -1,0 +1,109 @@
+//! The frame codec: length prefix + versioned postcard body.
+
+use bytes::{Bytes, BytesMut};
+use counter_proto::{decode_frame, encode_frame, DecodeError, EncodeError, Frame, MAX_FRAME_LEN};
+use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+
+/// Why a connection's bytes could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad frame: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("cannot encode: {0}")]
+    Encode(#[from] EncodeError),
+}
+
+/// Length-delimited, versioned postcard frames, at most [`MAX_FRAME_LEN`] bytes each.
+#[derive(Debug)]
+pub struct FrameCodec {
+    inner: LengthDelimitedCodec,
+    scratch: Vec<u8>,
+}
+
+impl Default for FrameCodec {
+    fn default() -> Self {
+        FrameCodec {
+            inner: LengthDelimitedCodec::builder()
+                .length_field_length(4)
+                .max_frame_length(MAX_FRAME_LEN)
+                .new_codec(),
+            scratch: Vec::new(),
+        }
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = NetError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, NetError> {
+        match self.inner.decode(src) {
+            Ok(Some(body)) => Ok(Some(decode_frame(&body)?)),
+            Ok(None) => Ok(None),
+            // The only error LengthDelimitedCodec reports is a declared length over the limit.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                Err(NetError::Decode(DecodeError::Malformed(format!(
+                    "declared frame length exceeds the limit of {MAX_FRAME_LEN} bytes"
+                ))))
+            }
+            Err(e) => Err(NetError::Io(e)),
+        }
+    }
+}
+
+impl Encoder<&Frame> for FrameCodec {
+    type Error = NetError;
+
+    fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), NetError> {
+        self.scratch.clear();
+        encode_frame(frame, &mut self.scratch)?;
+        self.inner
+            .encode(Bytes::copy_from_slice(&self.scratch), dst)
+            .map_err(NetError::Io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use counter_proto::Msg;
+
+    #[test]
+    fn frames_round_trip_through_the_codec() {
+        let mut codec = FrameCodec::default();
+        let mut buf = BytesMut::new();
+        let a = Frame {
+            id: 1,
+            msg: Msg::Value(7),
+        };
+        let b = Frame {
+            id: 2,
+            msg: Msg::Value(-7),
+        };
+        codec.encode(&a, &mut buf).unwrap();
+        codec.encode(&b, &mut buf).unwrap();
+        let half = buf.split_to(3);
+        let mut partial = half;
+        assert!(codec.decode(&mut partial).unwrap().is_none());
+        partial.unsplit(buf);
+        assert_eq!(codec.decode(&mut partial).unwrap(), Some(a));
+        assert_eq!(codec.decode(&mut partial).unwrap(), Some(b));
+        assert_eq!(codec.decode(&mut partial).unwrap(), None);
+    }
+
+    #[test]
+    fn oversized_declared_length_is_an_error() {
+        let mut codec = FrameCodec::default();
+        let mut buf = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
+        assert!(matches!(codec.decode(&mut buf), Err(NetError::Decode(_))));
+    }
+
+    #[test]
+    fn garbage_body_is_an_error() {
+        let mut codec = FrameCodec::default();
+        let mut buf = BytesMut::from(&[0, 0, 0, 3, 0xff, 0xff, 0xff][..]);
+        assert!(matches!(codec.decode(&mut buf), Err(NetError::Decode(_))));
+    }
+}

@@ -1,0 +1,130 @@
+//! The cluster file.
+
+use counter_proto::NodeId;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Shards of a cluster whose file does not say (fixed when the cluster is created).
+pub const DEFAULT_SHARDS: u32 = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read cluster file {0}: {1}")]
+    Read(String, std::io::Error),
+    #[error("cluster file {0}: {1}")]
+    Parse(String, String),
+    #[error("cluster file {0}: {1}")]
+    Invalid(String, String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    replication: usize,
+    shards: Option<u32>,
+    #[serde(rename = "node", default)]
+    nodes: Vec<NodeEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeEntry {
+    id: NodeId,
+    addr: String,
+}
+
+/// A validated cluster description.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    /// Replicas of every key (odd, at most the number of nodes).
+    pub replication: usize,
+    /// Number of shards the key space is split into.
+    pub shards: u32,
+    /// Node id → the address the others reach it at.
+    pub nodes: BTreeMap<NodeId, String>,
+}
+
+impl Cluster {
+    pub fn load(path: &Path) -> Result<Cluster, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(name.clone(), e))?;
+        Cluster::parse(&name, &text)
+    }
+
+    pub fn parse(name: &str, text: &str) -> Result<Cluster, ConfigError> {
+        let file: File =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(name.into(), e.to_string()))?;
+        let invalid = |m: String| ConfigError::Invalid(name.into(), m);
+        let mut nodes = BTreeMap::new();
+        for n in file.nodes {
+            if n.addr.trim().is_empty() {
+                return Err(invalid(format!("node {} has an empty addr", n.id)));
+            }
+            if nodes.insert(n.id, n.addr).is_some() {
+                return Err(invalid(format!("node id {} appears twice", n.id)));
+            }
+        }
+        if nodes.is_empty() {
+            return Err(invalid("no [[node]] entries".into()));
+        }
+        let r = file.replication;
+        if r == 0 || r % 2 == 0 || r > nodes.len() {
+            return Err(invalid(format!(
+                "replication = {r}: it must be odd and at most the number of nodes ({})",
+                nodes.len()
+            )));
+        }
+        let shards = file.shards.unwrap_or(DEFAULT_SHARDS);
+        if shards == 0 || shards > 65_536 {
+            return Err(invalid(format!("shards = {shards}: must be 1..=65536")));
+        }
+        Ok(Cluster {
+            replication: r,
+            shards,
+            nodes,
+        })
+    }
+
+    pub fn addr(&self, node: NodeId) -> Option<&str> {
+        self.nodes.get(&node).map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+replication = 3
+[[node]]
+id = 1
+addr = "127.0.0.1:7101"
+[[node]]
+id = 2
+addr = "127.0.0.1:7102"
+[[node]]
+id = 3
+addr = "127.0.0.1:7103"
+"#;
+
+    #[test]
+    fn parses_the_cli_md_example() {
+        let c = Cluster::parse("c", GOOD).unwrap();
+        assert_eq!(c.replication, 3);
+        assert_eq!(c.shards, DEFAULT_SHARDS);
+        assert_eq!(c.addr(2), Some("127.0.0.1:7102"));
+    }
+
+    #[test]
+    fn rejects_bad_files_with_a_reason() {
+        let even = GOOD.replace("replication = 3", "replication = 2");
+        assert!(Cluster::parse("c", &even).unwrap_err().to_string().contains("odd"));
+        let too_many = GOOD.replace("replication = 3", "replication = 5");
+        assert!(Cluster::parse("c", &too_many).is_err());
+        let dup = GOOD.replace("id = 3", "id = 2");
+        assert!(Cluster::parse("c", &dup).unwrap_err().to_string().contains("twice"));
+        assert!(Cluster::parse("c", "replication = 1").is_err());
+        assert!(Cluster::parse("c", "garbage ===").is_err());
+    }
+}

@@ -1,0 +1,18 @@
+//! Where keys live, and getting a client's command to them.
+//!
+//! # Layout
+//!
+//! - [`cluster`]: the cluster file (CLI.md): nodes, replication, shard count.
+//! - [`placement`]: `shard = xxh3(key) % shards`; shards onto nodes with consistent hashing
+//!   (the `hashring` crate, virtual nodes); a shard's replicas are the first R distinct nodes
+//!   clockwise from the shard's point.
+//! - [`forward`]: the stateless router: send a command to the key's first reachable replica,
+//!   fail over only while nothing has been sent.
+
+pub mod cluster;
+pub mod forward;
+pub mod placement;
+
+pub use cluster::{Cluster, ConfigError};
+pub use forward::Router;
+pub use placement::{shard_of, Placement};

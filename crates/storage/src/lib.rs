@@ -1,0 +1,472 @@
+//! Acceptor state in RocksDB.
+//!
+//! # Layout on disk
+//!
+//! One RocksDB database per node. Column family `meta` holds the shard count the data dir was
+//! created with, the on-disk format version and the node's incarnation counter (its ballot
+//! epoch). Column families `shard-00000` .. hold one record per key: a format byte followed by
+//! the postcard encoding of [`AcceptorState`].
+//!
+//! # Durability
+//!
+//! Every change of acceptor state goes through one committer thread that gathers whatever
+//! changes are waiting into one `WriteBatch` and writes it with the WAL synced (group commit).
+//! A handler's reply future resolves only after the batch holding its change was synced, so no
+//! reply leaves the node before its promise or accept is durable. While a change waits for its
+//! sync, later requests on the same key see it (an in-memory overlay of pending changes), and
+//! because batches are synced in order, their replies cannot overtake it.
+
+use counter_core::{AcceptorReply, AcceptorState};
+use counter_proto::{Ballot, Register, ShardId};
+use dashmap::DashMap;
+use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use tokio::sync::oneshot;
+
+/// Version of the record encoding in shard column families.
+pub const FORMAT_VERSION: u8 = 1;
+const META_CF: &str = "meta";
+const META_SHARDS: &[u8] = b"shards";
+const META_FORMAT: &[u8] = b"format";
+const META_EPOCH: &[u8] = b"epoch";
+/// Most changes gathered into one synced batch.
+const MAX_BATCH: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error(
+        "data dir {dir} was created for {on_disk} shards but the cluster file says {configured}; \
+         refusing to start (shards cannot change without moving data)"
+    )]
+    ShardMismatch {
+        dir: PathBuf,
+        on_disk: u32,
+        configured: u32,
+    },
+    #[error("data dir {dir} uses on-disk format {found}, this build reads format {FORMAT_VERSION}")]
+    FormatMismatch { dir: PathBuf, found: u8 },
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    #[error("shard {0} is not stored here")]
+    NoSuchShard(ShardId),
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("the storage committer has stopped")]
+    Stopped,
+}
+
+/// Encodes a record: format byte, then postcard.
+pub fn encode_state(state: &AcceptorState) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32);
+    encode_state_into(state, &mut out);
+    out
+}
+
+/// Encodes a record into `out` (cleared first), reusing its allocation.
+fn encode_state_into(state: &AcceptorState, out: &mut Vec<u8>) {
+    out.clear();
+    out.push(FORMAT_VERSION);
+    *out = postcard::to_extend(state, std::mem::take(out))
+        .expect("encoding an AcceptorState into memory cannot fail");
+}
+
+/// Decodes a record. Never panics, whatever the bytes.
+pub fn decode_state(bytes: &[u8]) -> Result<AcceptorState, StorageError> {
+    match bytes.split_first() {
+        Some((&FORMAT_VERSION, body)) => {
+            let (state, rest) = postcard::take_from_bytes::<AcceptorState>(body)
+                .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            if !rest.is_empty() {
+                return Err(StorageError::Corrupt(format!(
+                    "{} trailing bytes after the record",
+                    rest.len()
+                )));
+            }
+            Ok(state)
+        }
+        Some((v, _)) => Err(StorageError::Corrupt(format!("unknown record format {v}"))),
+        None => Err(StorageError::Corrupt("empty record".into())),
+    }
+}
+
+fn shard_cf(shard: ShardId) -> String {
+    format!("shard-{shard:05}")
+}
+
+/// A pending change: the state, and which write produced it.
+struct Pending {
+    state: AcceptorState,
+    gen: u64,
+}
+
+struct WriteReq {
+    shard: ShardId,
+    key: Vec<u8>,
+    state: AcceptorState,
+    gen: u64,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// The acceptor store of one node.
+pub struct Store {
+    db: Arc<DB>,
+    shards: u32,
+    epoch: u32,
+    /// Changes written to the batch queue and not yet synced, keyed by (shard, key).
+    pending: Arc<DashMap<(ShardId, Vec<u8>), Pending>>,
+    next_gen: AtomicU64,
+    /// The committer's queue; `None` once the store is being dropped.
+    tx: Option<mpsc::Sender<WriteReq>>,
+    committer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Store {
+    /// Stops the committer after it has synced what was queued, so that the database is closed
+    /// (and its lock released) when `drop` returns.
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(thread) = self.committer.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the data dir for a cluster of `shards` shards, and bumps and syncs the
+    /// node's incarnation counter ([`Store::epoch`]).
+    pub fn open(dir: &Path, shards: u32) -> Result<Store, StorageError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        // One WAL for all shards; bound the memtables of many column families together.
+        opts.set_db_write_buffer_size(256 << 20);
+        let existing = DB::list_cf(&opts, dir).ok();
+        let names: Vec<String> = match &existing {
+            Some(cfs) => cfs.clone(),
+            None => std::iter::once(META_CF.to_string())
+                .chain((0..shards).map(shard_cf))
+                .collect(),
+        };
+        let descriptors = names.iter().map(|name| {
+            let mut cf = Options::default();
+            cf.set_write_buffer_size(16 << 20);
+            ColumnFamilyDescriptor::new(name, cf)
+        });
+        let db = DB::open_cf_descriptors(&opts, dir, descriptors)?;
+        let meta = db
+            .cf_handle(META_CF)
+            .ok_or_else(|| StorageError::Corrupt(format!("{} has no meta column family", dir.display())))?;
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        match db.get_cf(&meta, META_SHARDS)? {
+            Some(bytes) => {
+                let on_disk: u32 = postcard::from_bytes(&bytes)
+                    .map_err(|e| StorageError::Corrupt(format!("shard count: {e}")))?;
+                if on_disk != shards {
+                    return Err(StorageError::ShardMismatch {
+                        dir: dir.to_path_buf(),
+                        on_disk,
+                        configured: shards,
+                    });
+                }
+                let format = db.get_cf(&meta, META_FORMAT)?.unwrap_or_default();
+                if format != [FORMAT_VERSION] {
+                    return Err(StorageError::FormatMismatch {
+                        dir: dir.to_path_buf(),
+                        found: format.first().copied().unwrap_or(0),
+                    });
+                }
+            }
+            None => {
+                let mut batch = WriteBatch::default();
+                batch.put_cf(&meta, META_SHARDS, postcard::to_stdvec(&shards).expect("u32"));
+                batch.put_cf(&meta, META_FORMAT, [FORMAT_VERSION]);
+                db.write_opt(batch, &sync)?;
+            }
+        }
+        for shard in 0..shards {
+            if db.cf_handle(&shard_cf(shard)).is_none() {
+                return Err(StorageError::Corrupt(format!(
+                    "{} lacks column family {}",
+                    dir.display(),
+                    shard_cf(shard)
+                )));
+            }
+        }
+        let epoch = match db.get_cf(&meta, META_EPOCH)? {
+            Some(bytes) => postcard::from_bytes::<u32>(&bytes)
+                .map_err(|e| StorageError::Corrupt(format!("epoch: {e}")))?,
+            None => 0,
+        }
+        .checked_add(1)
+        .ok_or_else(|| StorageError::Corrupt("epoch counter exhausted".into()))?;
+        db.put_cf_opt(&meta, META_EPOCH, postcard::to_stdvec(&epoch).expect("u32"), &sync)?;
+
+        let db = Arc::new(db);
+        let pending = Arc::new(DashMap::new());
+        let (tx, rx) = mpsc::channel();
+        let committer = Committer {
+            db: db.clone(),
+            pending: pending.clone(),
+            rx,
+        };
+        let committer = std::thread::Builder::new()
+            .name("committer".into())
+            .spawn(move || committer.run())
+            .map_err(|e| StorageError::Corrupt(format!("cannot start committer thread: {e}")))?;
+        tracing::info!(dir = %dir.display(), shards, epoch, "storage opened");
+        Ok(Store {
+            db,
+            shards,
+            epoch,
+            pending,
+            next_gen: AtomicU64::new(1),
+            tx: Some(tx),
+            committer: Some(committer),
+        })
+    }
+
+    /// This incarnation of the node: bumped and synced by every `open`.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    pub fn shards(&self) -> u32 {
+        self.shards
+    }
+
+    /// The current acceptor state of a key: pending (not yet synced) changes included.
+    pub fn peek(&self, shard: ShardId, key: &str) -> Result<AcceptorState, StorageError> {
+        let k = (shard, key.as_bytes().to_vec());
+        if let Some(p) = self.pending.get(&k) {
+            return Ok(p.state);
+        }
+        self.load(shard, key.as_bytes())
+    }
+
+    /// The durable acceptor state of a key (what a restart would see).
+    fn load(&self, shard: ShardId, key: &[u8]) -> Result<AcceptorState, StorageError> {
+        let cf = self
+            .db
+            .cf_handle(&shard_cf(shard))
+            .ok_or(StorageError::NoSuchShard(shard))?;
+        match self.db.get_pinned_cf(&cf, key)? {
+            Some(bytes) => decode_state(&bytes),
+            None => Ok(AcceptorState::default()),
+        }
+    }
+
+    /// Handles a Prepare; the reply is returned only once any change it reports is durable.
+    pub async fn prepare(
+        &self,
+        shard: ShardId,
+        key: &str,
+        ballot: Ballot,
+    ) -> Result<AcceptorReply, StorageError> {
+        self.apply(shard, key, |s| s.prepare(ballot)).await
+    }
+
+    /// Handles an Accept; the reply is returned only once any change it reports is durable.
+    pub async fn accept(
+        &self,
+        shard: ShardId,
+        key: &str,
+        ballot: Ballot,
+        register: Register,
+    ) -> Result<AcceptorReply, StorageError> {
+        self.apply(shard, key, |s| s.accept(ballot, register)).await
+    }
+
+    async fn apply(
+        &self,
+        shard: ShardId,
+        key: &str,
+        rule: impl FnOnce(&AcceptorState) -> (Option<AcceptorState>, AcceptorReply),
+    ) -> Result<AcceptorReply, StorageError> {
+        if shard >= self.shards {
+            return Err(StorageError::NoSuchShard(shard));
+        }
+        let (reply, done) = {
+            // The entry lock serialises read-modify-write on this key until the change is queued.
+            let entry = self.pending.entry((shard, key.as_bytes().to_vec()));
+            let current = match &entry {
+                dashmap::Entry::Occupied(e) => e.get().state,
+                dashmap::Entry::Vacant(_) => self.load(shard, key.as_bytes())?,
+            };
+            let (next, reply) = rule(&current);
+            let Some(state) = next else {
+                return Ok(reply);
+            };
+            let gen = self.next_gen.fetch_add(1, Ordering::Relaxed);
+            let (done_tx, done_rx) = oneshot::channel();
+            let req = WriteReq {
+                shard,
+                key: key.as_bytes().to_vec(),
+                state,
+                gen,
+                done: done_tx,
+            };
+            entry.insert(Pending { state, gen });
+            self.tx
+                .as_ref()
+                .ok_or(StorageError::Stopped)?
+                .send(req)
+                .map_err(|_| StorageError::Stopped)?;
+            (reply, done_rx)
+        };
+        match done.await {
+            Ok(Ok(())) => Ok(reply),
+            Ok(Err(e)) => Err(StorageError::Corrupt(format!("write failed: {e}"))),
+            Err(_) => Err(StorageError::Stopped),
+        }
+    }
+}
+
+/// The group-commit loop: one synced WriteBatch per round of waiting changes.
+struct Committer {
+    db: Arc<DB>,
+    pending: Arc<DashMap<(ShardId, Vec<u8>), Pending>>,
+    rx: mpsc::Receiver<WriteReq>,
+}
+
+impl Committer {
+    fn run(self) {
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        let mut reqs = Vec::with_capacity(MAX_BATCH);
+        let mut record = Vec::new();
+        while let Ok(first) = self.rx.recv() {
+            reqs.push(first);
+            while reqs.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(r) => reqs.push(r),
+                    Err(_) => break,
+                }
+            }
+            let mut batch = WriteBatch::default();
+            let mut missing = None;
+            for r in &reqs {
+                match self.db.cf_handle(&shard_cf(r.shard)) {
+                    Some(cf) => {
+                        encode_state_into(&r.state, &mut record);
+                        batch.put_cf(&cf, &r.key, &record);
+                    }
+                    None => missing = Some(r.shard),
+                }
+            }
+            let result = match missing {
+                Some(shard) => Err(format!("no column family for shard {shard}")),
+                None => self.db.write_opt(batch, &sync).map_err(|e| e.to_string()),
+            };
+            if let Err(e) = &result {
+                // The overlay keeps the unsynced changes so later writes carry them; every reply
+                // that depended on this batch is refused.
+                tracing::error!(error = %e, "synced write failed");
+            }
+            for r in reqs.drain(..) {
+                if result.is_ok() {
+                    self.pending
+                        .remove_if(&(r.shard, r.key), |_, p| p.gen == r.gen);
+                }
+                let _ = r.done.send(result.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(round: u64, node: u32) -> Ballot {
+        Ballot {
+            round,
+            node,
+            epoch: 0,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_garbage_is_an_error() {
+        let s = AcceptorState {
+            promised: b(4, 2),
+            accepted: Some((b(3, 1), Register { value: -9, version: 2 })),
+        };
+        let bytes = encode_state(&s);
+        assert_eq!(bytes[0], FORMAT_VERSION);
+        assert_eq!(decode_state(&bytes).unwrap(), s);
+        for cut in 0..bytes.len() {
+            assert!(decode_state(&bytes[..cut]).is_err());
+        }
+        assert!(decode_state(&[9, 0, 0]).is_err());
+        let mut long = bytes.clone();
+        long.push(1);
+        assert!(decode_state(&long).is_err());
+    }
+
+    #[tokio::test]
+    async fn state_survives_reopen_and_epoch_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 4).unwrap();
+        assert_eq!(store.epoch(), 1);
+        let reg = Register { value: 5, version: 1 };
+        assert!(matches!(
+            store.prepare(2, "k", b(3, 1)).await.unwrap(),
+            AcceptorReply::Promise { .. }
+        ));
+        assert_eq!(
+            store.accept(2, "k", b(3, 1), reg).await.unwrap(),
+            AcceptorReply::Accepted { ballot: b(3, 1) }
+        );
+        assert!(matches!(
+            store.prepare(2, "k", b(2, 9)).await.unwrap(),
+            AcceptorReply::Reject { .. }
+        ));
+        drop(store);
+        let store = Store::open(dir.path(), 4).unwrap();
+        assert_eq!(store.epoch(), 2);
+        let s = store.peek(2, "k").unwrap();
+        assert_eq!(s.promised, b(3, 1));
+        assert_eq!(s.accepted, Some((b(3, 1), reg)));
+        assert_eq!(store.peek(1, "k").unwrap(), AcceptorState::default());
+    }
+
+    #[test]
+    fn a_different_shard_count_refuses_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path(), 4).unwrap());
+        let err = Store::open(dir.path(), 8).err().expect("must refuse");
+        let msg = err.to_string();
+        assert!(msg.contains("4 shards") && msg.contains("says 8"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn unknown_shards_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 2).unwrap();
+        assert!(matches!(
+            store.prepare(2, "k", b(1, 1)).await,
+            Err(StorageError::NoSuchShard(2))
+        ));
+    }
+
+    #[tokio::test]
+    async fn concurrent_changes_to_one_key_serialise() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), 1).unwrap());
+        let mut tasks = Vec::new();
+        for round in 1..=50u64 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store.prepare(0, "hot", b(round, 1)).await.unwrap()
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // Whatever the interleaving, the highest ballot is the promise that stuck.
+        assert_eq!(store.peek(0, "hot").unwrap().promised, b(50, 1));
+    }
+}

@@ -1,0 +1,350 @@
+//! Wire messages of the counter store.
+//!
+//! # Layout
+//!
+//! - [`Ballot`], [`Register`], [`Op`]: the values the Paxos core reasons about; they live here
+//!   because they cross the wire, and `counter-core` builds its rules on them.
+//! - [`Msg`]: every message on a connection, requests and replies alike, each carried in a
+//!   [`Frame`] with a request id so that many requests share one connection.
+//! - [`encode_frame`] / [`decode_frame`]: the byte encoding (postcard), led by the protocol
+//!   version so that an unknown version is recognised before anything else is parsed.
+//!
+//! Framing (the length prefix) belongs to `counter-net`; [`MAX_FRAME_LEN`] is the one limit both
+//! sides agree on.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Version of the wire protocol. Bumped on any incompatible change of [`Msg`].
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Largest frame body accepted or produced, in bytes. A frame is at most one key (1 KiB), a
+/// register and a little framing; 64 KiB leaves room while bounding what a peer can make us buffer.
+pub const MAX_FRAME_LEN: usize = 64 * 1024;
+
+/// Longest key, in bytes of UTF-8 (CLI.md).
+pub const MAX_KEY_LEN: usize = 1024;
+
+/// Identifies a storage node in the cluster file.
+pub type NodeId = u32;
+
+/// Index of a shard: `shard = stable_hash(key) % shards`.
+pub type ShardId = u32;
+
+/// A Paxos ballot. Ordered lexicographically by `(round, node, epoch)`.
+///
+/// `round` carries the ordering; `node` makes ballots of different coordinators distinct;
+/// `epoch` is the coordinator's incarnation (a counter its node bumps and syncs at every start),
+/// so that a coordinator restarted without memory of the rounds it used never issues the same
+/// ballot twice, whatever its acceptor had persisted. `Ballot::ZERO` is below every real ballot.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Ballot {
+    pub round: u64,
+    pub node: NodeId,
+    pub epoch: u32,
+}
+
+impl Ballot {
+    /// Below every ballot a coordinator can issue (real rounds start at 1).
+    pub const ZERO: Ballot = Ballot {
+        round: 0,
+        node: 0,
+        epoch: 0,
+    };
+}
+
+impl fmt::Display for Ballot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.round, self.node, self.epoch)
+    }
+}
+
+/// The replicated register of one key. Every round rewrites it whole.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Register {
+    /// The counter's value.
+    pub value: i64,
+    /// Number of changes applied since the key was created. Two registers with the same version
+    /// accepted under the same ballot are the same register.
+    pub version: u64,
+}
+
+/// A client's operation on one counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Op {
+    Incr(u64),
+    Decr(u64),
+    Get,
+    Reset,
+}
+
+impl Op {
+    /// True for operations that never change the register.
+    pub fn is_read(&self) -> bool {
+        matches!(self, Op::Get)
+    }
+}
+
+/// What a client can be told when an operation did not succeed (ARCHITECTURE.md, "Errors").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// Bad input: never applied.
+    Invalid,
+    /// Definitely not applied: no quorum reachable before anything was sent.
+    Unavailable,
+    /// Sent, then timed out or lost: it may have been applied.
+    Unknown,
+}
+
+impl ErrorKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error returned to a client, with a human message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ClientError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ClientError {
+            kind,
+            message: message.into(),
+        }
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Invalid, message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unavailable, message)
+    }
+    pub fn unknown(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unknown, message)
+    }
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// Every message exchanged on a connection. Requests and their replies share one enum so that
+/// one codec serves clients, routers and nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Msg {
+    /// Client (or router) asks for `op` on `key`; `timeout_ms` is the caller's remaining budget.
+    Command {
+        key: String,
+        op: Op,
+        timeout_ms: u32,
+    },
+    /// Answer to `Command`: the counter's value after the operation.
+    Value(i64),
+    /// Answer to `Command` when it did not succeed.
+    Error(ClientError),
+    /// Phase 1 of a round, coordinator to acceptor.
+    Prepare {
+        shard: ShardId,
+        key: String,
+        ballot: Ballot,
+    },
+    /// The acceptor promised `ballot`; it carries what it had accepted.
+    Promise {
+        ballot: Ballot,
+        accepted: Option<(Ballot, Register)>,
+    },
+    /// Phase 2 of a round, coordinator to acceptor.
+    Accept {
+        shard: ShardId,
+        key: String,
+        ballot: Ballot,
+        register: Register,
+    },
+    /// The acceptor accepted `ballot`.
+    Accepted { ballot: Ballot },
+    /// The acceptor refused `ballot` because it has promised `promised` (>= ballot).
+    Reject { ballot: Ballot, promised: Ballot },
+}
+
+/// One message with the id that pairs a reply with its request (0 for connection-level errors).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frame {
+    pub id: u64,
+    pub msg: Msg,
+}
+
+/// Why bytes could not be turned into a [`Frame`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("unsupported protocol version {0} (this build speaks {PROTOCOL_VERSION})")]
+    UnknownVersion(u16),
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME_LEN}")]
+    TooLarge(usize),
+}
+
+/// Why a [`Frame`] could not be encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME_LEN}")]
+    TooLarge(usize),
+    #[error("encoding failed: {0}")]
+    Postcard(#[from] postcard::Error),
+}
+
+/// Appends the encoding of `frame` (version, then the frame) to `out`.
+pub fn encode_frame(frame: &Frame, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    let start = out.len();
+    let mut buf = std::mem::take(out);
+    buf = postcard::to_extend(&PROTOCOL_VERSION, buf)?;
+    buf = postcard::to_extend(frame, buf)?;
+    let len = buf.len() - start;
+    *out = buf;
+    if len > MAX_FRAME_LEN {
+        out.truncate(start);
+        return Err(EncodeError::TooLarge(len));
+    }
+    Ok(())
+}
+
+/// Decodes one frame body. Never panics, whatever the bytes.
+pub fn decode_frame(bytes: &[u8]) -> Result<Frame, DecodeError> {
+    if bytes.len() > MAX_FRAME_LEN {
+        return Err(DecodeError::TooLarge(bytes.len()));
+    }
+    let (version, rest) = postcard::take_from_bytes::<u16>(bytes)
+        .map_err(|e| DecodeError::Malformed(format!("no protocol version: {e}")))?;
+    if version != PROTOCOL_VERSION {
+        return Err(DecodeError::UnknownVersion(version));
+    }
+    let (frame, rest) = postcard::take_from_bytes::<Frame>(rest)
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(DecodeError::Malformed(format!(
+            "{} trailing bytes after the message",
+            rest.len()
+        )));
+    }
+    Ok(frame)
+}
+
+/// Checks a key against CLI.md's rule: 1..=1024 bytes of UTF-8 (UTF-8 is the type's own promise).
+pub fn validate_key(key: &str) -> Result<(), ClientError> {
+    if key.is_empty() {
+        return Err(ClientError::invalid("empty key"));
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(ClientError::invalid(format!(
+            "key of {} bytes is longer than {MAX_KEY_LEN}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks an operation's argument: deltas are positive.
+pub fn validate_op(op: &Op) -> Result<(), ClientError> {
+    match op {
+        Op::Incr(0) | Op::Decr(0) => Err(ClientError::invalid("delta must be positive")),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Frame {
+        Frame {
+            id: 42,
+            msg: Msg::Accept {
+                shard: 7,
+                key: "page_views".into(),
+                ballot: Ballot {
+                    round: 3,
+                    node: 2,
+                    epoch: 1,
+                },
+                register: Register {
+                    value: -5,
+                    version: 9,
+                },
+            },
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let mut buf = Vec::new();
+        encode_frame(&sample(), &mut buf).unwrap();
+        assert_eq!(decode_frame(&buf).unwrap(), sample());
+    }
+
+    #[test]
+    fn unknown_version_is_recognised_before_the_body() {
+        let mut buf = postcard::to_stdvec(&(PROTOCOL_VERSION + 1)).unwrap();
+        buf.extend_from_slice(&[0xff, 0xff, 0xff]);
+        assert_eq!(
+            decode_frame(&buf),
+            Err(DecodeError::UnknownVersion(PROTOCOL_VERSION + 1))
+        );
+    }
+
+    #[test]
+    fn garbage_and_truncations_are_errors_not_panics() {
+        let mut buf = Vec::new();
+        encode_frame(&sample(), &mut buf).unwrap();
+        for cut in 0..buf.len() {
+            assert!(decode_frame(&buf[..cut]).is_err(), "prefix of {cut} bytes");
+        }
+        let mut trailing = buf.clone();
+        trailing.push(0);
+        assert!(matches!(
+            decode_frame(&trailing),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(decode_frame(&[0xff; 64]).is_err());
+        assert!(matches!(
+            decode_frame(&vec![0; MAX_FRAME_LEN + 1]),
+            Err(DecodeError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn ballots_order_by_round_then_node_then_epoch() {
+        let b = |round, node, epoch| Ballot { round, node, epoch };
+        assert!(b(2, 1, 1) > b(1, 9, 9));
+        assert!(b(1, 2, 0) > b(1, 1, 9));
+        assert!(b(1, 1, 2) > b(1, 1, 1));
+        assert!(b(1, 1, 1) > Ballot::ZERO);
+    }
+
+    #[test]
+    fn key_rules() {
+        assert!(validate_key("").is_err());
+        assert!(validate_key(&"k".repeat(MAX_KEY_LEN)).is_ok());
+        assert!(validate_key(&"k".repeat(MAX_KEY_LEN + 1)).is_err());
+        assert!(validate_op(&Op::Incr(0)).is_err());
+        assert!(validate_op(&Op::Decr(1)).is_ok());
+    }
+}

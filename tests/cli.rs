@@ -1,0 +1,141 @@
+//! The command-line contract (CLI.md) against a real cluster: exit codes, pipe mode, bad input
+//! that changes nothing, and servers that keep serving after garbage.
+
+mod common;
+
+use common::{Answer, LocalCluster};
+use std::io::{Read, Write};
+use std::time::Duration;
+
+#[test]
+fn commands_print_values_and_exit_zero() {
+    let c = LocalCluster::start(3, 3, 8);
+    assert_eq!(c.cli(&["get", "fresh"]), (0, "0".into(), String::new()));
+    assert_eq!(c.cli(&["incr", "a"]).1, "1");
+    assert_eq!(c.cli(&["incr", "a", "41"]).1, "42");
+    assert_eq!(c.cli(&["decr", "a", "50"]).1, "-8");
+    assert_eq!(c.cli(&["get", "a"]).1, "-8");
+    assert_eq!(c.cli(&["reset", "a"]).1, "0");
+    assert_eq!(c.cli(&["get", "a"]).1, "0");
+    assert_eq!(c.cli(&["incr", "a key with spaces"]).1, "1");
+    let long = "k".repeat(1024);
+    assert_eq!(c.cli(&["incr", &long]).1, "1");
+}
+
+#[test]
+fn bad_input_exits_2_and_changes_nothing() {
+    let c = LocalCluster::start(3, 3, 8);
+    assert_eq!(c.cli(&["incr", "x", "10"]).1, "10");
+    let too_long = "k".repeat(1025);
+    for args in [
+        vec!["incr", ""],
+        vec!["incr", &too_long],
+        vec!["incr", "x", "0"],
+        vec!["incr", "x", "-3"],
+        vec!["decr", "x", "-3"],
+        vec!["incr", "x", "ten"],
+        vec!["incr", "x", "1.5"],
+        vec!["incr", "x", "99999999999999999999999"],
+        vec!["incr"],
+        vec!["get", "x", "y"],
+        vec!["frobnicate", "x"],
+    ] {
+        let (code, out, err) = c.cli(&args);
+        assert_eq!(code, 2, "{args:?}: stdout {out:?} stderr {err:?}");
+        assert!(out.is_empty() && !err.is_empty(), "{args:?}");
+    }
+    // A non-UTF-8 key.
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let out = std::process::Command::new(common::CLI)
+            .args(["--router", &c.router_addr, "incr"])
+            .arg(std::ffi::OsStr::from_bytes(b"\xff\xfekey"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("UTF-8"));
+    }
+    // Overflow is refused by the cluster and nothing changes.
+    assert_eq!(c.cli(&["incr", "x", &(i64::MAX - 10).to_string()]).1, i64::MAX.to_string());
+    let (code, _, err) = c.cli(&["incr", "x", "1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("overflow"), "{err}");
+    assert_eq!(c.cli(&["get", "x"]).1, i64::MAX.to_string());
+    assert_eq!(c.cli(&["reset", "y"]).1, "0");
+    assert_eq!(c.cli(&["decr", "y", &i64::MAX.to_string()]).1, (-i64::MAX).to_string());
+    assert_eq!(c.cli(&["decr", "y", "1"]).1, i64::MIN.to_string());
+    assert_eq!(c.cli(&["decr", "y", "1"]).0, 2);
+    assert_eq!(c.cli(&["get", "y"]).1, i64::MIN.to_string());
+}
+
+#[test]
+fn pipe_mode_answers_every_line_in_order() {
+    let c = LocalCluster::start(3, 3, 8);
+    let mut p = c.pipe(5_000);
+    assert_eq!(p.run("incr p"), Answer::Value(1));
+    assert_eq!(p.run("incr p 9"), Answer::Value(10));
+    assert!(matches!(p.run("incr p 0"), Answer::Err(k, _) if k == "invalid"));
+    assert!(matches!(p.run(""), Answer::Err(k, _) if k == "invalid"));
+    assert!(matches!(p.run("bogus"), Answer::Err(k, _) if k == "invalid"));
+    assert!(matches!(p.run_bytes(b"incr \xff"), Answer::Err(k, _) if k == "invalid"));
+    assert!(matches!(p.run(&format!("incr {}", "k".repeat(1025))), Answer::Err(k, _) if k == "invalid"));
+    assert_eq!(p.run("decr p 3"), Answer::Value(7));
+    assert_eq!(p.run("get p"), Answer::Value(7));
+    assert_eq!(p.run("reset p"), Answer::Value(0));
+    p.finish();
+}
+
+#[test]
+fn an_unreachable_router_is_unavailable() {
+    let port = common::free_port();
+    let out = std::process::Command::new(common::CLI)
+        .args(["--router", &format!("127.0.0.1:{port}"), "incr", "k"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let out = std::process::Command::new(common::CLI)
+        .args(["--router", &format!("127.0.0.1:{port}")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(b"incr k\nget k\n")?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<_> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines.iter().all(|l| l.starts_with("ERR unavailable ")), "{text}");
+}
+
+#[test]
+fn garbage_to_a_node_or_the_router_harms_no_one_else() {
+    let c = LocalCluster::start(3, 3, 8);
+    let mut p = c.pipe(5_000);
+    assert_eq!(p.run("incr g"), Answer::Value(1));
+    let targets = [c.router_addr.clone(), c.node_addrs[0].clone(), c.node_addrs[1].clone()];
+    for addr in &targets {
+        for garbage in [
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            vec![0xff; 64],
+            vec![0, 0, 0, 3, 0x7f, 0, 0], // unknown protocol version
+            vec![0, 0, 0, 5, 1, 0, 0xff, 0xff, 0xff],
+        ] {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(&garbage).unwrap();
+            let mut buf = Vec::new();
+            // The server answers with an error frame (or nothing) and closes this connection.
+            let _ = s.read_to_end(&mut buf);
+        }
+        // A half-sent frame that never completes must not block anyone either.
+        let mut slow = std::net::TcpStream::connect(addr).unwrap();
+        slow.write_all(&[0, 0, 1, 0, 1]).unwrap();
+        assert_eq!(p.run("incr g"), Answer::Value(2 + targets.iter().position(|a| a == addr).unwrap() as i64));
+    }
+    // A node must refuse acceptor messages for keys it does not own, and client traffic goes on.
+    assert_eq!(c.get("g"), 4);
+    p.finish();
+}

@@ -1,0 +1,294 @@
+//! A local cluster of real processes for tests: `counter-node`s and a `counter-router` on
+//! loopback, each node with its own data dir under one temporary folder.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const NODE: &str = env!("CARGO_BIN_EXE_counter-node");
+pub const ROUTER: &str = env!("CARGO_BIN_EXE_counter-router");
+pub const CLI: &str = env!("CARGO_BIN_EXE_counter-cli");
+
+/// A free loopback port (bound and released; good enough for tests on one machine).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct LocalCluster {
+    pub dir: tempfile::TempDir,
+    pub cluster_file: PathBuf,
+    pub node_addrs: Vec<String>,
+    pub router_addr: String,
+    nodes: Vec<Option<Child>>,
+    router: Option<Child>,
+}
+
+impl LocalCluster {
+    /// Starts `n` nodes with replication `r` and a router, and waits until a command succeeds.
+    pub fn start(n: usize, r: usize, shards: u32) -> LocalCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let node_addrs: Vec<String> = (0..n)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let mut text = format!("replication = {r}\nshards = {shards}\n");
+        for (i, addr) in node_addrs.iter().enumerate() {
+            text += &format!("[[node]]\nid = {}\naddr = \"{addr}\"\n", i + 1);
+        }
+        let cluster_file = dir.path().join("cluster.toml");
+        std::fs::write(&cluster_file, text).unwrap();
+        let router_addr = format!("127.0.0.1:{}", free_port());
+        let mut c = LocalCluster {
+            dir,
+            cluster_file,
+            node_addrs,
+            router_addr,
+            nodes: (0..n).map(|_| None).collect(),
+            router: None,
+        };
+        for i in 0..n {
+            c.start_node(i);
+        }
+        c.start_router();
+        c.wait_ready();
+        c
+    }
+
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node-{}", i + 1))
+    }
+
+    fn log(&self, name: &str) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))
+            .unwrap()
+    }
+
+    /// Starts (or restarts) node `i` (0-based; its id is i + 1).
+    pub fn start_node(&mut self, i: usize) {
+        assert!(self.nodes[i].is_none(), "node {} already running", i + 1);
+        let log = self.log(&format!("node-{}", i + 1));
+        let child = Command::new(NODE)
+            .arg("--id")
+            .arg((i + 1).to_string())
+            .arg("--cluster")
+            .arg(&self.cluster_file)
+            .arg("--data-dir")
+            .arg(self.data_dir(i))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn counter-node");
+        self.nodes[i] = Some(child);
+        wait_listening(&self.node_addrs[i]);
+    }
+
+    pub fn start_router(&mut self) {
+        let log = self.log("router");
+        let child = Command::new(ROUTER)
+            .arg("--cluster")
+            .arg(&self.cluster_file)
+            .arg("--listen")
+            .arg(&self.router_addr)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn counter-router");
+        self.router = Some(child);
+        wait_listening(&self.router_addr);
+    }
+
+    /// SIGKILLs node `i`.
+    pub fn kill_node(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn kill_router(&mut self) {
+        if let Some(mut child) = self.router.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn node_pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].as_ref().map(|c| c.id())
+    }
+
+    /// SIGKILLs everything and starts it all again on the same data dirs.
+    pub fn restart_all(&mut self) {
+        self.kill_router();
+        for i in 0..self.nodes.len() {
+            self.kill_node(i);
+        }
+        for i in 0..self.nodes.len() {
+            self.start_node(i);
+        }
+        self.start_router();
+        self.wait_ready();
+    }
+
+    /// Runs one command through `counter-cli`: (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(CLI)
+            .arg("--router")
+            .arg(&self.router_addr)
+            .args(args)
+            .output()
+            .expect("run counter-cli");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        )
+    }
+
+    /// The value of `key`, read through the CLI (retrying while the cluster settles).
+    pub fn get(&self, key: &str) -> i64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (code, out, err) = self.cli(&["get", key]);
+            if code == 0 {
+                return out.parse().unwrap();
+            }
+            assert!(Instant::now() < deadline, "get {key} keeps failing: {err}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn pipe(&self, timeout_ms: u32) -> Pipe {
+        Pipe::spawn(&self.router_addr, timeout_ms)
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (code, _, err) = self.cli(&["get", "__ready__"]);
+            if code == 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "cluster never became ready: {err}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        let mut all = String::new();
+        for entry in std::fs::read_dir(self.dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "log") {
+                all += &format!("==> {} <==\n", path.display());
+                all += &std::fs::read_to_string(&path).unwrap_or_default();
+            }
+        }
+        all
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.kill_router();
+        for i in 0..self.nodes.len() {
+            self.kill_node(i);
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+    }
+}
+
+fn wait_listening(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{addr} never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A `counter-cli` in pipe mode.
+pub struct Pipe {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+/// One answer line of pipe mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Value(i64),
+    Err(String, String),
+}
+
+impl Pipe {
+    pub fn spawn(router: &str, timeout_ms: u32) -> Pipe {
+        let mut child = Command::new(CLI)
+            .arg("--router")
+            .arg(router)
+            .arg("--timeout-ms")
+            .arg(timeout_ms.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn counter-cli");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Pipe {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Sends one command line, returns its answer line.
+    pub fn run(&mut self, line: &str) -> Answer {
+        self.run_bytes(line.as_bytes())
+    }
+
+    pub fn run_bytes(&mut self, line: &[u8]) -> Answer {
+        self.stdin.write_all(line).unwrap();
+        self.stdin.write_all(b"\n").unwrap();
+        self.stdin.flush().unwrap();
+        let mut answer = String::new();
+        self.stdout.read_line(&mut answer).unwrap();
+        parse_answer(answer.trim_end())
+    }
+
+    /// Closes stdin and checks the process exits 0.
+    pub fn finish(mut self) {
+        drop(self.stdin);
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "counter-cli pipe exited with {status}");
+    }
+}
+
+pub fn parse_answer(line: &str) -> Answer {
+    if let Some(rest) = line.strip_prefix("ERR ") {
+        let (kind, msg) = rest.split_once(' ').unwrap_or((rest, ""));
+        assert!(
+            matches!(kind, "invalid" | "unavailable" | "unknown"),
+            "bad error line {line:?}"
+        );
+        Answer::Err(kind.to_string(), msg.to_string())
+    } else {
+        Answer::Value(
+            line.parse()
+                .unwrap_or_else(|_| panic!("answer {line:?} is neither a value nor ERR")),
+        )
+    }
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
