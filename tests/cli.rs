@@ -56,13 +56,19 @@ fn bad_input_exits_2_and_changes_nothing() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("UTF-8"));
     }
     // Overflow is refused by the cluster and nothing changes.
-    assert_eq!(c.cli(&["incr", "x", &(i64::MAX - 10).to_string()]).1, i64::MAX.to_string());
+    assert_eq!(
+        c.cli(&["incr", "x", &(i64::MAX - 10).to_string()]).1,
+        i64::MAX.to_string()
+    );
     let (code, _, err) = c.cli(&["incr", "x", "1"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("overflow"), "{err}");
     assert_eq!(c.cli(&["get", "x"]).1, i64::MAX.to_string());
     assert_eq!(c.cli(&["reset", "y"]).1, "0");
-    assert_eq!(c.cli(&["decr", "y", &i64::MAX.to_string()]).1, (-i64::MAX).to_string());
+    assert_eq!(
+        c.cli(&["decr", "y", &i64::MAX.to_string()]).1,
+        (-i64::MAX).to_string()
+    );
     assert_eq!(c.cli(&["decr", "y", "1"]).1, i64::MIN.to_string());
     assert_eq!(c.cli(&["decr", "y", "1"]).0, 2);
     assert_eq!(c.cli(&["get", "y"]).1, i64::MIN.to_string());
@@ -78,7 +84,9 @@ fn pipe_mode_answers_every_line_in_order() {
     assert!(matches!(p.run(""), Answer::Err(k, _) if k == "invalid"));
     assert!(matches!(p.run("bogus"), Answer::Err(k, _) if k == "invalid"));
     assert!(matches!(p.run_bytes(b"incr \xff"), Answer::Err(k, _) if k == "invalid"));
-    assert!(matches!(p.run(&format!("incr {}", "k".repeat(1025))), Answer::Err(k, _) if k == "invalid"));
+    assert!(
+        matches!(p.run(&format!("incr {}", "k".repeat(1025))), Answer::Err(k, _) if k == "invalid")
+    );
     assert_eq!(p.run("decr p 3"), Answer::Value(7));
     assert_eq!(p.run("get p"), Answer::Value(7));
     assert_eq!(p.run("reset p"), Answer::Value(0));
@@ -107,7 +115,10 @@ fn an_unreachable_router_is_unavailable() {
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<_> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
-    assert!(lines.iter().all(|l| l.starts_with("ERR unavailable ")), "{text}");
+    assert!(
+        lines.iter().all(|l| l.starts_with("ERR unavailable ")),
+        "{text}"
+    );
 }
 
 #[test]
@@ -115,7 +126,11 @@ fn garbage_to_a_node_or_the_router_harms_no_one_else() {
     let c = LocalCluster::start(3, 3, 8);
     let mut p = c.pipe(5_000);
     assert_eq!(p.run("incr g"), Answer::Value(1));
-    let targets = [c.router_addr.clone(), c.node_addrs[0].clone(), c.node_addrs[1].clone()];
+    let targets = [
+        c.router_addr.clone(),
+        c.node_addrs[0].clone(),
+        c.node_addrs[1].clone(),
+    ];
     for addr in &targets {
         for garbage in [
             b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
@@ -133,7 +148,10 @@ fn garbage_to_a_node_or_the_router_harms_no_one_else() {
         // A half-sent frame that never completes must not block anyone either.
         let mut slow = std::net::TcpStream::connect(addr).unwrap();
         slow.write_all(&[0, 0, 1, 0, 1]).unwrap();
-        assert_eq!(p.run("incr g"), Answer::Value(2 + targets.iter().position(|a| a == addr).unwrap() as i64));
+        assert_eq!(
+            p.run("incr g"),
+            Answer::Value(2 + targets.iter().position(|a| a == addr).unwrap() as i64)
+        );
     }
     // A node must refuse acceptor messages for keys it does not own, and client traffic goes on.
     assert_eq!(c.get("g"), 4);

@@ -12,7 +12,12 @@ use std::time::Duration;
 
 const CLIENTS: usize = 8;
 const OPS: usize = 300;
-const KEYS: [&str; 4] = ["page_views", "stock:sku-123", "quota:tenant-9", "ünïcode ключ"];
+const KEYS: [&str; 4] = [
+    "page_views",
+    "stock:sku-123",
+    "quota:tenant-9",
+    "ünïcode-ключ",
+];
 
 #[derive(Default, Debug)]
 struct KeyOutcomes {
@@ -78,7 +83,11 @@ fn increments_survive_a_killed_node_and_a_full_restart() {
         values.sort();
         let before = values.len();
         values.dedup();
-        assert_eq!(before, values.len(), "{key}: two increments returned the same value");
+        assert_eq!(
+            before,
+            values.len(),
+            "{key}: two increments returned the same value"
+        );
         let ok = o.ok_values.len() as i64;
         let final_value = cluster.get(key);
         assert!(
@@ -87,7 +96,10 @@ fn increments_survive_a_killed_node_and_a_full_restart() {
             o.unknown
         );
         // Every acknowledged value is one the counter passed through.
-        assert!(values.iter().all(|&v| v >= 1 && v <= final_value), "{key}: {values:?}");
+        assert!(
+            values.iter().all(|&v| v >= 1 && v <= final_value),
+            "{key}: {values:?}"
+        );
         eprintln!(
             "{key}: {ok} ok, {} unknown, {} unavailable, final {final_value}",
             o.unknown, o.unavailable
@@ -101,7 +113,12 @@ fn increments_survive_a_killed_node_and_a_full_restart() {
 
     cluster.restart_all();
     for (&k, &v) in &finals {
-        assert_eq!(cluster.get(KEYS[k]), v, "{} changed across a restart", KEYS[k]);
+        assert_eq!(
+            cluster.get(KEYS[k]),
+            v,
+            "{} changed across a restart",
+            KEYS[k]
+        );
     }
 }
 

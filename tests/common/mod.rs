@@ -178,7 +178,10 @@ impl LocalCluster {
             if code == 0 {
                 return;
             }
-            assert!(Instant::now() < deadline, "cluster never became ready: {err}");
+            assert!(
+                Instant::now() < deadline,
+                "cluster never became ready: {err}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

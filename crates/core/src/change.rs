@@ -13,7 +13,10 @@ impl std::fmt::Display for ChangeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ChangeError::Overflow { value, op } => {
-                write!(f, "{op:?} on value {value} would overflow a signed 64-bit counter")
+                write!(
+                    f,
+                    "{op:?} on value {value} would overflow a signed 64-bit counter"
+                )
             }
         }
     }

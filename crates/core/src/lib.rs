@@ -20,4 +20,4 @@ pub use acceptor::{AcceptorReply, AcceptorState};
 pub use ballot::next_ballot;
 pub use change::{apply, apply_all, ChangeError};
 pub use counter_proto::{Ballot, NodeId, Op, Register};
-pub use proposer::{Round, Step};
+pub use proposer::{next_proposal, Round, Step};

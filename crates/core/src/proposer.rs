@@ -131,7 +131,11 @@ impl Round {
     /// # Panics
     /// If the round has not reached [`Step::Promised`]: that is a bug in the caller.
     pub fn propose(&mut self, register: Register) {
-        assert_eq!(self.phase, Phase::Promised, "propose before a promise quorum");
+        assert_eq!(
+            self.phase,
+            Phase::Promised,
+            "propose before a promise quorum"
+        );
         self.phase = Phase::Accepting(register);
         self.proposed = Some(register);
     }
@@ -340,5 +344,111 @@ mod tests {
         );
         assert_eq!(r.proposed(), Some(reg(1, 1)));
         assert_eq!(r.chosen(), None);
+    }
+}
+
+/// What to propose once a round has a majority of promises.
+///
+/// `highest` is the register accepted under the highest ballot among the promises
+/// ([`Round::highest_accepted`]); `in_doubt` is the (ballot, register) this coordinator sent in
+/// Accepts for the same `ops` in an earlier round that ended without a decision, if any.
+///
+/// - Nothing in doubt: apply `ops` to `highest` (the initial register if none); `results` gets
+///   each op's answer.
+/// - In doubt and the promises report exactly that (ballot, register) as the highest: propose
+///   it again, unchanged: the ops inside it are finished, not applied a second time, and
+///   `results` (from the earlier round) stay as they are.
+/// - In doubt otherwise: `None`. Another register superseded ours; it may or may not contain
+///   our ops, so applying them again could count twice: the caller must answer `unknown`.
+pub fn next_proposal(
+    highest: Option<(Ballot, Register)>,
+    in_doubt: Option<(Ballot, Register)>,
+    ops: &[counter_proto::Op],
+    results: &mut Vec<Result<i64, crate::ChangeError>>,
+) -> Option<Register> {
+    match in_doubt {
+        None => {
+            results.clear();
+            let prior = highest.map(|(_, r)| r).unwrap_or_default();
+            Some(crate::apply_all(ops.iter().copied(), prior, results))
+        }
+        Some(ours) if highest == Some(ours) => Some(ours.1),
+        Some(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod proposal_tests {
+    use super::*;
+    use counter_proto::Op;
+
+    fn b(round: u64) -> Ballot {
+        Ballot {
+            round,
+            node: 1,
+            epoch: 1,
+        }
+    }
+    fn reg(value: i64, version: u64) -> Register {
+        Register { value, version }
+    }
+
+    #[test]
+    fn fresh_ops_apply_to_the_highest_register() {
+        let mut results = Vec::new();
+        let p = next_proposal(
+            Some((b(3), reg(10, 4))),
+            None,
+            &[Op::Incr(2), Op::Incr(3)],
+            &mut results,
+        );
+        assert_eq!(p, Some(reg(15, 6)));
+        assert_eq!(results, vec![Ok(12), Ok(15)]);
+        let p = next_proposal(None, None, &[Op::Decr(1)], &mut results);
+        assert_eq!(p, Some(reg(-1, 1)));
+        assert_eq!(results, vec![Ok(-1)]);
+    }
+
+    #[test]
+    fn our_register_in_doubt_is_finished_not_reapplied() {
+        let mut results = vec![Ok(11)];
+        let ours = (b(3), reg(11, 5));
+        let p = next_proposal(Some(ours), Some(ours), &[Op::Incr(1)], &mut results);
+        assert_eq!(
+            p,
+            Some(reg(11, 5)),
+            "the increment must not be applied twice"
+        );
+        assert_eq!(results, vec![Ok(11)]);
+    }
+
+    #[test]
+    fn a_superseded_register_in_doubt_is_ambiguous() {
+        let mut results = vec![Ok(11)];
+        let ours = (b(3), reg(11, 5));
+        // Another coordinator's register, possibly built on ours.
+        assert_eq!(
+            next_proposal(
+                Some((b(4), reg(12, 6))),
+                Some(ours),
+                &[Op::Incr(1)],
+                &mut results
+            ),
+            None
+        );
+        // Nothing accepted that we can see: ours may still sit on a minority.
+        assert_eq!(
+            next_proposal(
+                Some((b(2), reg(10, 4))),
+                Some(ours),
+                &[Op::Incr(1)],
+                &mut results
+            ),
+            None
+        );
+        assert_eq!(
+            next_proposal(None, Some(ours), &[Op::Incr(1)], &mut results),
+            None
+        );
     }
 }

@@ -26,13 +26,21 @@ pub fn parse(words: &[OsString]) -> Result<Command, ClientError> {
     let usage = |u: &str| ClientError::invalid(format!("usage: {u}"));
     let (op, rest) = match name.as_str() {
         "incr" | "decr" => {
-            let u = if name == "incr" { "incr KEY [DELTA]" } else { "decr KEY [DELTA]" };
+            let u = if name == "incr" {
+                "incr KEY [DELTA]"
+            } else {
+                "decr KEY [DELTA]"
+            };
             let delta = match args.len() {
                 1 => 1,
                 2 => parse_delta(&text(&args[1], "delta")?)?,
                 _ => return Err(usage(u)),
             };
-            let op = if name == "incr" { Op::Incr(delta) } else { Op::Decr(delta) };
+            let op = if name == "incr" {
+                Op::Incr(delta)
+            } else {
+                Op::Decr(delta)
+            };
             (op, args)
         }
         "get" | "reset" => {
@@ -55,8 +63,8 @@ pub fn parse(words: &[OsString]) -> Result<Command, ClientError> {
 
 /// Parses one line of pipe mode (words separated by whitespace).
 pub fn parse_line(line: &[u8]) -> Result<Command, ClientError> {
-    let line = std::str::from_utf8(line)
-        .map_err(|_| ClientError::invalid("line is not valid UTF-8"))?;
+    let line =
+        std::str::from_utf8(line).map_err(|_| ClientError::invalid("line is not valid UTF-8"))?;
     let words: Vec<OsString> = line.split_whitespace().map(OsString::from).collect();
     parse(&words)
 }
@@ -96,8 +104,16 @@ mod tests {
     #[test]
     fn bad_input_is_invalid() {
         for bad in [
-            "", "incr", "incr a 0", "incr a -1", "incr a x", "incr a 1 2", "get", "get a b",
-            "frob a", "incr a 18446744073709551616",
+            "",
+            "incr",
+            "incr a 0",
+            "incr a -1",
+            "incr a x",
+            "incr a 1 2",
+            "get",
+            "get a b",
+            "frob a",
+            "incr a 18446744073709551616",
         ] {
             let err = parse_line(bad.as_bytes()).unwrap_err();
             assert_eq!(err.kind, ErrorKind::Invalid, "{bad:?}");

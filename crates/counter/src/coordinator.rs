@@ -13,7 +13,7 @@
 //! this coordinator proposed (same ballot), it proposes that same register again, so the
 //! operations inside it are finished rather than repeated.
 
-use counter_core::{apply_all, next_ballot, AcceptorReply, ChangeError, Round, Step};
+use counter_core::{next_ballot, next_proposal, AcceptorReply, ChangeError, Round, Step};
 use counter_net::Pool;
 use counter_proto::{Ballot, ClientError, Msg, NodeId, Op, Register, ShardId};
 use counter_storage::Store;
@@ -129,7 +129,11 @@ impl Coordinator {
 
     /// Runs one batch to a decision (or to an honest error) and answers every waiter.
     async fn run(&self, shard: ShardId, replicas: &[NodeId], key: &str, batch: Vec<Waiter>) {
-        let deadline = batch.iter().map(|w| w.deadline).max().expect("non-empty batch");
+        let deadline = batch
+            .iter()
+            .map(|w| w.deadline)
+            .max()
+            .expect("non-empty batch");
         let ops: Vec<Op> = batch.iter().map(|w| w.op).collect();
         let outcome = self.decide(shard, replicas, key, &ops, deadline).await;
         for (i, w) in batch.into_iter().enumerate() {
@@ -157,7 +161,7 @@ impl Coordinator {
             .highest();
         let mut backoff = BACKOFF_START;
         // The register we sent in Accepts that did not reach a decision, its ballot and answers.
-        let mut in_doubt: Option<(Ballot, Register, Vec<Result<i64, ChangeError>>)> = None;
+        let mut in_doubt: Option<(Ballot, Register)> = None;
         let mut last_error = String::from("deadline reached before the first round");
         let mut results = Vec::with_capacity(ops.len());
         while Instant::now() < deadline {
@@ -167,48 +171,39 @@ impl Coordinator {
 
             // Phase 1.
             let mut replies = self.fan_out(replicas, |node| self.prepare(node, shard, key, ballot));
-            let prior = loop {
+            let promised = loop {
                 match next_reply(&mut replies, phase_end).await {
-                    None => break None,
+                    None => break false,
                     Some((from, reply)) => match feed(&mut round, from, reply) {
-                        Step::Promised { prior } => break Some(prior),
-                        Step::Preempted { .. } => break None,
+                        Step::Promised { .. } => break true,
+                        Step::Preempted { .. } => break false,
                         _ => {}
                     },
                 }
             };
             drop(replies);
             seen = seen.max(round.seen());
-            let Some(prior) = prior else {
+            if !promised {
                 last_error = format!("round {ballot} got no majority of promises");
                 backoff = self.back_off(backoff, deadline).await;
                 continue;
-            };
+            }
 
-            // The register to propose: finish our own in-doubt register if it is the one the
-            // promises report; otherwise apply the ops to the highest-ballot register, unless
-            // an earlier Accept of ours may have applied them already.
-            let proposal = match &in_doubt {
-                Some((b, reg, res)) if round.highest_accepted() == Some((*b, *reg)) => {
-                    results = res.clone();
-                    *reg
-                }
-                Some(_) => {
-                    return Err(ClientError::unknown(format!(
-                        "an accept of this operation was interrupted and another register \
-                         superseded it; it may have been applied ({last_error})"
-                    )))
-                }
-                None => {
-                    results.clear();
-                    apply_all(ops.iter().copied(), prior, &mut results)
-                }
+            // Finish our own in-doubt register, or apply the ops afresh (core's rule).
+            let Some(proposal) =
+                next_proposal(round.highest_accepted(), in_doubt, ops, &mut results)
+            else {
+                return Err(ClientError::unknown(format!(
+                    "an accept of this operation was interrupted and another register \
+                     superseded it; it may have been applied ({last_error})"
+                )));
             };
             round.propose(proposal);
 
             // Phase 2.
-            let mut replies =
-                self.fan_out(replicas, |node| self.accept(node, shard, key, ballot, proposal));
+            let mut replies = self.fan_out(replicas, |node| {
+                self.accept(node, shard, key, ballot, proposal)
+            });
             let chosen = loop {
                 match next_reply(&mut replies, phase_end).await {
                     None => break false,
@@ -225,7 +220,7 @@ impl Coordinator {
             }
             seen = seen.max(round.seen());
             last_error = format!("round {ballot} got no majority of accepts");
-            in_doubt = Some((ballot, proposal, results.clone()));
+            in_doubt = Some((ballot, proposal));
             backoff = self.back_off(backoff, deadline).await;
         }
         Err(match in_doubt {
@@ -351,9 +346,7 @@ async fn next_reply(
     }
 }
 
-fn log_local(
-    reply: Result<AcceptorReply, counter_storage::StorageError>,
-) -> Option<AcceptorReply> {
+fn log_local(reply: Result<AcceptorReply, counter_storage::StorageError>) -> Option<AcceptorReply> {
     reply
         .map_err(|e| tracing::error!(error = %e, "local acceptor failed"))
         .ok()

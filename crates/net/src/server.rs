@@ -65,8 +65,12 @@ where
     }
 }
 
-async fn serve_conn<H, F>(stream: tokio::net::TcpStream, peer: String, config: ServerConfig, handler: H)
-where
+async fn serve_conn<H, F>(
+    stream: tokio::net::TcpStream,
+    peer: String,
+    config: ServerConfig,
+    handler: H,
+) where
     H: Fn(Msg) -> F + Send + Sync + Clone + 'static,
     F: Future<Output = Msg> + Send + 'static,
 {
@@ -78,7 +82,11 @@ where
     while let Some(next) = frames.next().await {
         match next {
             Ok(Frame { id, msg }) => {
-                let permit = inflight.clone().acquire_owned().await.expect("never closed");
+                let permit = inflight
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("never closed");
                 let handler = handler.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
@@ -167,7 +175,13 @@ mod tests {
             let frame = tokio_util::codec::Decoder::decode(&mut codec, &mut buf)
                 .unwrap()
                 .expect("an error frame before closing");
-            assert!(matches!(frame.msg, Msg::Error(ClientError { kind: counter_proto::ErrorKind::Invalid, .. })));
+            assert!(matches!(
+                frame.msg,
+                Msg::Error(ClientError {
+                    kind: counter_proto::ErrorKind::Invalid,
+                    ..
+                })
+            ));
         }
         assert_eq!(
             good.call(Msg::Value(1), Duration::from_secs(5)).await,
@@ -180,7 +194,10 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         drop(listener);
-        let err = Conn::connect(&addr, Duration::from_secs(1)).await.err().unwrap();
+        let err = Conn::connect(&addr, Duration::from_secs(1))
+            .await
+            .err()
+            .unwrap();
         assert!(!err.was_sent());
 
         // A peer that accepts and never answers.

@@ -69,7 +69,7 @@ impl Cluster {
             return Err(invalid("no [[node]] entries".into()));
         }
         let r = file.replication;
-        if r == 0 || r % 2 == 0 || r > nodes.len() {
+        if r == 0 || r.is_multiple_of(2) || r > nodes.len() {
             return Err(invalid(format!(
                 "replication = {r}: it must be odd and at most the number of nodes ({})",
                 nodes.len()
@@ -119,11 +119,17 @@ addr = "127.0.0.1:7103"
     #[test]
     fn rejects_bad_files_with_a_reason() {
         let even = GOOD.replace("replication = 3", "replication = 2");
-        assert!(Cluster::parse("c", &even).unwrap_err().to_string().contains("odd"));
+        assert!(Cluster::parse("c", &even)
+            .unwrap_err()
+            .to_string()
+            .contains("odd"));
         let too_many = GOOD.replace("replication = 3", "replication = 5");
         assert!(Cluster::parse("c", &too_many).is_err());
         let dup = GOOD.replace("id = 3", "id = 2");
-        assert!(Cluster::parse("c", &dup).unwrap_err().to_string().contains("twice"));
+        assert!(Cluster::parse("c", &dup)
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
         assert!(Cluster::parse("c", "replication = 1").is_err());
         assert!(Cluster::parse("c", "garbage ===").is_err());
     }

@@ -45,7 +45,9 @@ pub enum StorageError {
         on_disk: u32,
         configured: u32,
     },
-    #[error("data dir {dir} uses on-disk format {found}, this build reads format {FORMAT_VERSION}")]
+    #[error(
+        "data dir {dir} uses on-disk format {found}, this build reads format {FORMAT_VERSION}"
+    )]
     FormatMismatch { dir: PathBuf, found: u8 },
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -155,9 +157,9 @@ impl Store {
             ColumnFamilyDescriptor::new(name, cf)
         });
         let db = DB::open_cf_descriptors(&opts, dir, descriptors)?;
-        let meta = db
-            .cf_handle(META_CF)
-            .ok_or_else(|| StorageError::Corrupt(format!("{} has no meta column family", dir.display())))?;
+        let meta = db.cf_handle(META_CF).ok_or_else(|| {
+            StorageError::Corrupt(format!("{} has no meta column family", dir.display()))
+        })?;
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
         match db.get_cf(&meta, META_SHARDS)? {
@@ -181,7 +183,11 @@ impl Store {
             }
             None => {
                 let mut batch = WriteBatch::default();
-                batch.put_cf(&meta, META_SHARDS, postcard::to_stdvec(&shards).expect("u32"));
+                batch.put_cf(
+                    &meta,
+                    META_SHARDS,
+                    postcard::to_stdvec(&shards).expect("u32"),
+                );
                 batch.put_cf(&meta, META_FORMAT, [FORMAT_VERSION]);
                 db.write_opt(batch, &sync)?;
             }
@@ -202,7 +208,12 @@ impl Store {
         }
         .checked_add(1)
         .ok_or_else(|| StorageError::Corrupt("epoch counter exhausted".into()))?;
-        db.put_cf_opt(&meta, META_EPOCH, postcard::to_stdvec(&epoch).expect("u32"), &sync)?;
+        db.put_cf_opt(
+            &meta,
+            META_EPOCH,
+            postcard::to_stdvec(&epoch).expect("u32"),
+            &sync,
+        )?;
 
         let db = Arc::new(db);
         let pending = Arc::new(DashMap::new());
@@ -392,7 +403,13 @@ mod tests {
     fn records_round_trip_and_garbage_is_an_error() {
         let s = AcceptorState {
             promised: b(4, 2),
-            accepted: Some((b(3, 1), Register { value: -9, version: 2 })),
+            accepted: Some((
+                b(3, 1),
+                Register {
+                    value: -9,
+                    version: 2,
+                },
+            )),
         };
         let bytes = encode_state(&s);
         assert_eq!(bytes[0], FORMAT_VERSION);
@@ -411,7 +428,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 4).unwrap();
         assert_eq!(store.epoch(), 1);
-        let reg = Register { value: 5, version: 1 };
+        let reg = Register {
+            value: 5,
+            version: 1,
+        };
         assert!(matches!(
             store.prepare(2, "k", b(3, 1)).await.unwrap(),
             AcceptorReply::Promise { .. }

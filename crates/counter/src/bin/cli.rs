@@ -11,8 +11,12 @@ use std::time::Duration;
 
 /// Command-line client of the counter store.
 #[derive(Parser)]
-#[command(version, about, after_help = "Commands: incr KEY [DELTA] | decr KEY [DELTA] | get KEY | reset KEY\n\
-With no command, reads one command per line from stdin and answers each with one line.")]
+#[command(
+    version,
+    about,
+    after_help = "Commands: incr KEY [DELTA] | decr KEY [DELTA] | get KEY | reset KEY\n\
+With no command, reads one command per line from stdin and answers each with one line."
+)]
 struct Args {
     /// A router's address.
     #[arg(long)]
