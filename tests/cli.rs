@@ -157,3 +157,28 @@ fn garbage_to_a_node_or_the_router_harms_no_one_else() {
     assert_eq!(c.get("g"), 4);
     p.finish();
 }
+
+#[test]
+fn a_node_refuses_a_data_dir_with_another_shard_count() {
+    let mut c = LocalCluster::start(3, 3, 8);
+    assert_eq!(c.cli(&["incr", "s"]).1, "1");
+    c.kill_node(0);
+    let other = c.dir.path().join("other.toml");
+    let text = std::fs::read_to_string(&c.cluster_file)
+        .unwrap()
+        .replace("shards = 8", "shards = 16");
+    std::fs::write(&other, text).unwrap();
+    let out = std::process::Command::new(common::NODE)
+        .args(["--id", "1", "--cluster"])
+        .arg(&other)
+        .arg("--data-dir")
+        .arg(c.data_dir(0))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("8 shards") && err.contains("says 16"), "{err}");
+    // The same data dir with the right file still works, its data intact.
+    c.start_node(0);
+    assert_eq!(c.get("s"), 1);
+}

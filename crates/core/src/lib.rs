@@ -14,10 +14,12 @@
 pub mod acceptor;
 pub mod ballot;
 pub mod change;
+pub mod decider;
 pub mod proposer;
 
 pub use acceptor::{AcceptorReply, AcceptorState};
 pub use ballot::next_ballot;
 pub use change::{apply, apply_all, ChangeError};
 pub use counter_proto::{Ballot, NodeId, Op, Register};
+pub use decider::{Action, Decider, Failure};
 pub use proposer::{next_proposal, Round, Step};

@@ -13,7 +13,7 @@
 //! this coordinator proposed (same ballot), it proposes that same register again, so the
 //! operations inside it are finished rather than repeated.
 
-use counter_core::{next_ballot, next_proposal, AcceptorReply, ChangeError, Round, Step};
+use counter_core::{AcceptorReply, Action, ChangeError, Decider, Failure};
 use counter_net::Pool;
 use counter_proto::{Ballot, ClientError, Msg, NodeId, Op, Register, ShardId};
 use counter_storage::Store;
@@ -145,7 +145,8 @@ impl Coordinator {
         }
     }
 
-    /// Rounds until `ops` are chosen: each op's result, or an error for all of them.
+    /// Rounds until `ops` are chosen: each op's result, or an error for all of them. The
+    /// decisions are `counter-core`'s [`Decider`]; this function only does the I/O it asks for.
     async fn decide(
         &self,
         shard: ShardId,
@@ -154,91 +155,60 @@ impl Coordinator {
         ops: &[Op],
         deadline: Instant,
     ) -> Result<Vec<Result<i64, ChangeError>>, ClientError> {
-        let mut seen = self
+        let seen = self
             .store
             .peek(shard, key)
             .map_err(|e| ClientError::unavailable(format!("local acceptor: {e}")))?
             .highest();
-        let mut backoff = BACKOFF_START;
-        // The register we sent in Accepts that did not reach a decision, its ballot and answers.
-        let mut in_doubt: Option<(Ballot, Register)> = None;
-        let mut last_error = String::from("deadline reached before the first round");
-        let mut results = Vec::with_capacity(ops.len());
-        while Instant::now() < deadline {
-            let ballot = next_ballot(self.id, self.epoch, seen);
-            let mut round = Round::new(ballot, replicas);
+        let mut decider = Decider::new(self.id, self.epoch, replicas, ops.to_vec(), seen);
+        let mut action = decider.start_round();
+        loop {
+            let mut replies = match action {
+                Action::Prepare(ballot) => {
+                    self.fan_out(replicas, |node| self.prepare(node, shard, key, ballot))
+                }
+                Action::Accept(ballot, register) => self.fan_out(replicas, |node| {
+                    self.accept(node, shard, key, ballot, register)
+                }),
+                Action::Retry { attempt } => {
+                    if Instant::now() >= deadline {
+                        return Err(failure(decider.give_up()));
+                    }
+                    self.back_off(attempt, deadline).await;
+                    if Instant::now() >= deadline {
+                        return Err(failure(decider.give_up()));
+                    }
+                    action = decider.start_round();
+                    continue;
+                }
+                Action::Done(results) => return Ok(results),
+                Action::Failed(f) => return Err(failure(f)),
+            };
             let phase_end = (Instant::now() + PHASE_TIMEOUT).min(deadline);
-
-            // Phase 1.
-            let mut replies = self.fan_out(replicas, |node| self.prepare(node, shard, key, ballot));
-            let promised = loop {
+            action = loop {
                 match next_reply(&mut replies, phase_end).await {
-                    None => break false,
-                    Some((from, reply)) => match feed(&mut round, from, reply) {
-                        Step::Promised { .. } => break true,
-                        Step::Preempted { .. } => break false,
-                        _ => {}
+                    Some((from, reply)) => {
+                        if let Some(next) = decider.on_reply(from, reply) {
+                            break next;
+                        }
+                    }
+                    None => match decider.on_phase_timeout() {
+                        Some(next) => break next,
+                        None => return Err(failure(decider.give_up())),
                     },
                 }
             };
-            drop(replies);
-            seen = seen.max(round.seen());
-            if !promised {
-                last_error = format!("round {ballot} got no majority of promises");
-                backoff = self.back_off(backoff, deadline).await;
-                continue;
-            }
-
-            // Finish our own in-doubt register, or apply the ops afresh (core's rule).
-            let Some(proposal) =
-                next_proposal(round.highest_accepted(), in_doubt, ops, &mut results)
-            else {
-                return Err(ClientError::unknown(format!(
-                    "an accept of this operation was interrupted and another register \
-                     superseded it; it may have been applied ({last_error})"
-                )));
-            };
-            round.propose(proposal);
-
-            // Phase 2.
-            let mut replies = self.fan_out(replicas, |node| {
-                self.accept(node, shard, key, ballot, proposal)
-            });
-            let chosen = loop {
-                match next_reply(&mut replies, phase_end).await {
-                    None => break false,
-                    Some((from, reply)) => match feed(&mut round, from, reply) {
-                        Step::Chosen(_) => break true,
-                        Step::Preempted { .. } => break false,
-                        _ => {}
-                    },
-                }
-            };
-            drop(replies);
-            if chosen {
-                return Ok(results);
-            }
-            seen = seen.max(round.seen());
-            last_error = format!("round {ballot} got no majority of accepts");
-            in_doubt = Some((ballot, proposal));
-            backoff = self.back_off(backoff, deadline).await;
         }
-        Err(match in_doubt {
-            Some(_) => ClientError::unknown(format!(
-                "an accept was sent but no decision was reached before the deadline: {last_error}"
-            )),
-            None => ClientError::unavailable(format!(
-                "no quorum of replicas {replicas:?} before the deadline: {last_error}"
-            )),
-        })
     }
 
-    /// Sleeps a random time below `backoff` (but not past `deadline`); returns the next backoff.
-    async fn back_off(&self, backoff: Duration, deadline: Instant) -> Duration {
-        let jitter = rand::thread_rng().gen_range(Duration::ZERO..=backoff);
+    /// Sleeps a random time up to the backoff of `attempt` (never past `deadline`).
+    async fn back_off(&self, attempt: u32, deadline: Instant) {
+        let cap = BACKOFF_START
+            .saturating_mul(1 << attempt.min(16))
+            .min(BACKOFF_MAX);
+        let jitter = rand::thread_rng().gen_range(Duration::ZERO..=cap);
         let left = deadline.saturating_duration_since(Instant::now());
         tokio::time::sleep(jitter.min(left)).await;
-        (backoff * 2).min(BACKOFF_MAX)
     }
 
     fn fan_out<F>(&self, replicas: &[NodeId], call: F) -> FuturesUnordered<ReplyFuture>
@@ -323,15 +293,6 @@ impl Coordinator {
     }
 }
 
-/// Feeds one acceptor reply to the round.
-fn feed(round: &mut Round, from: NodeId, reply: AcceptorReply) -> Step {
-    match reply {
-        AcceptorReply::Promise { ballot, accepted } => round.on_promise(from, ballot, accepted),
-        AcceptorReply::Accepted { ballot } => round.on_accepted(from, ballot),
-        AcceptorReply::Reject { ballot, promised } => round.on_reject(from, ballot, promised),
-    }
-}
-
 /// The next useful reply, or `None` when every replica answered or the phase timed out.
 async fn next_reply(
     replies: &mut FuturesUnordered<ReplyFuture>,
@@ -350,4 +311,11 @@ fn log_local(reply: Result<AcceptorReply, counter_storage::StorageError>) -> Opt
     reply
         .map_err(|e| tracing::error!(error = %e, "local acceptor failed"))
         .ok()
+}
+
+fn failure(f: Failure) -> ClientError {
+    match f {
+        Failure::NotApplied(m) => ClientError::unavailable(m),
+        Failure::Ambiguous(m) => ClientError::unknown(m),
+    }
 }

@@ -1,0 +1,368 @@
+//! A coordinator's whole job for one batch of operations on one key, sans I/O.
+//!
+//! The driver (the node's tokio code, or the simulator) does what the [`Action`]s say and feeds
+//! back what happened: acceptor replies ([`Decider::on_reply`]), and the end of a phase without
+//! a decision ([`Decider::on_phase_timeout`]). Everything that decides safety is here: ballot
+//! choice, counting replies ([`Round`]), what to propose ([`next_proposal`]) and how an
+//! unfinished batch must be reported ([`Failure`]).
+
+use crate::{next_ballot, next_proposal, AcceptorReply, ChangeError, Round, Step};
+use counter_proto::{Ballot, NodeId, Op, Register};
+
+/// What the driver must do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send Prepare(ballot) to every replica.
+    Prepare(Ballot),
+    /// Send Accept(ballot, register) to every replica.
+    Accept(Ballot, Register),
+    /// The round failed: wait (randomized exponential backoff, `attempt` rounds failed so far),
+    /// then call [`Decider::start_round`] again, or [`Decider::give_up`] past the deadline.
+    Retry { attempt: u32 },
+    /// Decided: each op's answer, in order.
+    Done(Vec<Result<i64, ChangeError>>),
+    /// Ended without a decision.
+    Failed(Failure),
+}
+
+/// How a batch ended without a decision. The distinction is what clients are told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// No Accept carrying these ops was ever sent: they were not applied.
+    NotApplied(String),
+    /// An Accept carrying them was sent and not decided: they may have been applied.
+    Ambiguous(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Preparing,
+    Accepting,
+    Finished,
+}
+
+/// Drives rounds until a batch of ops is chosen or must be reported as failed.
+#[derive(Clone, Debug)]
+pub struct Decider {
+    node: NodeId,
+    epoch: u32,
+    replicas: Vec<NodeId>,
+    ops: Vec<Op>,
+    /// Highest ballot known for the key; the next round goes above it.
+    seen: Ballot,
+    round: Option<Round>,
+    phase: Phase,
+    /// Our register sent in Accepts without a decision, and its ballot.
+    in_doubt: Option<(Ballot, Register)>,
+    results: Vec<Result<i64, ChangeError>>,
+    failed_rounds: u32,
+    last_error: String,
+}
+
+impl Decider {
+    /// `seen` is the highest ballot the coordinator knows for the key (its own acceptor's).
+    pub fn new(
+        node: NodeId,
+        epoch: u32,
+        replicas: &[NodeId],
+        ops: Vec<Op>,
+        seen: Ballot,
+    ) -> Decider {
+        Decider {
+            node,
+            epoch,
+            replicas: replicas.to_vec(),
+            results: Vec::with_capacity(ops.len()),
+            ops,
+            seen,
+            round: None,
+            phase: Phase::Idle,
+            in_doubt: None,
+            failed_rounds: 0,
+            last_error: String::new(),
+        }
+    }
+
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+
+    /// The ballot of the current round, if one is running.
+    pub fn ballot(&self) -> Option<Ballot> {
+        self.round.as_ref().map(Round::ballot)
+    }
+
+    /// Starts a round above every ballot seen: send the Prepares.
+    pub fn start_round(&mut self) -> Action {
+        assert!(
+            matches!(self.phase, Phase::Idle),
+            "start_round while a round runs or after the end"
+        );
+        let ballot = next_ballot(self.node, self.epoch, self.seen);
+        self.seen = ballot;
+        self.round = Some(Round::new(ballot, &self.replicas));
+        self.phase = Phase::Preparing;
+        Action::Prepare(ballot)
+    }
+
+    /// Feeds one acceptor reply. `None`: nothing to do yet.
+    pub fn on_reply(&mut self, from: NodeId, reply: AcceptorReply) -> Option<Action> {
+        let round = self.round.as_mut()?;
+        let step = match reply {
+            AcceptorReply::Promise { ballot, accepted } => {
+                if self.phase != Phase::Preparing {
+                    return None;
+                }
+                round.on_promise(from, ballot, accepted)
+            }
+            AcceptorReply::Accepted { ballot } => {
+                if self.phase != Phase::Accepting {
+                    return None;
+                }
+                round.on_accepted(from, ballot)
+            }
+            AcceptorReply::Reject { ballot, promised } => {
+                if !matches!(self.phase, Phase::Preparing | Phase::Accepting) {
+                    return None;
+                }
+                round.on_reject(from, ballot, promised)
+            }
+        };
+        match step {
+            Step::Pending => None,
+            Step::Promised { .. } => {
+                let ballot = round.ballot();
+                match next_proposal(
+                    round.highest_accepted(),
+                    self.in_doubt,
+                    &self.ops,
+                    &mut self.results,
+                ) {
+                    Some(register) => {
+                        round.propose(register);
+                        self.phase = Phase::Accepting;
+                        Some(Action::Accept(ballot, register))
+                    }
+                    None => {
+                        self.phase = Phase::Finished;
+                        Some(Action::Failed(Failure::Ambiguous(format!(
+                            "an accept of this operation was interrupted ({}) and another \
+                             register superseded it; it may have been applied",
+                            self.last_error
+                        ))))
+                    }
+                }
+            }
+            Step::Chosen(_) => {
+                self.phase = Phase::Finished;
+                Some(Action::Done(std::mem::take(&mut self.results)))
+            }
+            Step::Preempted { seen } => {
+                self.seen = self.seen.max(seen);
+                Some(self.round_failed("preempted by a higher ballot"))
+            }
+        }
+    }
+
+    /// The current phase ended (timeout, or every replica answered) without a decision.
+    pub fn on_phase_timeout(&mut self) -> Option<Action> {
+        match self.phase {
+            Phase::Preparing | Phase::Accepting => Some(self.round_failed("no majority in time")),
+            _ => None,
+        }
+    }
+
+    fn round_failed(&mut self, why: &str) -> Action {
+        let round = self.round.take().expect("a round was running");
+        self.seen = self.seen.max(round.seen());
+        self.last_error = format!("round {}: {why}", round.ballot());
+        if let Some(register) = round.proposed() {
+            self.in_doubt = Some((round.ballot(), register));
+        }
+        self.phase = Phase::Idle;
+        self.failed_rounds += 1;
+        Action::Retry {
+            attempt: self.failed_rounds,
+        }
+    }
+
+    /// The deadline passed: how the batch must be reported.
+    pub fn give_up(&mut self) -> Failure {
+        if let Some(round) = self.round.take() {
+            if let Some(register) = round.proposed() {
+                self.in_doubt = Some((round.ballot(), register));
+            }
+        }
+        self.phase = Phase::Finished;
+        match self.in_doubt {
+            Some(_) => Failure::Ambiguous(format!(
+                "an accept was sent but no decision was reached before the deadline ({})",
+                self.last_error
+            )),
+            None => Failure::NotApplied(format!(
+                "no quorum of replicas {:?} before the deadline ({})",
+                self.replicas, self.last_error
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const R: [NodeId; 3] = [1, 2, 3];
+
+    fn promise(
+        d: &mut Decider,
+        from: NodeId,
+        accepted: Option<(Ballot, Register)>,
+    ) -> Option<Action> {
+        let ballot = d.ballot().unwrap();
+        d.on_reply(from, AcceptorReply::Promise { ballot, accepted })
+    }
+    fn accepted(d: &mut Decider, from: NodeId) -> Option<Action> {
+        let ballot = d.ballot().unwrap();
+        d.on_reply(from, AcceptorReply::Accepted { ballot })
+    }
+
+    #[test]
+    fn a_quiet_batch_is_decided_in_one_round() {
+        let mut d = Decider::new(1, 1, &R, vec![Op::Incr(2), Op::Incr(3)], Ballot::ZERO);
+        let Action::Prepare(b) = d.start_round() else {
+            panic!()
+        };
+        assert!(b > Ballot::ZERO);
+        assert_eq!(promise(&mut d, 1, None), None);
+        let Some(Action::Accept(b2, reg)) = promise(&mut d, 2, None) else {
+            panic!()
+        };
+        assert_eq!((b2, reg.value), (b, 5));
+        assert_eq!(accepted(&mut d, 3), None);
+        assert_eq!(accepted(&mut d, 1), Some(Action::Done(vec![Ok(2), Ok(5)])));
+    }
+
+    #[test]
+    fn a_retry_goes_above_the_rejecting_ballot() {
+        let mut d = Decider::new(1, 1, &R, vec![Op::Incr(1)], Ballot::ZERO);
+        let Action::Prepare(b) = d.start_round() else {
+            panic!()
+        };
+        let high = Ballot {
+            round: 40,
+            node: 3,
+            epoch: 2,
+        };
+        d.on_reply(
+            2,
+            AcceptorReply::Reject {
+                ballot: b,
+                promised: high,
+            },
+        );
+        let retry = d.on_reply(
+            3,
+            AcceptorReply::Reject {
+                ballot: b,
+                promised: high,
+            },
+        );
+        assert_eq!(retry, Some(Action::Retry { attempt: 1 }));
+        let Action::Prepare(b2) = d.start_round() else {
+            panic!()
+        };
+        assert!(b2 > high);
+        // Prepare never got a majority: nothing could have been applied.
+        assert!(matches!(d.give_up(), Failure::NotApplied(_)));
+    }
+
+    #[test]
+    fn an_interrupted_accept_is_finished_when_it_is_the_highest() {
+        let mut d = Decider::new(1, 1, &R, vec![Op::Incr(1)], Ballot::ZERO);
+        let Action::Prepare(b) = d.start_round() else {
+            panic!()
+        };
+        promise(&mut d, 1, None);
+        let Some(Action::Accept(_, reg)) = promise(&mut d, 2, None) else {
+            panic!()
+        };
+        accepted(&mut d, 1);
+        assert_eq!(d.on_phase_timeout(), Some(Action::Retry { attempt: 1 }));
+        d.start_round();
+        promise(&mut d, 1, Some((b, reg)));
+        // Same register again: the increment is finished, not applied a second time.
+        let Some(Action::Accept(_, again)) = promise(&mut d, 3, None) else {
+            panic!()
+        };
+        assert_eq!(again, reg);
+        accepted(&mut d, 1);
+        assert_eq!(accepted(&mut d, 3), Some(Action::Done(vec![Ok(1)])));
+    }
+
+    #[test]
+    fn an_interrupted_accept_superseded_is_ambiguous() {
+        let mut d = Decider::new(1, 1, &R, vec![Op::Incr(1)], Ballot::ZERO);
+        d.start_round();
+        promise(&mut d, 1, None);
+        promise(&mut d, 2, None);
+        d.on_phase_timeout();
+        d.start_round();
+        let other = (
+            Ballot {
+                round: 9,
+                node: 2,
+                epoch: 1,
+            },
+            Register {
+                value: 1,
+                version: 1,
+            },
+        );
+        promise(&mut d, 2, Some(other));
+        assert!(matches!(
+            promise(&mut d, 3, None),
+            Some(Action::Failed(Failure::Ambiguous(_)))
+        ));
+    }
+
+    #[test]
+    fn giving_up_after_an_accept_was_sent_is_ambiguous() {
+        let mut d = Decider::new(1, 1, &R, vec![Op::Incr(1)], Ballot::ZERO);
+        d.start_round();
+        promise(&mut d, 1, None);
+        promise(&mut d, 2, None);
+        assert!(matches!(d.give_up(), Failure::Ambiguous(_)));
+    }
+
+    #[test]
+    fn stale_replies_after_a_retry_do_not_count() {
+        let mut d = Decider::new(1, 1, &R, vec![Op::Incr(1)], Ballot::ZERO);
+        let Action::Prepare(old) = d.start_round() else {
+            panic!()
+        };
+        d.on_phase_timeout();
+        d.start_round();
+        assert_eq!(
+            d.on_reply(
+                1,
+                AcceptorReply::Promise {
+                    ballot: old,
+                    accepted: None
+                }
+            ),
+            None
+        );
+        assert_eq!(
+            d.on_reply(
+                2,
+                AcceptorReply::Promise {
+                    ballot: old,
+                    accepted: None
+                }
+            ),
+            None
+        );
+        assert_eq!(promise(&mut d, 1, None), None);
+    }
+}

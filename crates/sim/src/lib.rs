@@ -1,0 +1,817 @@
+//! Deterministic simulation of a counter cluster, from a seed.
+//!
+//! Why a simulator over the pure core rather than turmoil over the real `net` code: every
+//! decision that matters for safety (acceptor rules, ballots, counting replies, what to propose,
+//! how to report an unfinished batch) is in `counter-core`, and the node's tokio code only
+//! carries messages for it ([`counter_core::Decider`] and [`counter_core::AcceptorState`] are
+//! driven here exactly as the node drives them). A simulator of our own controls every fault
+//! precisely (loss, duplication, reordering, delay, partitions, crashes that keep durable
+//! state and lose volatile state) and runs thousands of seeds a second in one thread. What it
+//! does not cover, the framing and the RocksDB store, is covered by the real-process tests.
+//!
+//! The model: `nodes` nodes, each an acceptor of every key (R = nodes) and a coordinator of
+//! what clients send it; clients issue operations one at a time on a few keys through a random
+//! live node (the router's job), with a timeout. Every history is checked by `counter-check`.
+
+use counter_check::{OpKind, Operation, Outcome, Verdict};
+use counter_core::{AcceptorReply, AcceptorState, Action, Decider, Failure};
+use counter_proto::{Ballot, NodeId, Op, Register};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+/// A small, stable PRNG (SplitMix64): the same seed gives the same run on every platform.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo + 1)
+    }
+    /// True with probability `per_mille / 1000`.
+    pub fn chance(&mut self, per_mille: u64) -> bool {
+        self.next_u64() % 1000 < per_mille
+    }
+}
+
+/// Fault and workload settings of a run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub nodes: usize,
+    pub clients: usize,
+    pub keys: usize,
+    pub ops_per_client: usize,
+    /// Message loss, duplication (per mille).
+    pub loss: u64,
+    pub duplicate: u64,
+    /// Message delay range in ticks (reordering comes from it).
+    pub min_delay: u64,
+    pub max_delay: u64,
+    /// Per mille chance, at each fault tick, of crashing a node / cutting one off.
+    pub crash: u64,
+    pub partition: u64,
+    /// Ticks between fault decisions.
+    pub fault_every: u64,
+    /// Nodes clients send to (coordinators); empty: any live node.
+    pub coordinators: Vec<NodeId>,
+    /// Nodes that may crash; empty: any.
+    pub crashable: Vec<NodeId>,
+    /// How long a crashed node stays down, in ticks.
+    pub restart_min: u64,
+    pub restart_max: u64,
+    /// A client's timeout and a coordinator's deadline per batch.
+    pub client_timeout: u64,
+    pub coordinator_deadline: u64,
+    pub phase_timeout: u64,
+    /// Planted bugs, for showing that the simulation catches them (see `tools/plant-bugs.sh`).
+    pub mutation: Mutation,
+}
+
+/// Bugs that can be planted in the simulated cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mutation {
+    None,
+    /// Acceptors reply to a Prepare without persisting the promise (lost on crash).
+    PromiseNotPersisted,
+    /// Coordinators retry an ambiguous batch from scratch (applying it again).
+    RetryAmbiguous,
+    /// Reads answered from the coordinator's own acceptor, without a round.
+    ReadOneReplica,
+}
+
+impl Config {
+    pub fn cluster(nodes: usize) -> Config {
+        Config {
+            nodes,
+            clients: 4,
+            keys: 2,
+            ops_per_client: 25,
+            loss: 50,
+            duplicate: 30,
+            min_delay: 1,
+            max_delay: 40,
+            crash: 120,
+            partition: 120,
+            fault_every: 60,
+            restart_min: 50,
+            restart_max: 600,
+            coordinators: Vec::new(),
+            crashable: Vec::new(),
+            client_timeout: 1_500,
+            coordinator_deadline: 1_000,
+            phase_timeout: 120,
+            mutation: Mutation::None,
+        }
+    }
+
+    /// Two coordinators competing on one key while the other nodes (pure acceptors) crash
+    /// often and restart quickly: the setting that exposes bugs needing a crash between a
+    /// reply and the next message (planted-bug runs). Coordinators do not crash here, so few
+    /// outcomes are unknown and histories stay quick to check.
+    pub fn hostile(nodes: usize) -> Config {
+        Config {
+            clients: 6,
+            keys: 1,
+            ops_per_client: 15,
+            crash: 500,
+            partition: 100,
+            fault_every: 15,
+            restart_min: 5,
+            restart_max: 60,
+            coordinators: vec![1, 2],
+            crashable: (3..=nodes as NodeId).collect(),
+            ..Config::cluster(nodes)
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Payload {
+    Request {
+        client: usize,
+        req: u64,
+        key: String,
+        op: Op,
+    },
+    Response {
+        client: usize,
+        req: u64,
+        result: Result<i64, Failed>,
+    },
+    Prepare {
+        key: String,
+        ballot: Ballot,
+    },
+    Accept {
+        key: String,
+        ballot: Ballot,
+        register: Register,
+    },
+    Reply {
+        key: String,
+        reply: AcceptorReply,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failed {
+    NotApplied,
+    Ambiguous,
+}
+
+#[derive(Clone, Debug)]
+enum Event {
+    Deliver {
+        from: NodeId,
+        to: NodeId,
+        payload: Payload,
+    },
+    ClientNext(usize),
+    ClientTimeout {
+        client: usize,
+        req: u64,
+    },
+    PhaseTimeout {
+        node: NodeId,
+        key: String,
+        gen: u64,
+    },
+    Retry {
+        node: NodeId,
+        key: String,
+        gen: u64,
+    },
+    Fault,
+    Heal(NodeId),
+    Restart(NodeId),
+}
+
+/// Where client messages come from (clients are not nodes; they use ids above the nodes').
+const CLIENT_BASE: NodeId = 1_000;
+
+struct Lead {
+    decider: Decider,
+    waiters: Vec<(usize, u64)>,
+    deadline: u64,
+    /// Bumped at every step so stale timers are ignored.
+    gen: u64,
+}
+
+#[derive(Default)]
+struct SimNode {
+    up: bool,
+    epoch: u32,
+    /// Durable acceptor state.
+    durable: BTreeMap<String, AcceptorState>,
+    /// Volatile view (differs from durable only under `PromiseNotPersisted`).
+    volatile: BTreeMap<String, AcceptorState>,
+    leads: BTreeMap<String, Lead>,
+    queues: BTreeMap<String, Vec<(usize, u64, Op)>>,
+}
+
+struct Client {
+    done: usize,
+    pending: Option<(u64, usize)>,
+    next_req: u64,
+}
+
+/// Counts of what happened in a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub ok: usize,
+    pub failed: usize,
+    pub unknown: usize,
+    pub crashes: usize,
+    pub partitions: usize,
+    pub messages: usize,
+    pub chosen_values: usize,
+}
+
+/// A finished run.
+pub struct Run {
+    pub seed: u64,
+    pub history: Vec<Operation>,
+    pub stats: Stats,
+    pub verdict: Verdict,
+}
+
+struct Sim {
+    cfg: Config,
+    rng: Rng,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
+    events: Vec<Option<Event>>,
+    nodes: BTreeMap<NodeId, SimNode>,
+    cut: BTreeSet<NodeId>,
+    clients: Vec<Client>,
+    history: Vec<Operation>,
+    stats: Stats,
+    /// Print every event (`SIM_TRACE=1`).
+    trace: bool,
+}
+
+/// Runs one seeded simulation and checks its history.
+pub fn run(seed: u64, cfg: &Config) -> Run {
+    let mut sim = Sim {
+        cfg: cfg.clone(),
+        rng: Rng::new(seed),
+        now: 0,
+        seq: 0,
+        queue: BinaryHeap::new(),
+        events: Vec::new(),
+        nodes: (1..=cfg.nodes as NodeId)
+            .map(|id| {
+                (
+                    id,
+                    SimNode {
+                        up: true,
+                        epoch: 1,
+                        ..SimNode::default()
+                    },
+                )
+            })
+            .collect(),
+        cut: BTreeSet::new(),
+        clients: (0..cfg.clients)
+            .map(|_| Client {
+                done: 0,
+                pending: None,
+                next_req: 1,
+            })
+            .collect(),
+        history: Vec::new(),
+        stats: Stats::default(),
+        trace: std::env::var_os("SIM_TRACE").is_some(),
+    };
+    for c in 0..cfg.clients {
+        let at = sim.rng.range(0, 20);
+        sim.schedule(at, Event::ClientNext(c));
+    }
+    sim.schedule(cfg.fault_every, Event::Fault);
+    // A hard bound on simulated time, so every run ends.
+    let horizon = (cfg.ops_per_client as u64 + 10) * cfg.client_timeout * 2;
+    while let Some(Reverse((at, _, idx))) = sim.queue.pop() {
+        if at > horizon || sim.all_clients_done() {
+            break;
+        }
+        sim.now = at;
+        let event = sim.events[idx].take().expect("each event runs once");
+        if sim.trace {
+            eprintln!("{at:>6} {event:?}");
+        }
+        sim.handle(event);
+    }
+    let verdict = counter_check::check_history(&sim.history, 5_000_000);
+    Run {
+        seed,
+        history: sim.history,
+        stats: sim.stats,
+        verdict,
+    }
+}
+
+impl Sim {
+    fn schedule(&mut self, after: u64, event: Event) {
+        self.seq += 1;
+        self.events.push(Some(event));
+        self.queue
+            .push(Reverse((self.now + after, self.seq, self.events.len() - 1)));
+    }
+
+    fn all_clients_done(&self) -> bool {
+        self.clients
+            .iter()
+            .all(|c| c.done >= self.cfg.ops_per_client && c.pending.is_none())
+    }
+
+    fn replicas(&self) -> Vec<NodeId> {
+        (1..=self.cfg.nodes as NodeId).collect()
+    }
+
+    /// Sends with the network's faults; a node's messages to itself are in-process calls.
+    fn send(&mut self, from: NodeId, to: NodeId, payload: Payload) {
+        self.stats.messages += 1;
+        if from == to {
+            self.schedule(0, Event::Deliver { from, to, payload });
+            return;
+        }
+        let cut = |n: NodeId| n < CLIENT_BASE && self.cut.contains(&n);
+        if (cut(from) || cut(to)) && from < CLIENT_BASE && to < CLIENT_BASE {
+            return;
+        }
+        if self.rng.chance(self.cfg.loss) {
+            return;
+        }
+        // Client requests ride TCP through the router: they may be lost, never duplicated
+        // (a duplicated request is a retry, which only request ids can make safe).
+        let may_duplicate = !matches!(payload, Payload::Request { .. });
+        let copies = if may_duplicate && self.rng.chance(self.cfg.duplicate) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let delay = self.rng.range(self.cfg.min_delay, self.cfg.max_delay);
+            self.schedule(
+                delay,
+                Event::Deliver {
+                    from,
+                    to,
+                    payload: payload.clone(),
+                },
+            );
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::ClientNext(c) => self.client_next(c),
+            Event::ClientTimeout { client, req } => {
+                let cl = &mut self.clients[client];
+                if cl.pending.is_some_and(|(r, _)| r == req) {
+                    // The op stays `Unknown` in the history.
+                    cl.pending = None;
+                    self.stats.unknown += 1;
+                    let pause = self.rng.range(1, 30);
+                    self.schedule(pause, Event::ClientNext(client));
+                }
+            }
+            Event::Deliver { from, to, payload } => self.deliver(from, to, payload),
+            Event::PhaseTimeout { node, key, gen } => {
+                if let Some(action) =
+                    self.with_lead(node, &key, gen, |l| l.decider.on_phase_timeout())
+                {
+                    self.act(node, &key, action);
+                }
+            }
+            Event::Retry { node, key, gen } => {
+                let now = self.now;
+                let action = self.with_lead(node, &key, gen, |l| {
+                    Some(if now >= l.deadline {
+                        Action::Failed(l.decider.give_up())
+                    } else {
+                        l.decider.start_round()
+                    })
+                });
+                if let Some(action) = action {
+                    self.act(node, &key, action);
+                }
+            }
+            Event::Fault => self.fault(),
+            Event::Heal(n) => {
+                self.cut.remove(&n);
+            }
+            Event::Restart(n) => {
+                let node = self.nodes.get_mut(&n).expect("node");
+                node.up = true;
+                node.epoch += 1;
+                node.volatile = node.durable.clone();
+            }
+        }
+    }
+
+    /// Runs `f` on the lead of `key` at `node` if it is still the one the timer was for.
+    fn with_lead(
+        &mut self,
+        node: NodeId,
+        key: &str,
+        gen: u64,
+        f: impl FnOnce(&mut Lead) -> Option<Action>,
+    ) -> Option<Action> {
+        let n = self.nodes.get_mut(&node)?;
+        if !n.up {
+            return None;
+        }
+        let lead = n.leads.get_mut(key)?;
+        if lead.gen != gen {
+            return None;
+        }
+        f(lead)
+    }
+
+    fn client_next(&mut self, c: usize) {
+        if self.clients[c].done >= self.cfg.ops_per_client {
+            return;
+        }
+        let key = format!("k{}", self.rng.range(0, self.cfg.keys as u64 - 1));
+        let op = match self.rng.range(0, 99) {
+            0..=59 => Op::Incr(self.rng.range(1, 3)),
+            60..=74 => Op::Decr(1),
+            75..=94 => Op::Get,
+            _ => Op::Reset,
+        };
+        let req = self.clients[c].next_req;
+        self.clients[c].next_req += 1;
+        self.clients[c].done += 1;
+        let index = self.history.len();
+        self.history.push(Operation {
+            key: key.clone(),
+            kind: match op {
+                Op::Incr(d) => OpKind::Incr(d),
+                Op::Decr(d) => OpKind::Decr(d),
+                Op::Get => OpKind::Get,
+                Op::Reset => OpKind::Reset,
+            },
+            call: self.now,
+            ret: u64::MAX,
+            outcome: Outcome::Unknown,
+            client: c as u32,
+        });
+        // The router: a live node, chosen at random; none live means "not sent".
+        let live: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(id, n)| {
+                n.up && (self.cfg.coordinators.is_empty() || self.cfg.coordinators.contains(id))
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        if live.is_empty() {
+            self.history[index].outcome = Outcome::Failed;
+            self.history[index].ret = self.now;
+            self.stats.failed += 1;
+            self.schedule(10, Event::ClientNext(c));
+            return;
+        }
+        let to = live[self.rng.range(0, live.len() as u64 - 1) as usize];
+        self.clients[c].pending = Some((req, index));
+        let timeout = self.cfg.client_timeout;
+        self.schedule(timeout, Event::ClientTimeout { client: c, req });
+        self.send(
+            CLIENT_BASE + c as NodeId,
+            to,
+            Payload::Request {
+                client: c,
+                req,
+                key,
+                op,
+            },
+        );
+    }
+
+    fn deliver(&mut self, from: NodeId, to: NodeId, payload: Payload) {
+        if to >= CLIENT_BASE {
+            if let Payload::Response {
+                client,
+                req,
+                result,
+            } = payload
+            {
+                self.client_answer(client, req, result);
+            }
+            return;
+        }
+        if !self.nodes[&to].up {
+            return;
+        }
+        match payload {
+            Payload::Request {
+                client,
+                req,
+                key,
+                op,
+            } => {
+                if self.cfg.mutation == Mutation::ReadOneReplica && op == Op::Get {
+                    let v = self.nodes[&to]
+                        .volatile
+                        .get(&key)
+                        .and_then(|s| s.accepted)
+                        .map(|(_, r)| r.value)
+                        .unwrap_or(0);
+                    self.send(
+                        to,
+                        from,
+                        Payload::Response {
+                            client,
+                            req,
+                            result: Ok(v),
+                        },
+                    );
+                    return;
+                }
+                let node = self.nodes.get_mut(&to).expect("node");
+                node.queues
+                    .entry(key.clone())
+                    .or_default()
+                    .push((client, req, op));
+                if !node.leads.contains_key(&key) {
+                    self.start_lead(to, &key);
+                }
+            }
+            Payload::Prepare { key, ballot } => {
+                let reply = self.acceptor(to, &key, |s| s.prepare(ballot), true);
+                self.send(to, from, Payload::Reply { key, reply });
+            }
+            Payload::Accept {
+                key,
+                ballot,
+                register,
+            } => {
+                let reply = self.acceptor(to, &key, |s| s.accept(ballot, register), false);
+                self.send(to, from, Payload::Reply { key, reply });
+            }
+            Payload::Reply { key, reply } => {
+                let action = self
+                    .nodes
+                    .get_mut(&to)
+                    .and_then(|n| n.leads.get_mut(&key))
+                    .and_then(|l| l.decider.on_reply(from, reply));
+                if let Some(action) = action {
+                    self.act(to, &key, action);
+                }
+            }
+            Payload::Response { .. } => {}
+        }
+    }
+
+    /// Applies an acceptor rule at `node`, persisting the change before the reply (unless the
+    /// `PromiseNotPersisted` bug is planted and this is a promise).
+    fn acceptor(
+        &mut self,
+        node: NodeId,
+        key: &str,
+        rule: impl FnOnce(&AcceptorState) -> (Option<AcceptorState>, AcceptorReply),
+        is_prepare: bool,
+    ) -> AcceptorReply {
+        let persist = !(is_prepare && self.cfg.mutation == Mutation::PromiseNotPersisted);
+        let n = self.nodes.get_mut(&node).expect("node");
+        let current = n.volatile.get(key).copied().unwrap_or_default();
+        let (next, reply) = rule(&current);
+        if let Some(state) = next {
+            n.volatile.insert(key.to_string(), state);
+            if persist {
+                n.durable.insert(key.to_string(), state);
+            }
+        }
+        reply
+    }
+
+    fn start_lead(&mut self, node: NodeId, key: &str) {
+        let replicas = self.replicas();
+        let deadline = self.now + self.cfg.coordinator_deadline;
+        let n = self.nodes.get_mut(&node).expect("node");
+        let Some(batch) = n.queues.remove(key).filter(|q| !q.is_empty()) else {
+            return;
+        };
+        let seen = n
+            .volatile
+            .get(key)
+            .map(|s| s.highest())
+            .unwrap_or(Ballot::ZERO);
+        let ops = batch.iter().map(|&(_, _, op)| op).collect();
+        let mut decider = Decider::new(node, n.epoch, &replicas, ops, seen);
+        let action = decider.start_round();
+        n.leads.insert(
+            key.to_string(),
+            Lead {
+                decider,
+                waiters: batch.iter().map(|&(c, r, _)| (c, r)).collect(),
+                deadline,
+                gen: 0,
+            },
+        );
+        self.act(node, key, action);
+    }
+
+    fn act(&mut self, node: NodeId, key: &str, action: Action) {
+        let gen = {
+            let lead = self
+                .nodes
+                .get_mut(&node)
+                .and_then(|n| n.leads.get_mut(key))
+                .expect("acting on a live lead");
+            lead.gen += 1;
+            lead.gen
+        };
+        match action {
+            Action::Prepare(ballot) => {
+                for to in self.replicas() {
+                    self.send(
+                        node,
+                        to,
+                        Payload::Prepare {
+                            key: key.into(),
+                            ballot,
+                        },
+                    );
+                }
+                let t = self.cfg.phase_timeout;
+                self.schedule(
+                    t,
+                    Event::PhaseTimeout {
+                        node,
+                        key: key.into(),
+                        gen,
+                    },
+                );
+            }
+            Action::Accept(ballot, register) => {
+                for to in self.replicas() {
+                    self.send(
+                        node,
+                        to,
+                        Payload::Accept {
+                            key: key.into(),
+                            ballot,
+                            register,
+                        },
+                    );
+                }
+                let t = self.cfg.phase_timeout;
+                self.schedule(
+                    t,
+                    Event::PhaseTimeout {
+                        node,
+                        key: key.into(),
+                        gen,
+                    },
+                );
+            }
+            Action::Retry { attempt } => {
+                let cap = (2u64 << attempt.min(6)).min(100);
+                let wait = self.rng.range(1, cap);
+                self.schedule(
+                    wait,
+                    Event::Retry {
+                        node,
+                        key: key.into(),
+                        gen,
+                    },
+                );
+            }
+            Action::Done(results) => {
+                self.stats.chosen_values += 1;
+                let lead = self.finish_lead(node, key);
+                for (&(client, req), result) in lead.waiters.iter().zip(results) {
+                    let result = result.map_err(|_| Failed::NotApplied);
+                    self.send(
+                        node,
+                        CLIENT_BASE + client as NodeId,
+                        Payload::Response {
+                            client,
+                            req,
+                            result,
+                        },
+                    );
+                }
+            }
+            Action::Failed(f) => {
+                let kind = match f {
+                    Failure::NotApplied(_) => Failed::NotApplied,
+                    Failure::Ambiguous(_) => Failed::Ambiguous,
+                };
+                let lead = self.finish_lead(node, key);
+                if kind == Failed::Ambiguous && self.cfg.mutation == Mutation::RetryAmbiguous {
+                    // Planted bug: put the ops back in the queue as if nothing had happened.
+                    let ops = lead.decider.ops().to_vec();
+                    let n = self.nodes.get_mut(&node).expect("node");
+                    let q = n.queues.entry(key.to_string()).or_default();
+                    for (&(c, r), op) in lead.waiters.iter().zip(ops) {
+                        q.insert(0, (c, r, op));
+                    }
+                } else {
+                    for &(client, req) in &lead.waiters {
+                        self.send(
+                            node,
+                            CLIENT_BASE + client as NodeId,
+                            Payload::Response {
+                                client,
+                                req,
+                                result: Err(kind),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Removes the finished lead and starts the next batch of the key, if any.
+    fn finish_lead(&mut self, node: NodeId, key: &str) -> Lead {
+        let lead = self
+            .nodes
+            .get_mut(&node)
+            .and_then(|n| n.leads.remove(key))
+            .expect("finishing a live lead");
+        if self.nodes[&node]
+            .queues
+            .get(key)
+            .is_some_and(|q| !q.is_empty())
+        {
+            self.start_lead(node, key);
+        }
+        lead
+    }
+
+    fn client_answer(&mut self, client: usize, req: u64, result: Result<i64, Failed>) {
+        let Some((pending, index)) = self.clients[client].pending else {
+            return;
+        };
+        if pending != req {
+            return; // a duplicate, or an answer after the client gave up
+        }
+        self.clients[client].pending = None;
+        let op = &mut self.history[index];
+        op.ret = self.now;
+        op.outcome = match result {
+            Ok(v) => {
+                self.stats.ok += 1;
+                Outcome::Ok(v)
+            }
+            Err(Failed::NotApplied) => {
+                self.stats.failed += 1;
+                Outcome::Failed
+            }
+            Err(Failed::Ambiguous) => {
+                self.stats.unknown += 1;
+                Outcome::Unknown
+            }
+        };
+        let pause = self.rng.range(0, 20);
+        self.schedule(pause, Event::ClientNext(client));
+    }
+
+    fn fault(&mut self) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let down = self.nodes.values().filter(|n| !n.up).count() + self.cut.len();
+        // Keep a majority able to work most of the time, so runs make progress.
+        let minority = (self.cfg.nodes - 1) / 2;
+        if down < minority.max(1) {
+            let victim = ids[self.rng.range(0, ids.len() as u64 - 1) as usize];
+            let crashable = self.cfg.crashable.is_empty() || self.cfg.crashable.contains(&victim);
+            if crashable && self.rng.chance(self.cfg.crash) && self.nodes[&victim].up {
+                self.stats.crashes += 1;
+                let n = self.nodes.get_mut(&victim).expect("node");
+                n.up = false;
+                n.leads.clear();
+                n.queues.clear();
+                n.volatile.clear();
+                let back = self.rng.range(self.cfg.restart_min, self.cfg.restart_max);
+                self.schedule(back, Event::Restart(victim));
+            } else if self.rng.chance(self.cfg.partition) && !self.cut.contains(&victim) {
+                self.stats.partitions += 1;
+                self.cut.insert(victim);
+                let heal = self.rng.range(50, 600);
+                self.schedule(heal, Event::Heal(victim));
+            }
+        }
+        let t = self.cfg.fault_every;
+        self.schedule(t, Event::Fault);
+    }
+}
+
+/// The command that replays a seed.
+pub fn replay_command(seed: u64, nodes: usize) -> String {
+    format!("cargo run --release -p counter-sim -- --nodes {nodes} --seed {seed} --verbose")
+}
