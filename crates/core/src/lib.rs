@@ -16,6 +16,7 @@ pub mod ballot;
 pub mod change;
 pub mod decider;
 pub mod proposer;
+pub mod record;
 
 pub use acceptor::{AcceptorReply, AcceptorState};
 pub use ballot::next_ballot;

@@ -25,8 +25,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use tokio::sync::oneshot;
 
-/// Version of the record encoding in shard column families.
-pub const FORMAT_VERSION: u8 = 1;
+/// The record encoding of shard column families lives in `counter-core` (pure, fuzzed).
+pub use counter_core::record::{self, encode as encode_state, FORMAT_VERSION};
 const META_CF: &str = "meta";
 const META_SHARDS: &[u8] = b"shards";
 const META_FORMAT: &[u8] = b"format";
@@ -59,38 +59,9 @@ pub enum StorageError {
     Stopped,
 }
 
-/// Encodes a record: format byte, then postcard.
-pub fn encode_state(state: &AcceptorState) -> Vec<u8> {
-    let mut out = Vec::with_capacity(32);
-    encode_state_into(state, &mut out);
-    out
-}
-
-/// Encodes a record into `out` (cleared first), reusing its allocation.
-fn encode_state_into(state: &AcceptorState, out: &mut Vec<u8>) {
-    out.clear();
-    out.push(FORMAT_VERSION);
-    *out = postcard::to_extend(state, std::mem::take(out))
-        .expect("encoding an AcceptorState into memory cannot fail");
-}
-
 /// Decodes a record. Never panics, whatever the bytes.
 pub fn decode_state(bytes: &[u8]) -> Result<AcceptorState, StorageError> {
-    match bytes.split_first() {
-        Some((&FORMAT_VERSION, body)) => {
-            let (state, rest) = postcard::take_from_bytes::<AcceptorState>(body)
-                .map_err(|e| StorageError::Corrupt(e.to_string()))?;
-            if !rest.is_empty() {
-                return Err(StorageError::Corrupt(format!(
-                    "{} trailing bytes after the record",
-                    rest.len()
-                )));
-            }
-            Ok(state)
-        }
-        Some((v, _)) => Err(StorageError::Corrupt(format!("unknown record format {v}"))),
-        None => Err(StorageError::Corrupt("empty record".into())),
-    }
+    record::decode(bytes).map_err(StorageError::Corrupt)
 }
 
 fn shard_cf(shard: ShardId) -> String {
@@ -347,7 +318,7 @@ impl Committer {
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
         let mut reqs = Vec::with_capacity(MAX_BATCH);
-        let mut record = Vec::new();
+        let mut buf = Vec::new();
         while let Ok(first) = self.rx.recv() {
             reqs.push(first);
             while reqs.len() < MAX_BATCH {
@@ -361,8 +332,8 @@ impl Committer {
             for r in &reqs {
                 match self.db.cf_handle(&shard_cf(r.shard)) {
                     Some(cf) => {
-                        encode_state_into(&r.state, &mut record);
-                        batch.put_cf(&cf, &r.key, &record);
+                        record::encode_into(&r.state, &mut buf);
+                        batch.put_cf(&cf, &r.key, &buf);
                     }
                     None => missing = Some(r.shard),
                 }
