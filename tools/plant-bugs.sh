@@ -29,8 +29,11 @@ open(path, "w").write(text.replace(old, new, 1))
 PY
   if "$@" >/tmp/plant-bug.log 2>&1; then
     report "$name" "$layer" "MISSED"; failed=1
+  elif evidence=$(grep -m1 -oE '[a-z_:]+ --- FAILED|NOT LINEARIZABLE: seed [0-9]+' /tmp/plant-bug.log); then
+    report "$name" "$layer" "caught: ${evidence% --- FAILED}"
   else
-    report "$name" "$layer" "caught"
+    # Failing to build is not catching the bug.
+    report "$name" "$layer" "ERROR (see /tmp/plant-bug.log)"; failed=1
   fi
   git checkout -q -- "$file"
 }
