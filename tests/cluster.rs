@@ -136,3 +136,57 @@ fn a_minority_down_keeps_serving_and_a_majority_down_is_unavailable() {
     cluster.start_node(2);
     assert_eq!(cluster.get("k"), 6);
 }
+
+/// One key hammered through every node at once: three coordinators compete for its ballots.
+/// Ballot fast-forward and randomized backoff must let all of them finish (no livelock), and
+/// the outcomes must still add up.
+#[test]
+fn one_hot_key_through_every_coordinator_makes_progress() {
+    const PER_CLIENT: usize = 150;
+    let cluster = LocalCluster::start(3, 3, 8);
+    let clients: Vec<_> = cluster
+        .node_addrs
+        .iter()
+        .flat_map(|addr| [addr.clone(), addr.clone()])
+        .map(|addr| {
+            std::thread::spawn(move || {
+                // Nodes take commands directly, so each client here has its own coordinator.
+                let mut pipe = common::Pipe::spawn(&addr, 10_000);
+                let answers: Vec<Answer> = (0..PER_CLIENT).map(|_| pipe.run("incr hot")).collect();
+                pipe.finish();
+                answers
+            })
+        })
+        .collect();
+    let mut values = Vec::new();
+    let mut unknown = 0;
+    for c in clients {
+        for a in c.join().unwrap() {
+            match a {
+                Answer::Value(v) => values.push(v),
+                Answer::Err(kind, msg) => {
+                    assert_eq!(kind, "unknown", "{msg}");
+                    unknown += 1;
+                }
+            }
+        }
+    }
+    let ok = values.len() as i64;
+    values.sort();
+    values.dedup();
+    assert_eq!(
+        values.len() as i64,
+        ok,
+        "two increments returned the same value"
+    );
+    let total = (6 * PER_CLIENT) as i64;
+    assert!(
+        ok >= total * 9 / 10,
+        "only {ok} of {total} increments succeeded"
+    );
+    let final_value = cluster.get("hot");
+    assert!(
+        final_value >= ok && final_value <= ok + unknown,
+        "final {final_value}, ok {ok}, unknown {unknown}"
+    );
+}
