@@ -62,7 +62,9 @@ impl fmt::Display for Ballot {
 }
 
 /// The replicated register of one key. Every round rewrites it whole.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Register {
     /// The counter's value.
     pub value: i64,
@@ -72,7 +74,7 @@ pub struct Register {
 }
 
 /// A client's operation on one counter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Op {
     Incr(u64),
     Decr(u64),

@@ -5,7 +5,7 @@ use counter_proto::{Ballot, Register};
 use serde::{Deserialize, Serialize};
 
 /// Acceptor state of one key.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AcceptorState {
     /// Highest ballot promised (or accepted). Prepares and accepts below it are refused.
     pub promised: Ballot,
@@ -14,7 +14,7 @@ pub struct AcceptorState {
 }
 
 /// An acceptor's answer to a coordinator.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum AcceptorReply {
     Promise {
         ballot: Ballot,

@@ -3,7 +3,7 @@
 use counter_proto::{Op, Register};
 
 /// Why an operation cannot be applied. Nothing changes when this is returned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ChangeError {
     /// The result would not fit in an i64.
     Overflow { value: i64, op: Op },

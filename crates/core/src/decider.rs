@@ -26,7 +26,7 @@ pub enum Action {
 }
 
 /// How a batch ended without a decision. The distinction is what clients are told.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Failure {
     /// No Accept carrying these ops was ever sent: they were not applied.
     NotApplied(String),
@@ -34,7 +34,7 @@ pub enum Failure {
     Ambiguous(String),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Phase {
     Idle,
     Preparing,
@@ -43,7 +43,7 @@ enum Phase {
 }
 
 /// Drives rounds until a batch of ops is chosen or must be reported as failed.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Decider {
     node: NodeId,
     epoch: u32,

@@ -24,7 +24,7 @@ pub enum Step {
     Preempted { seen: Ballot },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Phase {
     Preparing,
     Promised,
@@ -34,7 +34,7 @@ enum Phase {
 }
 
 /// One prepare/accept round under one ballot.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Round {
     ballot: Ballot,
     replicas: Vec<NodeId>,

@@ -1,0 +1,43 @@
+//! Exhaustive model checking of the real core: 2 clients x 3 servers.
+
+use counter_model::Config;
+use stateright::{Checker, Model};
+
+/// Search depth (steps of the whole system); `MODEL_DEPTH` for a longer run.
+fn depth() -> usize {
+    std::env::var("MODEL_DEPTH")
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(10)
+}
+
+fn check(cfg: Config, depth: usize) -> usize {
+    let checker = cfg
+        .clone()
+        .into_model()
+        .checker()
+        .target_max_depth(depth)
+        .spawn_bfs()
+        .join();
+    checker.assert_properties();
+    eprintln!("{cfg:?}: {} unique states", checker.unique_state_count());
+    checker.unique_state_count()
+}
+
+#[test]
+fn lossy_reordering_network_with_a_crash() {
+    let n = check(
+        Config {
+            servers: 3,
+            clients: 2,
+            max_crashes: 1,
+            lossy: true,
+            duplicating: false,
+        },
+        depth(),
+    );
+    if std::env::var_os("MODEL_DEPTH").is_none() {
+        // Pinned: a change here means the model or the core changed what it can do.
+        assert_eq!(n, 1_002_900);
+    }
+}
