@@ -79,9 +79,12 @@ impl Coordinator {
         budget: Duration,
     ) -> Result<i64, ClientError> {
         let (tx, rx) = oneshot::channel();
+        // The rounds stop a little before the caller stops waiting, so that an honest
+        // "unavailable" (nothing was accepted) arrives instead of a timeout's "unknown".
+        let margin = (budget / 10).min(Duration::from_millis(100));
         let waiter = Waiter {
             op,
-            deadline: Instant::now() + budget,
+            deadline: Instant::now() + budget - margin,
             reply: tx,
         };
         let lead = match self.queues.entry(key.clone()) {
