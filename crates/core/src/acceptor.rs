@@ -34,8 +34,8 @@ impl AcceptorState {
     /// Highest ballot this acceptor knows of (promised or accepted).
     pub fn highest(&self) -> Ballot {
         match self.accepted {
-            Some((b, _)) if b > self.promised => b,
-            _ => self.promised,
+            Some((b, _)) => self.promised.max(b),
+            None => self.promised,
         }
     }
 
@@ -178,6 +178,18 @@ mod tests {
         assert_eq!(changed, None);
         assert!(matches!(reply, AcceptorReply::Reject { promised, .. } if promised == b(6, 1)));
         assert!(s.prepare(b(6, 0)).0.is_none());
+    }
+
+    #[test]
+    fn the_promise_bounds_everything_when_above_the_accepted_ballot() {
+        // The usual shape: accepted under b3, then b5 promised.
+        let s = AcceptorState {
+            promised: b(5, 1),
+            accepted: Some((b(3, 1), reg(2))),
+        };
+        assert_eq!(s.highest(), b(5, 1));
+        assert!(s.prepare(b(4, 2)).0.is_none());
+        assert!(s.accept(b(4, 2), reg(9)).0.is_none());
     }
 
     #[test]

@@ -87,6 +87,14 @@ mod tests {
     }
 
     #[test]
+    fn overflow_errors_say_what_overflowed() {
+        let e = apply(Op::Incr(1), reg(i64::MAX)).unwrap_err();
+        assert!(
+            e.to_string().contains("overflow") && e.to_string().contains(&i64::MAX.to_string())
+        );
+    }
+
+    #[test]
     fn overflow_is_refused() {
         assert!(apply(Op::Incr(1), reg(i64::MAX)).is_err());
         assert!(apply(Op::Decr(1), reg(i64::MIN)).is_err());

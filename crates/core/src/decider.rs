@@ -230,6 +230,7 @@ mod tests {
     #[test]
     fn a_quiet_batch_is_decided_in_one_round() {
         let mut d = Decider::new(1, 1, &R, vec![Op::Incr(2), Op::Incr(3)], Ballot::ZERO);
+        assert_eq!(d.ops(), &[Op::Incr(2), Op::Incr(3)]);
         let Action::Prepare(b) = d.start_round() else {
             panic!()
         };

@@ -302,6 +302,26 @@ mod tests {
     }
 
     #[test]
+    fn with_five_replicas_two_refusals_leave_a_majority_possible() {
+        let mut r = Round::new(b(5, 1), &[1, 2, 3, 4, 5]);
+        assert_eq!(r.on_reject(4, b(5, 1), b(6, 4)), Step::Pending);
+        assert_eq!(r.on_reject(5, b(5, 1), b(6, 5)), Step::Pending);
+        r.on_promise(1, b(5, 1), None);
+        r.on_promise(2, b(5, 1), None);
+        assert!(matches!(
+            r.on_promise(3, b(5, 1), None),
+            Step::Promised { .. }
+        ));
+        let mut r = Round::new(b(5, 1), &[1, 2, 3, 4, 5]);
+        r.on_reject(3, b(5, 1), b(6, 3));
+        r.on_reject(4, b(5, 1), b(6, 4));
+        assert!(matches!(
+            r.on_reject(5, b(5, 1), b(6, 5)),
+            Step::Preempted { .. }
+        ));
+    }
+
+    #[test]
     fn one_refusal_does_not_stop_a_majority() {
         let mut r = Round::new(b(5, 1), &REPLICAS);
         r.on_reject(3, b(5, 1), b(8, 3));

@@ -37,3 +37,48 @@ pub fn decode(bytes: &[u8]) -> Result<AcceptorState, String> {
         None => Err("empty record".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use counter_proto::{Ballot, Register};
+
+    #[test]
+    fn records_round_trip_and_garbage_is_an_error() {
+        let b = Ballot {
+            round: 4,
+            node: 2,
+            epoch: 7,
+        };
+        let s = AcceptorState {
+            promised: b,
+            accepted: Some((
+                b,
+                Register {
+                    value: -9,
+                    version: 2,
+                },
+            )),
+        };
+        let bytes = encode(&s);
+        assert_eq!(bytes[0], FORMAT_VERSION);
+        assert!(bytes.len() > 8);
+        assert_eq!(decode(&bytes), Ok(s));
+        let mut reused = vec![0xaa; 3];
+        encode_into(&s, &mut reused);
+        assert_eq!(reused, bytes);
+        for cut in 0..bytes.len() {
+            assert!(decode(&bytes[..cut]).is_err(), "prefix of {cut} bytes");
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(decode(&long).unwrap_err().contains("trailing"));
+        assert!(decode(&[FORMAT_VERSION + 1, 0, 0])
+            .unwrap_err()
+            .contains("format"));
+        assert_eq!(
+            decode(&encode(&AcceptorState::default())),
+            Ok(AcceptorState::default())
+        );
+    }
+}
