@@ -29,22 +29,41 @@ pub struct LocalCluster {
     pub router_addr: String,
     nodes: Vec<Option<Child>>,
     router: Option<Child>,
+    /// When set, every node runs in a network namespace of its own (see [`Netns`]).
+    pub netns: Option<Netns>,
 }
 
 impl LocalCluster {
     /// Starts `n` nodes with replication `r` and a router, and waits until a command succeeds.
     pub fn start(n: usize, r: usize, shards: u32) -> LocalCluster {
+        Self::start_in(n, r, shards, None)
+    }
+
+    /// Like `start`, with every node in its own network namespace joined to the router's by
+    /// veth pairs, so that a node can be cut off the network ([`LocalCluster::cut`]).
+    pub fn start_in_namespaces(n: usize, r: usize, shards: u32) -> Result<LocalCluster, String> {
+        let netns = Netns::create(n)?;
+        Ok(Self::start_in(n, r, shards, Some(netns)))
+    }
+
+    fn start_in(n: usize, r: usize, shards: u32, netns: Option<Netns>) -> LocalCluster {
         let dir = tempfile::tempdir().unwrap();
-        let node_addrs: Vec<String> = (0..n)
-            .map(|_| format!("127.0.0.1:{}", free_port()))
-            .collect();
+        let node_addrs: Vec<String> = match &netns {
+            Some(ns) => (0..n).map(|i| format!("{}:7101", ns.node_ip(i))).collect(),
+            None => (0..n)
+                .map(|_| format!("127.0.0.1:{}", free_port()))
+                .collect(),
+        };
         let mut text = format!("replication = {r}\nshards = {shards}\n");
         for (i, addr) in node_addrs.iter().enumerate() {
             text += &format!("[[node]]\nid = {}\naddr = \"{addr}\"\n", i + 1);
         }
         let cluster_file = dir.path().join("cluster.toml");
         std::fs::write(&cluster_file, text).unwrap();
-        let router_addr = format!("127.0.0.1:{}", free_port());
+        let router_addr = match &netns {
+            Some(ns) => format!("{}:7100", ns.router_ip()),
+            None => format!("127.0.0.1:{}", free_port()),
+        };
         let mut c = LocalCluster {
             dir,
             cluster_file,
@@ -52,6 +71,7 @@ impl LocalCluster {
             router_addr,
             nodes: (0..n).map(|_| None).collect(),
             router: None,
+            netns,
         };
         for i in 0..n {
             c.start_node(i);
@@ -77,7 +97,8 @@ impl LocalCluster {
     pub fn start_node(&mut self, i: usize) {
         assert!(self.nodes[i].is_none(), "node {} already running", i + 1);
         let log = self.log(&format!("node-{}", i + 1));
-        let child = Command::new(NODE)
+        let child = self
+            .command(Some(i), NODE)
             .arg("--id")
             .arg((i + 1).to_string())
             .arg("--cluster")
@@ -89,12 +110,13 @@ impl LocalCluster {
             .spawn()
             .expect("spawn counter-node");
         self.nodes[i] = Some(child);
-        wait_listening(&self.node_addrs[i]);
+        self.wait_listening(Some(i), &self.node_addrs[i]);
     }
 
     pub fn start_router(&mut self) {
         let log = self.log("router");
-        let child = Command::new(ROUTER)
+        let child = self
+            .command(None, ROUTER)
             .arg("--cluster")
             .arg(&self.cluster_file)
             .arg("--listen")
@@ -104,7 +126,7 @@ impl LocalCluster {
             .spawn()
             .expect("spawn counter-router");
         self.router = Some(child);
-        wait_listening(&self.router_addr);
+        self.wait_listening(None, &self.router_addr);
     }
 
     /// SIGKILLs node `i`.
@@ -141,7 +163,8 @@ impl LocalCluster {
 
     /// Runs one command through `counter-cli`: (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(CLI)
+        let out = self
+            .command(None, CLI)
             .arg("--router")
             .arg(&self.router_addr)
             .args(args)
@@ -168,7 +191,47 @@ impl LocalCluster {
     }
 
     pub fn pipe(&self, timeout_ms: u32) -> Pipe {
-        Pipe::spawn(&self.router_addr, timeout_ms)
+        Pipe::spawn_with(self.command(None, CLI), &self.router_addr, timeout_ms)
+    }
+
+    /// A command for `program`, run in node `node`'s namespace (or the router's for `None`)
+    /// when the cluster uses namespaces.
+    pub fn command(&self, node: Option<usize>, program: &str) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.name(node), program]);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
+    /// Cuts node `i` off the network (its link goes down) or heals it.
+    pub fn cut(&self, i: usize, cut: bool) {
+        let ns = self.netns.as_ref().expect("cuts need namespaces");
+        ns.set_link(i, !cut);
+    }
+
+    fn wait_listening(&self, node: Option<usize>, addr: &str) {
+        if self.netns.is_none() {
+            return wait_listening(addr);
+        }
+        let (host, port) = addr.rsplit_once(':').unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let probe = self
+                .command(node, "bash")
+                .args(["-c", &format!("exec 3<>/dev/tcp/{host}/{port}")])
+                .stderr(Stdio::null())
+                .status()
+                .unwrap();
+            if probe.success() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{addr} never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn wait_ready(&self) {
@@ -235,7 +298,11 @@ pub enum Answer {
 
 impl Pipe {
     pub fn spawn(router: &str, timeout_ms: u32) -> Pipe {
-        let mut child = Command::new(CLI)
+        Self::spawn_with(Command::new(CLI), router, timeout_ms)
+    }
+
+    pub fn spawn_with(mut command: Command, router: &str, timeout_ms: u32) -> Pipe {
+        let mut child = command
             .arg("--router")
             .arg(router)
             .arg("--timeout-ms")
@@ -294,4 +361,134 @@ pub fn parse_answer(line: &str) -> Answer {
 
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
+}
+
+/// Network namespaces for a test: the router's (`<prefix>-r`, holding a bridge) and one per
+/// node (`<prefix>-n<i>`), each node joined to the bridge by a veth pair. Addresses are in a
+/// private /24 that exists only inside these namespaces. Everything is deleted on drop.
+pub struct Netns {
+    prefix: String,
+    subnet: String,
+    nodes: usize,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Netns {
+    /// Creates the namespaces, or says why it cannot (not root, no `ip`, ...).
+    pub fn create(nodes: usize) -> Result<Netns, String> {
+        let pid = std::process::id();
+        let ns = Netns {
+            prefix: format!("ctr{pid}"),
+            subnet: format!("10.{}.{}", 100 + pid % 100, (pid / 100) % 250),
+            nodes,
+        };
+        ns.setup()
+            .inspect_err(|_| drop(ns_cleanup(&ns.prefix, nodes)))?;
+        Ok(ns)
+    }
+
+    fn setup(&self) -> Result<(), String> {
+        let r = self.name(None);
+        ip(&["netns", "add", &r])?;
+        ip(&["-n", &r, "link", "set", "lo", "up"])?;
+        ip(&["-n", &r, "link", "add", "br0", "type", "bridge"])?;
+        ip(&[
+            "-n",
+            &r,
+            "addr",
+            "add",
+            &format!("{}/24", self.router_ip()),
+            "dev",
+            "br0",
+        ])?;
+        ip(&["-n", &r, "link", "set", "br0", "up"])?;
+        for i in 0..self.nodes {
+            let n = self.name(Some(i));
+            ip(&["netns", "add", &n])?;
+            ip(&["-n", &n, "link", "set", "lo", "up"])?;
+            ip(&[
+                "-n",
+                &n,
+                "link",
+                "add",
+                "eth0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("p{i}"),
+                "netns",
+                &r,
+            ])?;
+            ip(&[
+                "-n",
+                &n,
+                "addr",
+                "add",
+                &format!("{}/24", self.node_ip(i)),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&["-n", &n, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &r, "link", "set", &format!("p{i}"), "master", "br0"])?;
+            ip(&["-n", &r, "link", "set", &format!("p{i}"), "up"])?;
+        }
+        Ok(())
+    }
+
+    pub fn name(&self, node: Option<usize>) -> String {
+        match node {
+            Some(i) => format!("{}-n{i}", self.prefix),
+            None => format!("{}-r", self.prefix),
+        }
+    }
+
+    pub fn node_ip(&self, i: usize) -> String {
+        format!("{}.{}", self.subnet, i + 1)
+    }
+
+    pub fn router_ip(&self) -> String {
+        format!("{}.100", self.subnet)
+    }
+
+    /// Brings node `i`'s link on the bridge up or down.
+    pub fn set_link(&self, i: usize, up: bool) {
+        ip(&[
+            "-n",
+            &self.name(None),
+            "link",
+            "set",
+            &format!("p{i}"),
+            if up { "up" } else { "down" },
+        ])
+        .expect("toggle a link");
+    }
+}
+
+fn ns_cleanup(prefix: &str, nodes: usize) -> Result<(), String> {
+    for i in 0..nodes {
+        let _ = ip(&["netns", "del", &format!("{prefix}-n{i}")]);
+    }
+    ip(&["netns", "del", &format!("{prefix}-r")])
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ns_cleanup(&self.prefix, self.nodes);
+    }
 }
