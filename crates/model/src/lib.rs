@@ -4,11 +4,11 @@
 //! [`AcceptorState`] (its durable storage, saved with `Out::save` before a reply is sent, and
 //! restored after a crash) and coordinates client operations with a [`Decider`] (volatile, lost
 //! in a crash), reaching its own acceptor without the network as the node does. Each client
-//! issues one increment. The network may lose and reorder messages (duplication is available
-//! but the default checks leave it off: stateright would also duplicate client requests, which
-//! TCP never does, and a duplicated request is a retry that only request ids make safe; the
-//! simulator duplicates acceptor messages instead). Up to `max_crashes` actors may crash and
-//! recover. The search is exhaustive up to a depth (`MODEL_DEPTH`, default 10 steps).
+//! issues one increment. The network may lose and reorder messages, and acceptor messages are
+//! sent twice so each may also be delivered twice ([`Config::duplicate_internal`]; stateright's
+//! duplicating network would also duplicate client requests, which TCP never does: a
+//! duplicated request is a retry that only request ids make safe). Up to `max_crashes` actors
+//! may crash and recover. The search is exhaustive up to a depth (`MODEL_DEPTH`, default 10).
 //!
 //! Properties: every history is linearizable (stateright's tester, with unanswered operations
 //! left in flight, i.e. "unknown"), and sometimes a non-zero value is read back (the search
@@ -77,8 +77,15 @@ pub struct Durable {
 
 #[derive(Clone, Debug)]
 pub enum CounterActor {
-    Server { servers: usize },
-    Client { server: Id, ops: Vec<Op> },
+    /// `duplicate`: every acceptor message is sent twice (see [`Config::duplicate_internal`]).
+    Server {
+        servers: usize,
+        duplicate: bool,
+    },
+    Client {
+        server: Id,
+        ops: Vec<Op>,
+    },
 }
 
 fn node_of(id: Id) -> NodeId {
@@ -92,7 +99,14 @@ impl CounterActor {
 
     /// Carries out `action` for the server `id`. Like the node, a coordinator reaches its own
     /// acceptor without the network: that reply is fed back at once (and persisted first).
-    fn act(id: Id, servers: usize, state: &mut State, action: Action, o: &mut Out<Self>) {
+    fn act(
+        id: Id,
+        (servers, duplicate): (usize, bool),
+        state: &mut State,
+        action: Action,
+        o: &mut Out<Self>,
+    ) {
+        let copies = if duplicate { 2 } else { 1 };
         let State::Server {
             acceptor,
             epoch,
@@ -106,12 +120,16 @@ impl CounterActor {
         loop {
             let local = match action {
                 Action::Prepare(b) => {
-                    o.broadcast(&others, &Msg::Prepare(b));
+                    for _ in 0..copies {
+                        o.broadcast(&others, &Msg::Prepare(b));
+                    }
                     o.set_timer(Phase, model_timeout());
                     acceptor.prepare(b)
                 }
                 Action::Accept(b, r) => {
-                    o.broadcast(&others, &Msg::Accept(b, r));
+                    for _ in 0..copies {
+                        o.broadcast(&others, &Msg::Accept(b, r));
+                    }
                     o.set_timer(Phase, model_timeout());
                     acceptor.accept(b, r)
                 }
@@ -217,7 +235,8 @@ impl Actor for CounterActor {
                     *state.to_mut() = State::Client { next: next + 1 };
                 }
             }
-            CounterActor::Server { servers } => {
+            CounterActor::Server { servers, duplicate } => {
+                let cfg = (*servers, *duplicate);
                 let servers = *servers;
                 let s = state.to_mut();
                 let State::Server {
@@ -242,7 +261,7 @@ impl Actor for CounterActor {
                         );
                         let action = decider.start_round();
                         *lead = Some((src, decider));
-                        Self::act(id, servers, s, action, o);
+                        Self::act(id, cfg, s, action, o);
                     }
                     Msg::Prepare(b) | Msg::Accept(b, _) => {
                         let (next, reply) = match msg {
@@ -258,14 +277,16 @@ impl Actor for CounterActor {
                                 epoch: *epoch,
                             });
                         }
-                        o.send(src, Msg::Acceptor(reply));
+                        for _ in 0..if *duplicate { 2 } else { 1 } {
+                            o.send(src, Msg::Acceptor(reply));
+                        }
                     }
                     Msg::Acceptor(reply) => {
                         let action = lead
                             .as_mut()
                             .and_then(|(_, d)| d.on_reply(node_of(src), reply));
                         if let Some(action) = action {
-                            Self::act(id, servers, s, action, o);
+                            Self::act(id, cfg, s, action, o);
                         }
                     }
                     Msg::Reply(_) => {}
@@ -275,7 +296,7 @@ impl Actor for CounterActor {
     }
 
     fn on_timeout(&self, id: Id, state: &mut Cow<State>, _timer: &Phase, o: &mut Out<Self>) {
-        let CounterActor::Server { servers } = self else {
+        let CounterActor::Server { servers, duplicate } = self else {
             return;
         };
         let s = state.to_mut();
@@ -286,7 +307,7 @@ impl Actor for CounterActor {
             _ => None,
         };
         if let Some(action) = action {
-            Self::act(id, *servers, s, action, o);
+            Self::act(id, (*servers, *duplicate), s, action, o);
         }
     }
 }
@@ -299,6 +320,11 @@ pub struct Config {
     pub max_crashes: usize,
     pub lossy: bool,
     pub duplicating: bool,
+    /// Acceptor messages (prepares, accepts and their replies) are sent twice, so that every
+    /// one of them may be delivered twice, in any order, while client requests are not (TCP
+    /// does not duplicate them, and a duplicated request is a retry that only request ids
+    /// could make safe).
+    pub duplicate_internal: bool,
 }
 
 pub type History = LinearizabilityTester<Id, CounterSpec>;
@@ -307,7 +333,10 @@ impl Config {
     pub fn into_model(self) -> ActorModel<CounterActor, Config, History> {
         let servers = self.servers;
         let mut model = ActorModel::new(self.clone(), LinearizabilityTester::new(CounterSpec(0)))
-            .actors((0..servers).map(|_| CounterActor::Server { servers }))
+            .actors((0..servers).map(|_| CounterActor::Server {
+                servers,
+                duplicate: self.duplicate_internal,
+            }))
             .actors((0..self.clients).map(|c| CounterActor::Client {
                 server: Id::from(c % servers),
                 ops: ops_of(c),
