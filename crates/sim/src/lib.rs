@@ -636,47 +636,19 @@ impl Sim {
         };
         match action {
             Action::Prepare(ballot) => {
-                for to in self.replicas() {
-                    self.send(
-                        node,
-                        to,
-                        Payload::Prepare {
-                            key: key.into(),
-                            ballot,
-                        },
-                    );
-                }
-                let t = self.cfg.phase_timeout;
-                self.schedule(
-                    t,
-                    Event::PhaseTimeout {
-                        node,
-                        key: key.into(),
-                        gen,
-                    },
-                );
+                let payload = Payload::Prepare {
+                    key: key.into(),
+                    ballot,
+                };
+                self.start_phase(node, key, gen, payload);
             }
             Action::Accept(ballot, register) => {
-                for to in self.replicas() {
-                    self.send(
-                        node,
-                        to,
-                        Payload::Accept {
-                            key: key.into(),
-                            ballot,
-                            register,
-                        },
-                    );
-                }
-                let t = self.cfg.phase_timeout;
-                self.schedule(
-                    t,
-                    Event::PhaseTimeout {
-                        node,
-                        key: key.into(),
-                        gen,
-                    },
-                );
+                let payload = Payload::Accept {
+                    key: key.into(),
+                    ballot,
+                    register,
+                };
+                self.start_phase(node, key, gen, payload);
             }
             Action::Retry { attempt } => {
                 let cap = (2u64 << attempt.min(6)).min(100);
@@ -735,6 +707,16 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// Sends a phase's request to every replica and arms the phase's timeout.
+    fn start_phase(&mut self, node: NodeId, key: &str, gen: u64, payload: Payload) {
+        for to in self.replicas() {
+            self.send(node, to, payload.clone());
+        }
+        let t = self.cfg.phase_timeout;
+        let key = key.to_string();
+        self.schedule(t, Event::PhaseTimeout { node, key, gen });
     }
 
     /// Removes the finished lead and starts the next batch of the key, if any.
