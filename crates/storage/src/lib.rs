@@ -15,6 +15,9 @@
 //! reply leaves the node before its promise or accept is durable. While a change waits for its
 //! sync, later requests on the same key see it (an in-memory overlay of pending changes), and
 //! because batches are synced in order, their replies cannot overtake it.
+//!
+//! A failed synced write stops the process (exit status 70): after a failed fsync the page
+//! cache may hold data the disk does not, and only a restart from the durable state is safe.
 
 use counter_core::{AcceptorReply, AcceptorState};
 use counter_proto::{Ballot, Register, ShardId};
@@ -343,16 +346,19 @@ impl Committer {
                 None => self.db.write_opt(batch, &sync).map_err(|e| e.to_string()),
             };
             if let Err(e) = &result {
-                // The overlay keeps the unsynced changes so later writes carry them; every reply
-                // that depended on this batch is refused.
-                tracing::error!(error = %e, "synced write failed");
+                // After a failed sync nothing in memory can be trusted to match the disk (the
+                // lesson of PostgreSQL's fsync failures): refuse every reply of this batch, then
+                // stop the process, so that it restarts from what is durable.
+                tracing::error!(error = %e, "synced write failed; stopping the node");
+                for r in reqs.drain(..) {
+                    let _ = r.done.send(Err(e.clone()));
+                }
+                std::process::exit(70);
             }
             for r in reqs.drain(..) {
-                if result.is_ok() {
-                    self.pending
-                        .remove_if(&(r.shard, r.key), |_, p| p.gen == r.gen);
-                }
-                let _ = r.done.send(result.clone());
+                self.pending
+                    .remove_if(&(r.shard, r.key), |_, p| p.gen == r.gen);
+                let _ = r.done.send(Ok(()));
             }
         }
     }
