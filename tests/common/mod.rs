@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -357,10 +357,6 @@ pub fn parse_answer(line: &str) -> Answer {
                 .unwrap_or_else(|_| panic!("answer {line:?} is neither a value nor ERR")),
         )
     }
-}
-
-pub fn path_str(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// Network namespaces for a test: the router's (`<prefix>-r`, holding a bridge) and one per

@@ -1,4 +1,4 @@
-//! The coordinator: drives `counter-core`'s [`Round`] over a key's replicas.
+//! The coordinator: carries `counter-core`'s [`Decider`] messages to a key's replicas.
 //!
 //! Operations on one key queue up here. The first one starts a leader task for the key; the
 //! leader takes everything queued, runs one round for all of it (n increments become one
@@ -6,12 +6,9 @@
 //! empty. A rejected round retries above the ballot the rejection carried, after a randomized
 //! exponential backoff, so that competing coordinators do not livelock.
 //!
-//! Errors are honest: while no Accept carrying an operation has been sent, a failure is
-//! `unavailable` (not applied); after one was sent and the round did not finish, the operation
-//! is `unknown`, and it is never applied a second time by a retry, with one safe exception:
-//! when the next round's promises show that the highest accepted register is exactly the one
-//! this coordinator proposed (same ballot), it proposes that same register again, so the
-//! operations inside it are finished rather than repeated.
+//! Every decision (ballots, counting replies, what to propose, how a failure is reported) is
+//! the Decider's; this module does the I/O: fan-out to the replicas (its own acceptor directly,
+//! the others over `net`), phase timeouts, backoff sleeps, answering the callers.
 
 use counter_core::{AcceptorReply, Action, ChangeError, Decider, Failure};
 use counter_net::Pool;
