@@ -666,16 +666,7 @@ impl Sim {
                 self.stats.chosen_values += 1;
                 let lead = self.finish_lead(node, key);
                 for (&(client, req), result) in lead.waiters.iter().zip(results) {
-                    let result = result.map_err(|_| Failed::NotApplied);
-                    self.send(
-                        node,
-                        CLIENT_BASE + client as NodeId,
-                        Payload::Response {
-                            client,
-                            req,
-                            result,
-                        },
-                    );
+                    self.respond(node, client, req, result.map_err(|_| Failed::NotApplied));
                 }
             }
             Action::Failed(f) => {
@@ -694,19 +685,21 @@ impl Sim {
                     }
                 } else {
                     for &(client, req) in &lead.waiters {
-                        self.send(
-                            node,
-                            CLIENT_BASE + client as NodeId,
-                            Payload::Response {
-                                client,
-                                req,
-                                result: Err(kind),
-                            },
-                        );
+                        self.respond(node, client, req, Err(kind));
                     }
                 }
             }
         }
+    }
+
+    /// Answers a client's request.
+    fn respond(&mut self, node: NodeId, client: usize, req: u64, result: Result<i64, Failed>) {
+        let payload = Payload::Response {
+            client,
+            req,
+            result,
+        };
+        self.send(node, CLIENT_BASE + client as NodeId, payload);
     }
 
     /// Sends a phase's request to every replica and arms the phase's timeout.
