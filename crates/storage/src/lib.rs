@@ -88,6 +88,7 @@ struct WriteReq {
 /// The acceptor store of one node.
 pub struct Store {
     db: Arc<DB>,
+    cf_names: Arc<[String]>,
     shards: u32,
     epoch: u32,
     /// Changes written to the batch queue and not yet synced, keyed by (shard, key).
@@ -190,10 +191,13 @@ impl Store {
         )?;
 
         let db = Arc::new(db);
+        // Column family names, built once: looking a handle up must not format a string per op.
+        let cf_names: Arc<[String]> = (0..shards).map(shard_cf).collect();
         let pending = Arc::new(DashMap::new());
         let (tx, rx) = mpsc::channel();
         let committer = Committer {
             db: db.clone(),
+            cf_names: cf_names.clone(),
             pending: pending.clone(),
             rx,
         };
@@ -204,6 +208,7 @@ impl Store {
         tracing::info!(dir = %dir.display(), shards, epoch, "storage opened");
         Ok(Store {
             db,
+            cf_names,
             shards,
             epoch,
             pending,
@@ -235,7 +240,11 @@ impl Store {
     fn load(&self, shard: ShardId, key: &[u8]) -> Result<AcceptorState, StorageError> {
         let cf = self
             .db
-            .cf_handle(&shard_cf(shard))
+            .cf_handle(
+                self.cf_names
+                    .get(shard as usize)
+                    .ok_or(StorageError::NoSuchShard(shard))?,
+            )
             .ok_or(StorageError::NoSuchShard(shard))?;
         match self.db.get_pinned_cf(&cf, key)? {
             Some(bytes) => decode_state(&bytes),
@@ -312,6 +321,7 @@ impl Store {
 /// The group-commit loop: one synced WriteBatch per round of waiting changes.
 struct Committer {
     db: Arc<DB>,
+    cf_names: Arc<[String]>,
     pending: Arc<DashMap<(ShardId, Vec<u8>), Pending>>,
     rx: mpsc::Receiver<WriteReq>,
 }
@@ -333,7 +343,8 @@ impl Committer {
             let mut batch = WriteBatch::default();
             let mut missing = None;
             for r in &reqs {
-                match self.db.cf_handle(&shard_cf(r.shard)) {
+                let name = self.cf_names.get(r.shard as usize);
+                match name.and_then(|n| self.db.cf_handle(n)) {
                     Some(cf) => {
                         record::encode_into(&r.state, &mut buf);
                         batch.put_cf(&cf, &r.key, &buf);
