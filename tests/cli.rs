@@ -182,3 +182,73 @@ fn a_node_refuses_a_data_dir_with_another_shard_count() {
     c.start_node(0);
     assert_eq!(c.get("s"), 1);
 }
+
+#[test]
+fn bounds_cas_set_and_request_ids() {
+    let c = LocalCluster::start(3, 3, 8);
+    // Bounded counters: refused with exit status 5, and nothing changes.
+    assert_eq!(
+        c.cli(&["set", "stock", "3"]),
+        (0, "3".into(), String::new())
+    );
+    let (code, out, err) = c.cli(&["decr", "stock", "5", "--min", "0"]);
+    assert_eq!(code, 5, "stdout {out:?} stderr {err:?}");
+    assert!(out.is_empty());
+    assert!(err.contains("rejected: below-min"), "{err}");
+    assert_eq!(c.cli(&["decr", "stock", "3", "--min", "0"]).1, "0");
+    let (code, _, err) = c.cli(&["incr", "stock", "11", "--max", "10"]);
+    assert_eq!(code, 5);
+    assert!(err.contains("rejected: above-max"), "{err}");
+    assert_eq!(c.cli(&["incr", "stock", "10", "--max", "10"]).1, "10");
+    assert_eq!(c.cli(&["get", "stock"]).1, "10");
+    let mut p = c.pipe(5_000);
+    assert!(
+        matches!(p.run("decr stock 11 --min 0"), Answer::Err(k, m) if k == "rejected" && m.starts_with("below-min"))
+    );
+    assert!(
+        matches!(p.run("incr stock --max 10"), Answer::Err(k, m) if k == "rejected" && m.starts_with("above-max"))
+    );
+    assert!(matches!(p.run("decr stock 1 --min"), Answer::Err(k, _) if k == "invalid"));
+    assert!(matches!(p.run("get stock --min 1"), Answer::Err(k, _) if k == "invalid"));
+    assert_eq!(p.run("decr stock 10 --min 0"), Answer::Value(0));
+    p.finish();
+
+    // Compare-and-set: prints the value held and whether it swapped.
+    assert_eq!(c.cli(&["cas", "lock", "0", "7"]).1, "7 swapped");
+    assert_eq!(c.cli(&["cas", "lock", "0", "9"]).1, "7 unchanged");
+    assert_eq!(c.cli(&["get", "lock"]).1, "7");
+    assert_eq!(c.cli(&["set", "lock", "-4"]).1, "-4");
+    for bad in [
+        vec!["cas", "lock", "1"],
+        vec!["cas", "lock", "x", "1"],
+        vec!["set", "lock"],
+        vec!["set", "lock", "1", "--min", "0"],
+    ] {
+        assert_eq!(c.cli(&bad).0, 2, "{bad:?}");
+    }
+    assert_eq!(c.cli(&["get", "lock"]).1, "-4");
+
+    // Request ids: a replay answers the first outcome and is not applied again.
+    let once = |args: &[&str]| {
+        let mut all = vec!["--request-id", "77:1000"];
+        all.extend_from_slice(args);
+        c.cli(&all)
+    };
+    assert_eq!(once(&["incr", "paid", "5"]).1, "5");
+    assert_eq!(once(&["incr", "paid", "5"]).1, "5");
+    assert_eq!(c.cli(&["get", "paid"]).1, "5");
+    assert_eq!(
+        c.cli(&["--request-id", "77:1001", "incr", "paid", "5"]).1,
+        "10"
+    );
+    // Older than the one the key remembers for client 77: refused, never applied.
+    let (code, _, err) = once(&["incr", "paid", "5"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("request expired"), "{err}");
+    assert_eq!(c.cli(&["get", "paid"]).1, "10");
+    for bad in ["77", "x:1", "1:", "-1:2"] {
+        let (code, _, err) = c.cli(&["--request-id", bad, "incr", "paid"]);
+        assert_eq!(code, 2, "{bad}: {err}");
+    }
+    assert_eq!(c.cli(&["get", "paid"]).1, "10");
+}

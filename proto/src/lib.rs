@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Version of the wire protocol. Bumped on any incompatible change of [`Msg`].
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest frame body accepted or produced, in bytes. A frame is at most one key (1 KiB), a
 /// register and a little framing; 64 KiB leaves room while bounding what a peer can make us buffer.
@@ -62,30 +62,130 @@ impl fmt::Display for Ballot {
 }
 
 /// The replicated register of one key. Every round rewrites it whole.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+///
+/// Besides the counter it carries what makes retries safe: per client id, the highest request
+/// sequence applied and its outcome ([`ClientEntry`]), and the `horizon` below which requests
+/// of clients no longer listed are refused as expired (`counter-core`'s `change` module has the
+/// rules and the size bound).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Register {
     /// The counter's value.
     pub value: i64,
     /// Number of changes applied since the key was created. Two registers with the same version
     /// accepted under the same ballot are the same register.
     pub version: u64,
+    /// Recent clients' last applied request, sorted by client id, at most the configured bound.
+    pub clients: Vec<ClientEntry>,
+    /// Highest sequence number of any entry dropped from `clients`: a request of a client not
+    /// listed with a sequence at or below it may have been applied already.
+    pub horizon: u64,
+}
+
+impl Register {
+    /// A register holding `value` at `version`, with no client entries.
+    pub fn new(value: i64, version: u64) -> Register {
+        Register {
+            value,
+            version,
+            ..Register::default()
+        }
+    }
+}
+
+/// Identifies one mutating request of one client: retries carry the same id.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct RequestId {
+    /// Chosen by the client, random for each client process unless given.
+    pub client: u64,
+    /// Increases with every new request of the client. Microseconds since the Unix epoch (what
+    /// `counter-cli` uses) keep it above every key's expiry horizon.
+    pub seq: u64,
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.client, self.seq)
+    }
+}
+
+/// A client's last applied request on one key, kept in the [`Register`].
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ClientEntry {
+    pub client: u64,
+    pub seq: u64,
+    /// What the request was answered: a replay gets it again.
+    pub outcome: Outcome,
+    /// Coordinator's clock (ms since the Unix epoch) when it was applied: idle entries expire.
+    pub at_ms: u64,
+}
+
+/// What one command yielded. Kept in the register for replays, so it is part of the wire and
+/// disk formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Applied (or read): the counter's value afterwards.
+    Value(i64),
+    /// A compare-and-set: the value held afterwards, and whether it swapped.
+    Cas { value: i64, swapped: bool },
+    /// Refused, nothing changed: the result would not fit in an i64.
+    Overflow { value: i64 },
+    /// Refused, nothing changed: the result `would` be below `min`.
+    BelowMin { value: i64, would: i64, min: i64 },
+    /// Refused, nothing changed: the result `would` be above `max`.
+    AboveMax { value: i64, would: i64, max: i64 },
+    /// Refused, nothing changed: the request is older than what the register remembers of its
+    /// client, so it may have been applied; it is never applied again. Never stored.
+    Expired,
 }
 
 /// A client's operation on one counter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub enum Op {
     Incr(u64),
     Decr(u64),
+    #[default]
     Get,
     Reset,
+    /// Sets the value.
+    Set(i64),
+    /// Sets the value to `new` if it is `expected`.
+    Cas {
+        expected: i64,
+        new: i64,
+    },
 }
 
 impl Op {
     /// True for operations that never change the register.
     pub fn is_read(&self) -> bool {
         matches!(self, Op::Get)
+    }
+}
+
+/// An operation with its conditions and its request id: what a coordinator applies.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Command {
+    pub op: Op,
+    /// Refuse (nothing changes) if the result would be below this.
+    pub min: Option<i64>,
+    /// Refuse (nothing changes) if the result would be above this.
+    pub max: Option<i64>,
+    /// Makes retries of a mutating command safe: applied at most once per key.
+    pub request: Option<RequestId>,
+}
+
+impl From<Op> for Command {
+    fn from(op: Op) -> Command {
+        Command {
+            op,
+            ..Command::default()
+        }
     }
 }
 
@@ -98,6 +198,8 @@ pub enum ErrorKind {
     Unavailable,
     /// Sent, then timed out or lost: it may have been applied.
     Unknown,
+    /// Refused by a condition of the command (a bound): nothing changed.
+    Rejected,
 }
 
 impl ErrorKind {
@@ -106,6 +208,7 @@ impl ErrorKind {
             ErrorKind::Invalid => "invalid",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Unknown => "unknown",
+            ErrorKind::Rejected => "rejected",
         }
     }
 }
@@ -139,6 +242,9 @@ impl ClientError {
     pub fn unknown(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Unknown, message)
     }
+    pub fn rejected(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Rejected, message)
+    }
 }
 
 impl fmt::Display for ClientError {
@@ -153,14 +259,17 @@ impl std::error::Error for ClientError {}
 /// one codec serves clients, routers and nodes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Msg {
-    /// Client (or router) asks for `op` on `key`; `timeout_ms` is the caller's remaining budget.
+    /// Client (or router) asks for `command` on `key`; `timeout_ms` is the caller's remaining
+    /// budget.
     Command {
         key: String,
-        op: Op,
+        command: Command,
         timeout_ms: u32,
     },
     /// Answer to `Command`: the counter's value after the operation.
     Value(i64),
+    /// Answer to a compare-and-set: the value held afterwards and whether it swapped.
+    Swapped { value: i64, swapped: bool },
     /// Answer to `Command` when it did not succeed.
     Error(ClientError),
     /// Phase 1 of a round, coordinator to acceptor.
@@ -185,6 +294,11 @@ pub enum Msg {
     Accepted { ballot: Ballot },
     /// The acceptor refused `ballot` because it has promised `promised` (>= ballot).
     Reject { ballot: Ballot, promised: Ballot },
+    /// A read's first try, coordinator to acceptor: report what is durably accepted, change
+    /// nothing, write nothing.
+    Read { shard: ShardId, key: String },
+    /// Answer to `Read`: the durably accepted ballot and value, if any.
+    ReadReply { accepted: Option<(Ballot, i64)> },
 }
 
 /// One message with the id that pairs a reply with its request (0 for connection-level errors).
@@ -264,12 +378,24 @@ pub fn validate_key(key: &str) -> Result<(), ClientError> {
     Ok(())
 }
 
-/// Checks an operation's argument: deltas are positive.
-pub fn validate_op(op: &Op) -> Result<(), ClientError> {
-    match op {
-        Op::Incr(0) | Op::Decr(0) => Err(ClientError::invalid("delta must be positive")),
-        _ => Ok(()),
+/// Checks a command's arguments: deltas are positive, bounds are ordered, reads have no
+/// conditions.
+pub fn validate_command(command: &Command) -> Result<(), ClientError> {
+    match command.op {
+        Op::Incr(0) | Op::Decr(0) => return Err(ClientError::invalid("delta must be positive")),
+        Op::Get if command.min.is_some() || command.max.is_some() => {
+            return Err(ClientError::invalid("get takes no --min or --max"))
+        }
+        _ => {}
     }
+    if let (Some(min), Some(max)) = (command.min, command.max) {
+        if min > max {
+            return Err(ClientError::invalid(format!(
+                "--min {min} is above --max {max}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -290,6 +416,17 @@ mod tests {
                 register: Register {
                     value: -5,
                     version: 9,
+                    clients: vec![ClientEntry {
+                        client: 7,
+                        seq: 11,
+                        outcome: Outcome::BelowMin {
+                            value: 1,
+                            would: -1,
+                            min: 0,
+                        },
+                        at_ms: 1_700_000_000_000,
+                    }],
+                    horizon: 3,
                 },
             },
         }
@@ -346,7 +483,21 @@ mod tests {
         assert!(validate_key("").is_err());
         assert!(validate_key(&"k".repeat(MAX_KEY_LEN)).is_ok());
         assert!(validate_key(&"k".repeat(MAX_KEY_LEN + 1)).is_err());
-        assert!(validate_op(&Op::Incr(0)).is_err());
-        assert!(validate_op(&Op::Decr(1)).is_ok());
+        assert!(validate_command(&Op::Incr(0).into()).is_err());
+        assert!(validate_command(&Op::Decr(1).into()).is_ok());
+        let bounded = |min, max| Command {
+            op: Op::Decr(1),
+            min,
+            max,
+            request: None,
+        };
+        assert!(validate_command(&bounded(Some(0), Some(10))).is_ok());
+        assert!(validate_command(&bounded(Some(10), Some(0))).is_err());
+        let read = Command {
+            op: Op::Get,
+            min: Some(0),
+            ..Command::default()
+        };
+        assert!(validate_command(&read).is_err());
     }
 }

@@ -347,7 +347,7 @@ pub fn parse_answer(line: &str) -> Answer {
     if let Some(rest) = line.strip_prefix("ERR ") {
         let (kind, msg) = rest.split_once(' ').unwrap_or((rest, ""));
         assert!(
-            matches!(kind, "invalid" | "unavailable" | "unknown"),
+            matches!(kind, "invalid" | "unavailable" | "unknown" | "rejected"),
             "bad error line {line:?}"
         );
         Answer::Err(kind.to_string(), msg.to_string())

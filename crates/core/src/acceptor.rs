@@ -5,7 +5,7 @@ use counter_proto::{Ballot, Register};
 use serde::{Deserialize, Serialize};
 
 /// Acceptor state of one key.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AcceptorState {
     /// Highest ballot promised (or accepted). Prepares and accepts below it are refused.
     pub promised: Ballot,
@@ -14,7 +14,7 @@ pub struct AcceptorState {
 }
 
 /// An acceptor's answer to a coordinator.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum AcceptorReply {
     Promise {
         ballot: Ballot,
@@ -33,8 +33,8 @@ pub enum AcceptorReply {
 impl AcceptorState {
     /// Highest ballot this acceptor knows of (promised or accepted).
     pub fn highest(&self) -> Ballot {
-        match self.accepted {
-            Some((b, _)) => self.promised.max(b),
+        match &self.accepted {
+            Some((b, _)) => self.promised.max(*b),
             None => self.promised,
         }
     }
@@ -46,11 +46,11 @@ impl AcceptorState {
         if ballot > self.highest() {
             let next = AcceptorState {
                 promised: ballot,
-                accepted: self.accepted,
+                accepted: self.accepted.clone(),
             };
             let reply = AcceptorReply::Promise {
                 ballot,
-                accepted: self.accepted,
+                accepted: self.accepted.clone(),
             };
             (Some(next), reply)
         } else {
@@ -99,10 +99,7 @@ mod tests {
         }
     }
     fn reg(value: i64) -> Register {
-        Register {
-            value,
-            version: value as u64,
-        }
+        Register::new(value, value as u64)
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! choice, counting replies ([`Round`]), what to propose ([`next_proposal`]) and how an
 //! unfinished batch must be reported ([`Failure`]).
 
-use crate::{next_ballot, next_proposal, AcceptorReply, ChangeError, Round, Step};
-use counter_proto::{Ballot, NodeId, Op, Register};
+use crate::change::Ctx;
+use crate::{next_ballot, next_proposal, AcceptorReply, Round, Step};
+use counter_proto::{Ballot, Command, NodeId, Outcome, Register};
 
 /// What the driver must do next.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,8 +20,8 @@ pub enum Action {
     /// The round failed: wait (randomized exponential backoff, `attempt` rounds failed so far),
     /// then call [`Decider::start_round`] again, or [`Decider::give_up`] past the deadline.
     Retry { attempt: u32 },
-    /// Decided: each op's answer, in order.
-    Done(Vec<Result<i64, ChangeError>>),
+    /// Decided: each command's answer, in order.
+    Done(Vec<Outcome>),
     /// Ended without a decision.
     Failed(Failure),
 }
@@ -48,30 +49,35 @@ pub struct Decider {
     node: NodeId,
     epoch: u32,
     replicas: Vec<NodeId>,
-    ops: Vec<Op>,
+    ops: Vec<Command>,
+    /// Clock and bounds the commands are applied with.
+    ctx: Ctx,
     /// Highest ballot known for the key; the next round goes above it.
     seen: Ballot,
     round: Option<Round>,
     phase: Phase,
     /// Our register sent in Accepts without a decision, and its ballot.
     in_doubt: Option<(Ballot, Register)>,
-    results: Vec<Result<i64, ChangeError>>,
+    results: Vec<Outcome>,
     failed_rounds: u32,
     last_error: String,
 }
 
 impl Decider {
-    /// `seen` is the highest ballot the coordinator knows for the key (its own acceptor's).
+    /// `seen` is the highest ballot the coordinator knows for the key (its own acceptor's);
+    /// `ctx` the clock and bounds the commands are applied with.
     pub fn new(
         node: NodeId,
         epoch: u32,
         replicas: &[NodeId],
-        ops: Vec<Op>,
+        ops: Vec<Command>,
         seen: Ballot,
+        ctx: Ctx,
     ) -> Decider {
         Decider {
             node,
             epoch,
+            ctx,
             replicas: replicas.to_vec(),
             results: Vec::with_capacity(ops.len()),
             ops,
@@ -84,7 +90,7 @@ impl Decider {
         }
     }
 
-    pub fn ops(&self) -> &[Op] {
+    pub fn ops(&self) -> &[Command] {
         &self.ops
     }
 
@@ -135,12 +141,13 @@ impl Decider {
                 let ballot = round.ballot();
                 match next_proposal(
                     round.highest_accepted(),
-                    self.in_doubt,
+                    self.in_doubt.as_ref(),
                     &self.ops,
+                    &self.ctx,
                     &mut self.results,
                 ) {
                     Some(register) => {
-                        round.propose(register);
+                        round.propose(register.clone());
                         self.phase = Phase::Accepting;
                         Some(Action::Accept(ballot, register))
                     }
@@ -178,7 +185,7 @@ impl Decider {
         self.seen = self.seen.max(round.seen());
         self.last_error = format!("round {}: {why}", round.ballot());
         if let Some(register) = round.proposed() {
-            self.in_doubt = Some((round.ballot(), register));
+            self.in_doubt = Some((round.ballot(), register.clone()));
         }
         self.phase = Phase::Idle;
         self.failed_rounds += 1;
@@ -191,11 +198,11 @@ impl Decider {
     pub fn give_up(&mut self) -> Failure {
         if let Some(round) = self.round.take() {
             if let Some(register) = round.proposed() {
-                self.in_doubt = Some((round.ballot(), register));
+                self.in_doubt = Some((round.ballot(), register.clone()));
             }
         }
         self.phase = Phase::Finished;
-        match self.in_doubt {
+        match &self.in_doubt {
             Some(_) => Failure::Ambiguous(format!(
                 "an accept was sent but no decision was reached before the deadline ({})",
                 self.last_error
@@ -212,7 +219,14 @@ impl Decider {
 mod tests {
     use super::*;
 
+    use counter_proto::Op;
+
     const R: [NodeId; 3] = [1, 2, 3];
+
+    fn decider(ops: &[Op]) -> Decider {
+        let cmds = ops.iter().map(|&op| op.into()).collect();
+        Decider::new(1, 1, &R, cmds, Ballot::ZERO, Ctx::default())
+    }
 
     fn promise(
         d: &mut Decider,
@@ -229,8 +243,8 @@ mod tests {
 
     #[test]
     fn a_quiet_batch_is_decided_in_one_round() {
-        let mut d = Decider::new(1, 1, &R, vec![Op::Incr(2), Op::Incr(3)], Ballot::ZERO);
-        assert_eq!(d.ops(), &[Op::Incr(2), Op::Incr(3)]);
+        let mut d = decider(&[Op::Incr(2), Op::Incr(3)]);
+        assert_eq!(d.ops(), &[Op::Incr(2).into(), Op::Incr(3).into()]);
         let Action::Prepare(b) = d.start_round() else {
             panic!()
         };
@@ -241,12 +255,15 @@ mod tests {
         };
         assert_eq!((b2, reg.value), (b, 5));
         assert_eq!(accepted(&mut d, 3), None);
-        assert_eq!(accepted(&mut d, 1), Some(Action::Done(vec![Ok(2), Ok(5)])));
+        assert_eq!(
+            accepted(&mut d, 1),
+            Some(Action::Done(vec![Outcome::Value(2), Outcome::Value(5)]))
+        );
     }
 
     #[test]
     fn a_retry_goes_above_the_rejecting_ballot() {
-        let mut d = Decider::new(1, 1, &R, vec![Op::Incr(1)], Ballot::ZERO);
+        let mut d = decider(&[Op::Incr(1)]);
         let Action::Prepare(b) = d.start_round() else {
             panic!()
         };
@@ -280,7 +297,7 @@ mod tests {
 
     #[test]
     fn an_interrupted_accept_is_finished_when_it_is_the_highest() {
-        let mut d = Decider::new(1, 1, &R, vec![Op::Incr(1)], Ballot::ZERO);
+        let mut d = decider(&[Op::Incr(1)]);
         let Action::Prepare(b) = d.start_round() else {
             panic!()
         };
@@ -291,19 +308,22 @@ mod tests {
         accepted(&mut d, 1);
         assert_eq!(d.on_phase_timeout(), Some(Action::Retry { attempt: 1 }));
         d.start_round();
-        promise(&mut d, 1, Some((b, reg)));
+        promise(&mut d, 1, Some((b, reg.clone())));
         // Same register again: the increment is finished, not applied a second time.
         let Some(Action::Accept(_, again)) = promise(&mut d, 3, None) else {
             panic!()
         };
         assert_eq!(again, reg);
         accepted(&mut d, 1);
-        assert_eq!(accepted(&mut d, 3), Some(Action::Done(vec![Ok(1)])));
+        assert_eq!(
+            accepted(&mut d, 3),
+            Some(Action::Done(vec![Outcome::Value(1)]))
+        );
     }
 
     #[test]
     fn an_interrupted_accept_superseded_is_ambiguous() {
-        let mut d = Decider::new(1, 1, &R, vec![Op::Incr(1)], Ballot::ZERO);
+        let mut d = decider(&[Op::Incr(1)]);
         d.start_round();
         promise(&mut d, 1, None);
         promise(&mut d, 2, None);
@@ -315,10 +335,7 @@ mod tests {
                 node: 2,
                 epoch: 1,
             },
-            Register {
-                value: 1,
-                version: 1,
-            },
+            Register::new(1, 1),
         );
         promise(&mut d, 2, Some(other));
         assert!(matches!(
@@ -329,7 +346,7 @@ mod tests {
 
     #[test]
     fn giving_up_after_an_accept_was_sent_is_ambiguous() {
-        let mut d = Decider::new(1, 1, &R, vec![Op::Incr(1)], Ballot::ZERO);
+        let mut d = decider(&[Op::Incr(1)]);
         d.start_round();
         promise(&mut d, 1, None);
         promise(&mut d, 2, None);
@@ -338,7 +355,7 @@ mod tests {
 
     #[test]
     fn stale_replies_after_a_retry_do_not_count() {
-        let mut d = Decider::new(1, 1, &R, vec![Op::Incr(1)], Ballot::ZERO);
+        let mut d = decider(&[Op::Incr(1)]);
         let Action::Prepare(old) = d.start_round() else {
             panic!()
         };

@@ -8,7 +8,8 @@
 //! - [`acceptor`]: what an acceptor does with a Prepare or an Accept (and what it must persist
 //!   before it may reply).
 //! - [`proposer`]: one round of a coordinator, as a state machine fed with replies.
-//! - [`change`]: the change functions (incr, decr, reset, read) applied to a register.
+//! - [`change`]: the change functions (incr, decr, reset, set, cas, read; bounds; exactly-once
+//!   request ids) applied to a register.
 //! - [`ballot`]: choosing the next ballot.
 
 pub mod acceptor;
@@ -20,7 +21,7 @@ pub mod record;
 
 pub use acceptor::{AcceptorReply, AcceptorState};
 pub use ballot::next_ballot;
-pub use change::{apply, apply_all, ChangeError};
-pub use counter_proto::{Ballot, NodeId, Op, Register};
+pub use change::{apply, apply_all, Ctx, Limits};
+pub use counter_proto::{Ballot, Command, NodeId, Op, Outcome, Register};
 pub use decider::{Action, Decider, Failure};
 pub use proposer::{next_proposal, Round, Step};

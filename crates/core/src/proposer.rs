@@ -11,7 +11,7 @@
 use counter_proto::{Ballot, NodeId, Register};
 
 /// What the coordinator should do after feeding a reply.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
     /// Nothing yet (or the reply did not count).
     Pending,
@@ -24,7 +24,7 @@ pub enum Step {
     Preempted { seen: Ballot },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Phase {
     Preparing,
     Promised,
@@ -83,18 +83,18 @@ impl Round {
     /// The register this round sent in Accepts, if it got that far. A round that ends (by
     /// preemption or timeout) without being chosen is ambiguous exactly when this is `Some`:
     /// the register may have been accepted by a minority and be chosen later by another round.
-    pub fn proposed(&self) -> Option<Register> {
-        self.proposed
+    pub fn proposed(&self) -> Option<&Register> {
+        self.proposed.as_ref()
     }
 
     /// The register accepted under the highest ballot among the promises so far, with that ballot.
-    pub fn highest_accepted(&self) -> Option<(Ballot, Register)> {
-        self.best
+    pub fn highest_accepted(&self) -> Option<&(Ballot, Register)> {
+        self.best.as_ref()
     }
 
     /// Whether the round has been decided.
-    pub fn chosen(&self) -> Option<Register> {
-        match self.phase {
+    pub fn chosen(&self) -> Option<&Register> {
+        match &self.phase {
             Phase::Chosen(r) => Some(r),
             _ => None,
         }
@@ -112,7 +112,7 @@ impl Round {
         }
         self.granted.push(from);
         if let Some((b, r)) = accepted {
-            if self.best.is_none_or(|(best, _)| b > best) {
+            if self.best.as_ref().is_none_or(|(best, _)| b > *best) {
                 self.best = Some((b, r));
             }
         }
@@ -120,7 +120,11 @@ impl Round {
             self.phase = Phase::Promised;
             self.granted.clear();
             self.refused.clear();
-            let prior = self.best.map(|(_, r)| r).unwrap_or_default();
+            let prior = self
+                .best
+                .as_ref()
+                .map(|(_, r)| r.clone())
+                .unwrap_or_default();
             return Step::Promised { prior };
         }
         Step::Pending
@@ -136,13 +140,13 @@ impl Round {
             Phase::Promised,
             "propose before a promise quorum"
         );
-        self.phase = Phase::Accepting(register);
+        self.phase = Phase::Accepting(register.clone());
         self.proposed = Some(register);
     }
 
     /// Counts an acceptance from `from`.
     pub fn on_accepted(&mut self, from: NodeId, ballot: Ballot) -> Step {
-        let Phase::Accepting(register) = self.phase else {
+        let Phase::Accepting(register) = &self.phase else {
             return Step::Pending;
         };
         if !self.counts(from, ballot) {
@@ -150,7 +154,8 @@ impl Round {
         }
         self.granted.push(from);
         if self.granted.len() >= self.quorum() {
-            self.phase = Phase::Chosen(register);
+            let register = register.clone();
+            self.phase = Phase::Chosen(register.clone());
             return Step::Chosen(register);
         }
         Step::Pending
@@ -196,7 +201,7 @@ mod tests {
         }
     }
     fn reg(value: i64, version: u64) -> Register {
-        Register { value, version }
+        Register::new(value, version)
     }
     const REPLICAS: [NodeId; 3] = [1, 2, 3];
 
@@ -233,7 +238,7 @@ mod tests {
         assert_eq!(r.on_accepted(1, b(5, 1)), Step::Pending);
         assert_eq!(r.on_accepted(1, b(5, 1)), Step::Pending);
         assert_eq!(r.on_accepted(3, b(5, 1)), Step::Chosen(reg(1, 1)));
-        assert_eq!(r.chosen(), Some(reg(1, 1)));
+        assert_eq!(r.chosen(), Some(&reg(1, 1)));
     }
 
     #[test]
@@ -362,7 +367,7 @@ mod tests {
             r.on_reject(3, b(5, 1), b(6, 2)),
             Step::Preempted { seen: b(6, 2) }
         );
-        assert_eq!(r.proposed(), Some(reg(1, 1)));
+        assert_eq!(r.proposed(), Some(&reg(1, 1)));
         assert_eq!(r.chosen(), None);
     }
 }
@@ -371,36 +376,41 @@ mod tests {
 ///
 /// `highest` is the register accepted under the highest ballot among the promises
 /// ([`Round::highest_accepted`]); `in_doubt` is the (ballot, register) this coordinator sent in
-/// Accepts for the same `ops` in an earlier round that ended without a decision, if any.
+/// Accepts for the same `cmds` in an earlier round that ended without a decision, if any.
 ///
-/// - Nothing in doubt: apply `ops` to `highest` (the initial register if none); `results` gets
-///   each op's answer.
+/// - Nothing in doubt: apply `cmds` to `highest` (the initial register if none); `results` gets
+///   each command's answer.
 /// - In doubt and the promises report exactly that (ballot, register) as the highest: propose
-///   it again, unchanged: the ops inside it are finished, not applied a second time, and
+///   it again, unchanged: the commands inside it are finished, not applied a second time, and
 ///   `results` (from the earlier round) stay as they are.
+/// - In doubt otherwise, and every command safe to retry (a read, or a request id the register
+///   remembers: [`crate::change::is_retry_safe`]): apply them to `highest` afresh; those already
+///   in it are answered from its client entries, not applied again.
 /// - In doubt otherwise: `None`. Another register superseded ours; it may or may not contain
-///   our ops, so applying them again could count twice: the caller must answer `unknown`.
+///   our commands, so applying them again could count twice: the caller must answer `unknown`.
 pub fn next_proposal(
-    highest: Option<(Ballot, Register)>,
-    in_doubt: Option<(Ballot, Register)>,
-    ops: &[counter_proto::Op],
-    results: &mut Vec<Result<i64, crate::ChangeError>>,
+    highest: Option<&(Ballot, Register)>,
+    in_doubt: Option<&(Ballot, Register)>,
+    cmds: &[counter_proto::Command],
+    ctx: &crate::change::Ctx,
+    results: &mut Vec<counter_proto::Outcome>,
 ) -> Option<Register> {
     match in_doubt {
-        None => {
+        Some(ours) if highest == Some(ours) => Some(ours.1.clone()),
+        Some(_) if !cmds.iter().all(crate::change::is_retry_safe) => None,
+        _ => {
             results.clear();
-            let prior = highest.map(|(_, r)| r).unwrap_or_default();
-            Some(crate::apply_all(ops.iter().copied(), prior, results))
+            let prior = highest.map(|(_, r)| r.clone()).unwrap_or_default();
+            Some(crate::apply_all(cmds, prior, ctx, results))
         }
-        Some(ours) if highest == Some(ours) => Some(ours.1),
-        Some(_) => None,
     }
 }
 
 #[cfg(test)]
 mod proposal_tests {
     use super::*;
-    use counter_proto::Op;
+    use crate::change::Ctx;
+    use counter_proto::{Command, Op, Outcome, RequestId};
 
     fn b(round: u64) -> Ballot {
         Ballot {
@@ -410,65 +420,110 @@ mod proposal_tests {
         }
     }
     fn reg(value: i64, version: u64) -> Register {
-        Register { value, version }
+        Register::new(value, version)
+    }
+    fn cmds(ops: &[Op]) -> Vec<Command> {
+        ops.iter().map(|&op| op.into()).collect()
     }
 
     #[test]
     fn fresh_ops_apply_to_the_highest_register() {
         let mut results = Vec::new();
+        let ctx = Ctx::default();
         let p = next_proposal(
-            Some((b(3), reg(10, 4))),
+            Some(&(b(3), reg(10, 4))),
             None,
-            &[Op::Incr(2), Op::Incr(3)],
+            &cmds(&[Op::Incr(2), Op::Incr(3)]),
+            &ctx,
             &mut results,
         );
         assert_eq!(p, Some(reg(15, 6)));
-        assert_eq!(results, vec![Ok(12), Ok(15)]);
-        let p = next_proposal(None, None, &[Op::Decr(1)], &mut results);
+        assert_eq!(results, vec![Outcome::Value(12), Outcome::Value(15)]);
+        let p = next_proposal(None, None, &cmds(&[Op::Decr(1)]), &ctx, &mut results);
         assert_eq!(p, Some(reg(-1, 1)));
-        assert_eq!(results, vec![Ok(-1)]);
+        assert_eq!(results, vec![Outcome::Value(-1)]);
     }
 
     #[test]
     fn our_register_in_doubt_is_finished_not_reapplied() {
-        let mut results = vec![Ok(11)];
+        let mut results = vec![Outcome::Value(11)];
         let ours = (b(3), reg(11, 5));
-        let p = next_proposal(Some(ours), Some(ours), &[Op::Incr(1)], &mut results);
+        let p = next_proposal(
+            Some(&ours),
+            Some(&ours),
+            &cmds(&[Op::Incr(1)]),
+            &Ctx::default(),
+            &mut results,
+        );
         assert_eq!(
             p,
             Some(reg(11, 5)),
             "the increment must not be applied twice"
         );
-        assert_eq!(results, vec![Ok(11)]);
+        assert_eq!(results, vec![Outcome::Value(11)]);
     }
 
     #[test]
     fn a_superseded_register_in_doubt_is_ambiguous() {
-        let mut results = vec![Ok(11)];
+        let mut results = vec![Outcome::Value(11)];
         let ours = (b(3), reg(11, 5));
+        let ctx = Ctx::default();
+        let incr = cmds(&[Op::Incr(1)]);
         // Another coordinator's register, possibly built on ours.
+        let other = (b(4), reg(12, 6));
         assert_eq!(
-            next_proposal(
-                Some((b(4), reg(12, 6))),
-                Some(ours),
-                &[Op::Incr(1)],
-                &mut results
-            ),
+            next_proposal(Some(&other), Some(&ours), &incr, &ctx, &mut results),
             None
         );
         // Nothing accepted that we can see: ours may still sit on a minority.
+        let older = (b(2), reg(10, 4));
         assert_eq!(
-            next_proposal(
-                Some((b(2), reg(10, 4))),
-                Some(ours),
-                &[Op::Incr(1)],
-                &mut results
-            ),
+            next_proposal(Some(&older), Some(&ours), &incr, &ctx, &mut results),
             None
         );
         assert_eq!(
-            next_proposal(None, Some(ours), &[Op::Incr(1)], &mut results),
+            next_proposal(None, Some(&ours), &incr, &ctx, &mut results),
             None
         );
+    }
+
+    #[test]
+    fn a_superseded_register_in_doubt_is_retried_when_the_register_remembers_requests() {
+        let ctx = Ctx::default();
+        let incr = [Command {
+            op: Op::Incr(1),
+            request: Some(RequestId { client: 9, seq: 1 }),
+            ..Command::default()
+        }];
+        let mut results = Vec::new();
+        // Our round applied it to 10 and was interrupted...
+        let mine = next_proposal(Some(&(b(2), reg(10, 4))), None, &incr, &ctx, &mut results);
+        let ours = (b(3), mine.clone().unwrap());
+        // ...another coordinator built on it (12): the retry recognises the request.
+        let mut built_on = mine.unwrap();
+        crate::change::apply(&Op::Incr(1).into(), &mut built_on, &ctx);
+        let p = next_proposal(
+            Some(&(b(4), built_on.clone())),
+            Some(&ours),
+            &incr,
+            &ctx,
+            &mut results,
+        );
+        assert_eq!(p.map(|r| r.value), Some(12), "not applied a second time");
+        assert_eq!(
+            results,
+            vec![Outcome::Value(11)],
+            "answered as the first time"
+        );
+        // ...or it was lost on a minority: the retry applies it once.
+        let p = next_proposal(
+            Some(&(b(4), reg(10, 5))),
+            Some(&ours),
+            &incr,
+            &ctx,
+            &mut results,
+        );
+        assert_eq!(p.map(|r| r.value), Some(11));
+        assert_eq!(results, vec![Outcome::Value(11)]);
     }
 }

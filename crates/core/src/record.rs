@@ -5,7 +5,8 @@
 use crate::AcceptorState;
 
 /// Version of the record encoding. Bumped on any incompatible change of [`AcceptorState`].
-pub const FORMAT_VERSION: u8 = 1;
+/// 2: registers carry their clients' last requests (exactly-once retries).
+pub const FORMAT_VERSION: u8 = 2;
 
 /// Encodes a record.
 pub fn encode(state: &AcceptorState) -> Vec<u8> {
@@ -57,13 +58,20 @@ mod tests {
                 Register {
                     value: -9,
                     version: 2,
+                    clients: vec![counter_proto::ClientEntry {
+                        client: 3,
+                        seq: 4,
+                        outcome: counter_proto::Outcome::Value(-9),
+                        at_ms: 5,
+                    }],
+                    horizon: 1,
                 },
             )),
         };
         let bytes = encode(&s);
         assert_eq!(bytes[0], FORMAT_VERSION);
         assert!(bytes.len() > 8);
-        assert_eq!(decode(&bytes), Ok(s));
+        assert_eq!(decode(&bytes), Ok(s.clone()));
         let mut reused = vec![0xaa; 3];
         encode_into(&s, &mut reused);
         assert_eq!(reused, bytes);

@@ -10,9 +10,9 @@
 //! the Decider's; this module does the I/O: fan-out to the replicas (its own acceptor directly,
 //! the others over `net`), phase timeouts, backoff sleeps, answering the callers.
 
-use counter_core::{AcceptorReply, Action, ChangeError, Decider, Failure};
+use counter_core::{AcceptorReply, Action, Ctx, Decider, Failure, Limits};
 use counter_net::Pool;
-use counter_proto::{Ballot, ClientError, Msg, NodeId, Op, Register, ShardId};
+use counter_proto::{Ballot, ClientError, Command, Msg, NodeId, Outcome, Register, ShardId};
 use counter_storage::Store;
 use dashmap::DashMap;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -30,11 +30,11 @@ const MAX_BATCH: usize = 1024;
 const BACKOFF_START: Duration = Duration::from_millis(1);
 const BACKOFF_MAX: Duration = Duration::from_millis(200);
 
-/// A caller waiting for its operation.
+/// A caller waiting for its command.
 struct Waiter {
-    op: Op,
+    cmd: Command,
     deadline: Instant,
-    reply: oneshot::Sender<Result<i64, ClientError>>,
+    reply: oneshot::Sender<Result<Outcome, ClientError>>,
 }
 
 /// Where a key's replicas are and how to reach them.
@@ -44,17 +44,22 @@ pub struct Coordinator {
     store: Arc<Store>,
     pool: Arc<Pool>,
     addrs: Arc<std::collections::BTreeMap<NodeId, String>>,
+    /// What registers keep of their clients' requests.
+    limits: Limits,
     /// Keys with a leader running, and the operations queued behind it.
     queues: DashMap<String, Vec<Waiter>>,
 }
 
 type ReplyFuture = Pin<Box<dyn Future<Output = (NodeId, Option<AcceptorReply>)> + Send>>;
+/// A replica's answer to a read's first try: its durably accepted ballot and value.
+type ReadFuture = Pin<Box<dyn Future<Output = Option<Option<(Ballot, i64)>>> + Send>>;
 
 impl Coordinator {
     pub fn new(
         id: NodeId,
         store: Arc<Store>,
         addrs: std::collections::BTreeMap<NodeId, String>,
+        limits: Limits,
     ) -> Arc<Coordinator> {
         Arc::new(Coordinator {
             id,
@@ -62,25 +67,26 @@ impl Coordinator {
             store,
             pool: Arc::new(Pool::new(Duration::from_millis(300))),
             addrs: Arc::new(addrs),
+            limits,
             queues: DashMap::new(),
         })
     }
 
-    /// Runs `op` on `key` (of `shard`, replicated on `replicas`) and waits at most `budget`.
+    /// Runs `cmd` on `key` (of `shard`, replicated on `replicas`) and waits at most `budget`.
     pub async fn submit(
         self: &Arc<Self>,
         shard: ShardId,
         replicas: Arc<[NodeId]>,
         key: String,
-        op: Op,
+        cmd: Command,
         budget: Duration,
-    ) -> Result<i64, ClientError> {
+    ) -> Result<Outcome, ClientError> {
         let (tx, rx) = oneshot::channel();
         // The rounds stop a little before the caller stops waiting, so that an honest
         // "unavailable" (nothing was accepted) arrives instead of a timeout's "unknown".
         let margin = (budget / 10).min(Duration::from_millis(100));
         let waiter = Waiter {
-            op,
+            cmd,
             deadline: Instant::now() + budget - margin,
             reply: tx,
         };
@@ -134,33 +140,119 @@ impl Coordinator {
             .map(|w| w.deadline)
             .max()
             .expect("non-empty batch");
-        let ops: Vec<Op> = batch.iter().map(|w| w.op).collect();
-        let outcome = self.decide(shard, replicas, key, &ops, deadline).await;
+        if batch.iter().all(|w| w.cmd.op.is_read()) {
+            if let Some(value) = self.quiet_read(shard, replicas, key, deadline).await {
+                for w in batch {
+                    let _ = w.reply.send(Ok(Outcome::Value(value)));
+                }
+                return;
+            }
+        }
+        let cmds: Vec<Command> = batch.iter().map(|w| w.cmd).collect();
+        let outcome = self.decide(shard, replicas, key, cmds, deadline).await;
         for (i, w) in batch.into_iter().enumerate() {
             let answer = match &outcome {
-                Ok(results) => results[i].map_err(|e| ClientError::invalid(e.to_string())),
+                Ok(results) => Ok(results[i]),
                 Err(e) => Err(e.clone()),
             };
             let _ = w.reply.send(answer);
         }
     }
 
-    /// Rounds until `ops` are chosen: each op's result, or an error for all of them. The
+    /// A read's first try, one round trip and no disk write: each replica reports what it has
+    /// durably accepted. If a majority report the same ballot, that ballot's register is chosen
+    /// (accepted by a majority) and no later one was chosen before the read began (a chosen one
+    /// would show in at least one of them): its value is the answer. `None`: they disagree (a
+    /// write is in flight or was interrupted), so the caller runs a full round, which finishes
+    /// it before answering.
+    async fn quiet_read(
+        &self,
+        shard: ShardId,
+        replicas: &[NodeId],
+        key: &str,
+        deadline: Instant,
+    ) -> Option<i64> {
+        let quorum = replicas.len() / 2 + 1;
+        let mut replies: FuturesUnordered<ReadFuture> =
+            replicas.iter().map(|&n| self.read(n, shard, key)).collect();
+        let mut seen: Vec<(Option<Ballot>, i64, usize)> = Vec::with_capacity(replicas.len());
+        let until = (Instant::now() + PHASE_TIMEOUT).min(deadline);
+        loop {
+            let accepted = match tokio::time::timeout_at(until.into(), replies.next()).await {
+                Ok(Some(Some(accepted))) => accepted,
+                Ok(Some(None)) => continue,
+                Ok(None) | Err(_) => return None,
+            };
+            let (ballot, value) = match accepted {
+                Some((b, v)) => (Some(b), v),
+                None => (None, 0),
+            };
+            let count = match seen.iter_mut().find(|(b, _, _)| *b == ballot) {
+                Some(entry) => {
+                    entry.2 += 1;
+                    entry.2
+                }
+                None => {
+                    seen.push((ballot, value, 1));
+                    1
+                }
+            };
+            if count >= quorum {
+                return Some(value);
+            }
+        }
+    }
+
+    fn read(&self, node: NodeId, shard: ShardId, key: &str) -> ReadFuture {
+        if node == self.id {
+            let reply = self
+                .store
+                .read_durable(shard, key)
+                .map_err(|e| tracing::error!(error = %e, "local acceptor failed"))
+                .ok();
+            return Box::pin(std::future::ready(reply));
+        }
+        let addr = self.addrs.get(&node).cloned();
+        let pool = self.pool.clone();
+        let msg = Msg::Read {
+            shard,
+            key: key.to_string(),
+        };
+        Box::pin(async move {
+            match pool.call(&addr?, msg, PHASE_TIMEOUT).await {
+                Ok(Msg::ReadReply { accepted }) => Some(accepted),
+                Ok(other) => {
+                    tracing::warn!(node, reply = ?other, "unexpected reply to a read");
+                    None
+                }
+                Err(e) => {
+                    tracing::debug!(node, error = %e, "read call failed");
+                    None
+                }
+            }
+        })
+    }
+
+    /// Rounds until `cmds` are chosen: each command's outcome, or an error for all of them. The
     /// decisions are `counter-core`'s [`Decider`]; this function only does the I/O it asks for.
     async fn decide(
         &self,
         shard: ShardId,
         replicas: &[NodeId],
         key: &str,
-        ops: &[Op],
+        cmds: Vec<Command>,
         deadline: Instant,
-    ) -> Result<Vec<Result<i64, ChangeError>>, ClientError> {
+    ) -> Result<Vec<Outcome>, ClientError> {
         let seen = self
             .store
             .peek(shard, key)
             .map_err(|e| ClientError::unavailable(format!("local acceptor: {e}")))?
             .highest();
-        let mut decider = Decider::new(self.id, self.epoch, replicas, ops.to_vec(), seen);
+        let ctx = Ctx {
+            now_ms: unix_ms(),
+            limits: self.limits,
+        };
+        let mut decider = Decider::new(self.id, self.epoch, replicas, cmds, seen, ctx);
         let mut action = decider.start_round();
         loop {
             let mut replies = match action {
@@ -168,7 +260,7 @@ impl Coordinator {
                     self.fan_out(replicas, |node| self.prepare(node, shard, key, ballot))
                 }
                 Action::Accept(ballot, register) => self.fan_out(replicas, |node| {
-                    self.accept(node, shard, key, ballot, register)
+                    self.accept(node, shard, key, ballot, register.clone())
                 }),
                 Action::Retry { attempt } => {
                     if Instant::now() >= deadline {
@@ -311,6 +403,13 @@ fn log_local(reply: Result<AcceptorReply, counter_storage::StorageError>) -> Opt
     reply
         .map_err(|e| tracing::error!(error = %e, "local acceptor failed"))
         .ok()
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it): ages client entries only.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn failure(f: Failure) -> ClientError {

@@ -2,7 +2,9 @@
 
 use crate::coordinator::Coordinator;
 use counter_core::AcceptorReply;
-use counter_proto::{validate_key, validate_op, ClientError, Msg, NodeId, ShardId};
+use counter_proto::{
+    validate_command, validate_key, ClientError, Command, Msg, NodeId, Outcome, ShardId,
+};
 use counter_router::forward::{msg_name, DEFAULT_TIMEOUT_MS};
 use counter_router::{Cluster, Placement};
 use counter_storage::Store;
@@ -24,7 +26,8 @@ impl Node {
         let replicas = (0..placement.shards())
             .map(|s| Arc::from(placement.replicas(s)))
             .collect();
-        let coordinator = Coordinator::new(id, store.clone(), cluster.nodes.clone());
+        let coordinator =
+            Coordinator::new(id, store.clone(), cluster.nodes.clone(), cluster.limits);
         Arc::new(Node {
             id,
             placement,
@@ -45,10 +48,10 @@ impl Node {
         match msg {
             Msg::Command {
                 key,
-                op,
+                command,
                 timeout_ms,
             } => {
-                if let Err(e) = validate_key(&key).and_then(|_| validate_op(&op)) {
+                if let Err(e) = validate_key(&key).and_then(|_| validate_command(&command)) {
                     return Msg::Error(e);
                 }
                 let shard = self.placement.shard_of(&key);
@@ -69,11 +72,23 @@ impl Node {
                 let replicas = self.replicas[shard as usize].clone();
                 match self
                     .coordinator
-                    .submit(shard, replicas, key, op, budget)
+                    .submit(shard, replicas, key, command, budget)
                     .await
                 {
-                    Ok(v) => Msg::Value(v),
+                    Ok(outcome) => outcome_msg(outcome, &command),
                     Err(e) => Msg::Error(e),
+                }
+            }
+            Msg::Read { shard, key } => {
+                if let Some(refusal) = self.check_acceptor(shard, &key) {
+                    return refusal;
+                }
+                match self.store.read_durable(shard, &key) {
+                    Ok(accepted) => Msg::ReadReply { accepted },
+                    Err(e) => {
+                        tracing::error!(error = %e, "acceptor storage failed");
+                        Msg::Error(ClientError::unavailable(format!("storage: {e}")))
+                    }
                 }
             }
             Msg::Prepare { shard, key, ballot } => {
@@ -113,6 +128,30 @@ impl Node {
         }
         None
     }
+}
+
+/// The answer to a client for a command's outcome.
+pub fn outcome_msg(outcome: Outcome, cmd: &Command) -> Msg {
+    let error = match outcome {
+        Outcome::Value(v) => return Msg::Value(v),
+        Outcome::Cas { value, swapped } => return Msg::Swapped { value, swapped },
+        Outcome::Overflow { value } => ClientError::invalid(format!(
+            "{:?} on value {value} would overflow a signed 64-bit counter; nothing changed",
+            cmd.op
+        )),
+        Outcome::BelowMin { value, would, min } => ClientError::rejected(format!(
+            "below-min: the result {would} would be below the minimum {min}; the value stays {value}"
+        )),
+        Outcome::AboveMax { value, would, max } => ClientError::rejected(format!(
+            "above-max: the result {would} would be above the maximum {max}; the value stays {value}"
+        )),
+        Outcome::Expired => ClientError::invalid(format!(
+            "request expired: request {} is older than what this key remembers of its client; \
+             it may have been applied and is never applied again",
+            cmd.request.unwrap_or_default()
+        )),
+    };
+    Msg::Error(error)
 }
 
 fn to_msg(reply: Result<AcceptorReply, counter_storage::StorageError>) -> Msg {

@@ -14,8 +14,8 @@
 //! left in flight, i.e. "unknown"), and sometimes a non-zero value is read back (the search
 //! reaches states where a value was chosen).
 
-use counter_core::{AcceptorReply, AcceptorState, Action, Decider};
-use counter_proto::{Ballot, NodeId, Op, Register};
+use counter_core::{AcceptorReply, AcceptorState, Action, Ctx, Decider};
+use counter_proto::{Ballot, NodeId, Op, Outcome, Register};
 use stateright::actor::{Actor, ActorModel, Id, LossyNetwork, Network, Out};
 use stateright::semantics::{ConsistencyTester, LinearizabilityTester, SequentialSpec};
 use stateright::Expectation;
@@ -35,6 +35,12 @@ impl SequentialSpec for CounterSpec {
             Op::Decr(d) => self.0 -= d as i64,
             Op::Reset => self.0 = 0,
             Op::Get => {}
+            Op::Set(v) => self.0 = v,
+            Op::Cas { expected, new } => {
+                if self.0 == expected {
+                    self.0 = new;
+                }
+            }
         }
         self.0
     }
@@ -128,7 +134,7 @@ impl CounterActor {
                 }
                 Action::Accept(b, r) => {
                     for _ in 0..copies {
-                        o.broadcast(&others, &Msg::Accept(b, r));
+                        o.broadcast(&others, &Msg::Accept(b, r.clone()));
                     }
                     o.set_timer(Phase, model_timeout());
                     acceptor.accept(b, r)
@@ -147,7 +153,7 @@ impl CounterActor {
                 }
                 Action::Done(results) => {
                     let (client, _) = lead.take().expect("a lead finishes");
-                    if let Some(Ok(v)) = results.first() {
+                    if let Some(Outcome::Value(v)) = results.first() {
                         o.send(client, Msg::Reply(*v));
                     }
                     o.cancel_timer(Phase);
@@ -161,11 +167,11 @@ impl CounterActor {
             };
             let (next, reply) = local;
             if let Some(next) = next {
-                *acceptor = next;
                 o.save(Durable {
-                    acceptor: next,
+                    acceptor: next.clone(),
                     epoch: *epoch,
                 });
+                *acceptor = next;
             }
             match lead
                 .as_mut()
@@ -194,11 +200,14 @@ impl Actor for CounterActor {
             CounterActor::Server { .. } => {
                 let (acceptor, epoch) = storage
                     .as_ref()
-                    .map(|d| (d.acceptor, d.epoch))
+                    .map(|d| (d.acceptor.clone(), d.epoch))
                     .unwrap_or_default();
                 // A new incarnation: bump and persist the epoch before doing anything.
                 let epoch = epoch + 1;
-                o.save(Durable { acceptor, epoch });
+                o.save(Durable {
+                    acceptor: acceptor.clone(),
+                    epoch,
+                });
                 State::Server {
                     acceptor,
                     epoch,
@@ -256,8 +265,9 @@ impl Actor for CounterActor {
                             node_of(id),
                             *epoch,
                             &Self::replicas(servers),
-                            vec![op],
+                            vec![op.into()],
                             acceptor.highest(),
+                            Ctx::default(),
                         );
                         let action = decider.start_round();
                         *lead = Some((src, decider));
@@ -270,15 +280,15 @@ impl Actor for CounterActor {
                             _ => unreachable!(),
                         };
                         if let Some(next) = next {
-                            *acceptor = next;
                             // Persisted before the reply is sent.
                             o.save(Durable {
-                                acceptor: next,
+                                acceptor: next.clone(),
                                 epoch: *epoch,
                             });
+                            *acceptor = next;
                         }
                         for _ in 0..if *duplicate { 2 } else { 1 } {
-                            o.send(src, Msg::Acceptor(reply));
+                            o.send(src, Msg::Acceptor(reply.clone()));
                         }
                     }
                     Msg::Acceptor(reply) => {

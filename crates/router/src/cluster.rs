@@ -1,5 +1,6 @@
 //! The cluster file.
 
+use counter_core::Limits;
 use counter_proto::NodeId;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -23,6 +24,10 @@ pub enum ConfigError {
 struct File {
     replication: usize,
     shards: Option<u32>,
+    /// Most clients whose last request each key remembers (exactly-once retries).
+    dedup_clients: Option<usize>,
+    /// Seconds after which a client's entry in a key is dropped at the key's next change.
+    dedup_idle_secs: Option<u64>,
     #[serde(rename = "node", default)]
     nodes: Vec<NodeEntry>,
 }
@@ -43,6 +48,8 @@ pub struct Cluster {
     pub shards: u32,
     /// Node id → the address the others reach it at.
     pub nodes: BTreeMap<NodeId, String>,
+    /// What each key's register keeps of its clients' requests (`counter-core`'s `change`).
+    pub limits: Limits,
 }
 
 impl Cluster {
@@ -79,10 +86,19 @@ impl Cluster {
         if shards == 0 || shards > 65_536 {
             return Err(invalid(format!("shards = {shards}: must be 1..=65536")));
         }
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_clients: file.dedup_clients.unwrap_or(defaults.max_clients),
+            idle_ms: file
+                .dedup_idle_secs
+                .map_or(defaults.idle_ms, |s| s.saturating_mul(1000)),
+        };
+        limits.validate().map_err(invalid)?;
         Ok(Cluster {
             replication: r,
             shards,
             nodes,
+            limits,
         })
     }
 
@@ -114,6 +130,10 @@ addr = "127.0.0.1:7103"
         assert_eq!(c.replication, 3);
         assert_eq!(c.shards, DEFAULT_SHARDS);
         assert_eq!(c.addr(2), Some("127.0.0.1:7102"));
+        assert_eq!(c.limits, Limits::default());
+        let tuned = format!("dedup_clients = 16\ndedup_idle_secs = 60\n{GOOD}");
+        let limits = Cluster::parse("c", &tuned).unwrap().limits;
+        assert_eq!((limits.max_clients, limits.idle_ms), (16, 60_000));
     }
 
     #[test]
@@ -131,6 +151,11 @@ addr = "127.0.0.1:7103"
             .to_string()
             .contains("twice"));
         assert!(Cluster::parse("c", "replication = 1").is_err());
+        let no_clients = format!("dedup_clients = 0\n{GOOD}");
+        assert!(Cluster::parse("c", &no_clients)
+            .unwrap_err()
+            .to_string()
+            .contains("dedup_clients"));
         assert!(Cluster::parse("c", "garbage ===").is_err());
     }
 }

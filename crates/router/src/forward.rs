@@ -4,12 +4,17 @@
 use crate::cluster::Cluster;
 use crate::placement::Placement;
 use counter_net::{CallError, Pool};
-use counter_proto::{validate_key, validate_op, ClientError, Msg, NodeId};
+use counter_proto::{
+    validate_command, validate_key, ClientError, Command, ErrorKind, Msg, NodeId, ShardId,
+};
 use dashmap::DashMap;
+use rand::Rng;
 use std::time::{Duration, Instant};
 
 /// How long a node that refused a connection is tried last.
 const DOWN_FOR: Duration = Duration::from_secs(1);
+/// Longest pause between two passes over a key's coordinators.
+const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(200);
 /// Default budget of a command whose sender gave none.
 pub const DEFAULT_TIMEOUT_MS: u32 = 10_000;
 
@@ -42,9 +47,9 @@ impl Router {
         match msg {
             Msg::Command {
                 key,
-                op,
+                command,
                 timeout_ms,
-            } => match self.forward(key, op, timeout_ms).await {
+            } => match self.forward(key, command, timeout_ms).await {
                 Ok(reply) => reply,
                 Err(e) => Msg::Error(e),
             },
@@ -55,71 +60,119 @@ impl Router {
         }
     }
 
-    async fn forward(
-        &self,
-        key: String,
-        op: counter_proto::Op,
-        timeout_ms: u32,
-    ) -> Result<Msg, ClientError> {
-        validate_key(&key)?;
-        validate_op(&op)?;
-        let timeout_ms = if timeout_ms == 0 {
-            DEFAULT_TIMEOUT_MS
-        } else {
-            timeout_ms
-        };
-        let deadline = Instant::now() + Duration::from_millis(u64::from(timeout_ms));
-        let shard = self.placement.shard_of(&key);
-        // Preference order, with recently unreachable nodes moved to the back.
+    /// The key's replicas in preference order, recently unreachable nodes last.
+    fn order(&self, key: &str) -> (ShardId, Vec<NodeId>) {
+        let shard = self.placement.shard_of(key);
         let mut order: Vec<NodeId> = self.placement.replicas(shard).to_vec();
         order.sort_by_key(|n| {
             self.down
                 .get(n)
                 .is_some_and(|since| since.elapsed() < DOWN_FOR)
         });
+        (shard, order)
+    }
+
+    /// Sends `command` to the key's coordinators until one answers.
+    ///
+    /// Failing over is always safe while nothing was sent. Once a coordinator may have started
+    /// the command (the connection was lost, or it answered `unknown`), only a command that is
+    /// safe to run twice (a read, or one with a request id: the key's register remembers it)
+    /// is sent again, to the next replica and then round again with backoff, until the deadline.
+    async fn forward(
+        &self,
+        key: String,
+        command: Command,
+        timeout_ms: u32,
+    ) -> Result<Msg, ClientError> {
+        validate_key(&key)?;
+        validate_command(&command)?;
+        let timeout_ms = if timeout_ms == 0 {
+            DEFAULT_TIMEOUT_MS
+        } else {
+            timeout_ms
+        };
+        let deadline = Instant::now() + Duration::from_millis(u64::from(timeout_ms));
+        let retry_safe = command.op.is_read() || command.request.is_some();
         let mut errors = Vec::new();
-        for node in order {
-            let Some(addr) = self.cluster.addr(node) else {
-                continue;
+        let mut unknown: Option<ClientError> = None;
+        for pass in 0u32.. {
+            let (shard, order) = self.order(&key);
+            for node in order {
+                let Some(addr) = self.cluster.addr(node) else {
+                    continue;
+                };
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left < Duration::from_millis(5) {
+                    break;
+                }
+                // The node gets most of what is left, so its answer arrives before we give up.
+                let budget = (left.as_millis() as u32).saturating_mul(9) / 10;
+                let msg = Msg::Command {
+                    key: key.clone(),
+                    command,
+                    timeout_ms: budget.max(1),
+                };
+                match self.pool.call(addr, msg, left).await {
+                    Ok(Msg::Error(e)) if e.kind == ErrorKind::Unknown && retry_safe => {
+                        tracing::debug!(node, error = %e, "coordinator answered unknown; retrying");
+                        unknown = Some(e);
+                    }
+                    // "Not applied" speaks for this attempt only: an earlier one may have been.
+                    Ok(Msg::Error(e)) if e.kind == ErrorKind::Unavailable && unknown.is_some() => {
+                        tracing::debug!(node, error = %e, "retry not applied; retrying again");
+                        unknown = Some(ClientError::unknown(format!(
+                            "an earlier attempt may have been applied; the last one: {}",
+                            e.message
+                        )));
+                    }
+                    Ok(reply) => {
+                        self.down.remove(&node);
+                        return Ok(reply);
+                    }
+                    Err(CallError::NotSent(e)) => {
+                        // Nothing left this process: trying the next replica cannot apply it twice.
+                        tracing::debug!(node, error = %e, "coordinator unreachable; failing over");
+                        self.down.insert(node, Instant::now());
+                        errors.push(format!("node {node}: {e}"));
+                    }
+                    Err(CallError::Lost(e)) if retry_safe => {
+                        tracing::debug!(node, error = %e, "coordinator lost; retrying the request");
+                        self.down.insert(node, Instant::now());
+                        unknown = Some(ClientError::unknown(format!(
+                            "node {node} took the command and then {e}; it may have been applied"
+                        )));
+                    }
+                    Err(CallError::Lost(e)) => {
+                        // The command may be running or applied: a retry elsewhere could count twice.
+                        return Err(ClientError::unknown(format!(
+                            "node {node} took the command and then {e}; it may have been applied"
+                        )));
+                    }
+                }
+            }
+            let Some(last) = &unknown else {
+                // Every failure was "not sent": the command was certainly not applied.
+                return Err(ClientError::unavailable(format!(
+                    "no replica of shard {shard} could be reached: {}",
+                    if errors.is_empty() {
+                        "deadline reached".to_string()
+                    } else {
+                        errors.join("; ")
+                    }
+                )));
             };
             let left = deadline.saturating_duration_since(Instant::now());
             if left < Duration::from_millis(5) {
-                break;
+                return Err(ClientError::unknown(format!(
+                    "no coordinator decided before the deadline; last: {}",
+                    last.message
+                )));
             }
-            // The node gets most of what is left, so its answer arrives before we give up.
-            let budget = (left.as_millis() as u32).saturating_mul(9) / 10;
-            let cmd = Msg::Command {
-                key: key.clone(),
-                op,
-                timeout_ms: budget.max(1),
-            };
-            match self.pool.call(addr, cmd, left).await {
-                Ok(reply) => {
-                    self.down.remove(&node);
-                    return Ok(reply);
-                }
-                Err(CallError::NotSent(e)) => {
-                    // Nothing left this process: trying the next replica cannot apply it twice.
-                    tracing::debug!(node, error = %e, "coordinator unreachable; failing over");
-                    self.down.insert(node, Instant::now());
-                    errors.push(format!("node {node}: {e}"));
-                }
-                Err(CallError::Lost(e)) => {
-                    // The command may be running or applied: a retry elsewhere could count twice.
-                    return Err(ClientError::unknown(format!(
-                        "node {node} took the command and then {e}; it may have been applied"
-                    )));
-                }
-            }
+            let cap = Duration::from_millis(10u64 << pass.min(5)).min(RETRY_BACKOFF_MAX);
+            let pause = rand::thread_rng().gen_range(Duration::ZERO..=cap);
+            tokio::time::sleep(pause.min(left)).await;
         }
-        Err(ClientError::unavailable(format!(
-            "no replica of shard {shard} could be reached: {}",
-            if errors.is_empty() {
-                "deadline reached".to_string()
-            } else {
-                errors.join("; ")
-            }
-        )))
+        unreachable!("the pass loop only ends by returning")
     }
 }
 
@@ -128,11 +181,14 @@ pub fn msg_name(msg: &Msg) -> &'static str {
     match msg {
         Msg::Command { .. } => "Command",
         Msg::Value(_) => "Value",
+        Msg::Swapped { .. } => "Swapped",
         Msg::Error(_) => "Error",
         Msg::Prepare { .. } => "Prepare",
         Msg::Promise { .. } => "Promise",
         Msg::Accept { .. } => "Accept",
         Msg::Accepted { .. } => "Accepted",
         Msg::Reject { .. } => "Reject",
+        Msg::Read { .. } => "Read",
+        Msg::ReadReply { .. } => "ReadReply",
     }
 }

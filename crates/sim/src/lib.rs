@@ -14,8 +14,8 @@
 //! live node (the router's job), with a timeout. Every history is checked by `counter-check`.
 
 use counter_check::{OpKind, Operation, Outcome, Verdict};
-use counter_core::{AcceptorReply, AcceptorState, Action, Decider, Failure};
-use counter_proto::{Ballot, NodeId, Op, Register};
+use counter_core::{AcceptorReply, AcceptorState, Action, Ctx, Decider, Failure, Limits};
+use counter_proto::{Ballot, Command, NodeId, Op, Register, RequestId};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
@@ -73,6 +73,11 @@ pub struct Config {
     pub client_timeout: u64,
     pub coordinator_deadline: u64,
     pub phase_timeout: u64,
+    /// Exactly-once mode: mutating commands carry request ids, and a client whose outcome is
+    /// unknown (timeout, ambiguous failure) sends the same request again through another live
+    /// node until it is answered. The history must be linearizable with every retried request
+    /// counted once.
+    pub request_ids: bool,
     /// Planted bugs, for showing that the simulation catches them (see `tools/plant-bugs.sh`).
     pub mutation: Mutation,
 }
@@ -87,6 +92,9 @@ pub enum Mutation {
     RetryAmbiguous,
     /// Reads answered from the coordinator's own acceptor, without a round.
     ReadOneReplica,
+    /// Coordinators drop the request ids of the commands they run (no deduplication), while
+    /// clients keep retrying unknown outcomes.
+    ForgetRequestIds,
 }
 
 impl Config {
@@ -110,6 +118,7 @@ impl Config {
             client_timeout: 1_500,
             coordinator_deadline: 1_000,
             phase_timeout: 120,
+            request_ids: false,
             mutation: Mutation::None,
         }
     }
@@ -141,7 +150,7 @@ enum Payload {
         client: usize,
         req: u64,
         key: String,
-        op: Op,
+        cmd: Command,
     },
     Response {
         client: usize,
@@ -216,13 +225,17 @@ struct SimNode {
     /// Volatile view (differs from durable only under `PromiseNotPersisted`).
     volatile: BTreeMap<String, AcceptorState>,
     leads: BTreeMap<String, Lead>,
-    queues: BTreeMap<String, Vec<(usize, u64, Op)>>,
+    queues: BTreeMap<String, Vec<(usize, u64, Command)>>,
 }
 
 struct Client {
     done: usize,
     pending: Option<(u64, usize)>,
     next_req: u64,
+    /// The key and command of the pending request (resent as is in exactly-once mode).
+    current: Option<(String, Command)>,
+    /// How many times the pending request was sent.
+    sends: u32,
 }
 
 /// Counts of what happened in a run.
@@ -235,6 +248,10 @@ pub struct Stats {
     pub partitions: usize,
     pub messages: usize,
     pub chosen_values: usize,
+    /// Requests resent by their clients after an unknown outcome (exactly-once mode).
+    pub resent: usize,
+    /// Requests refused as expired (the register forgot their client): must stay 0 here.
+    pub expired: usize,
 }
 
 /// A finished run.
@@ -288,6 +305,8 @@ pub fn run(seed: u64, cfg: &Config) -> Run {
                 done: 0,
                 pending: None,
                 next_req: 1,
+                current: None,
+                sends: 0,
             })
             .collect(),
         history: Vec::new(),
@@ -379,6 +398,10 @@ impl Sim {
             Event::ClientNext(c) => self.client_next(c),
             Event::ClientTimeout { client, req } => {
                 let cl = &mut self.clients[client];
+                if self.cfg.request_ids && cl.pending.is_some_and(|(r, _)| r == req) {
+                    self.resend(client);
+                    return;
+                }
                 if cl.pending.is_some_and(|(r, _)| r == req) {
                     // The op stays `Unknown` in the history.
                     cl.pending = None;
@@ -454,6 +477,14 @@ impl Sim {
         let req = self.clients[c].next_req;
         self.clients[c].next_req += 1;
         self.clients[c].done += 1;
+        let cmd = Command {
+            op,
+            request: (self.cfg.request_ids && !op.is_read()).then_some(RequestId {
+                client: c as u64,
+                seq: req,
+            }),
+            ..Command::default()
+        };
         let index = self.history.len();
         self.history.push(Operation {
             key: key.clone(),
@@ -462,12 +493,30 @@ impl Sim {
                 Op::Decr(d) => OpKind::Decr(d),
                 Op::Get => OpKind::Get,
                 Op::Reset => OpKind::Reset,
+                Op::Set(_) | Op::Cas { .. } => unreachable!("not generated"),
             },
             call: self.now,
             ret: u64::MAX,
             outcome: Outcome::Unknown,
             client: c as u32,
         });
+        self.clients[c].pending = Some((req, index));
+        self.clients[c].current = Some((key, cmd));
+        self.clients[c].sends = 0;
+        self.dispatch(c, true);
+    }
+
+    /// The client sends its pending request again (same request id) after an unknown outcome.
+    fn resend(&mut self, c: usize) {
+        self.stats.resent += 1;
+        self.dispatch(c, false);
+    }
+
+    /// Sends the client's pending request through a random live node (the router's job).
+    /// `first`: never sent before, so "no live node" means it was not applied.
+    fn dispatch(&mut self, c: usize, first: bool) {
+        let (req, index) = self.clients[c].pending.expect("a pending request");
+        let (key, cmd) = self.clients[c].current.clone().expect("a current command");
         // The router: a live node, chosen at random; none live means "not sent".
         let live: Vec<NodeId> = self
             .nodes
@@ -477,7 +526,13 @@ impl Sim {
             })
             .map(|(&id, _)| id)
             .collect();
+        if live.is_empty() && !first {
+            // Sent before, so it may have been applied: keep trying later.
+            self.schedule(10, Event::ClientTimeout { client: c, req });
+            return;
+        }
         if live.is_empty() {
+            self.clients[c].pending = None;
             self.history[index].outcome = Outcome::Failed;
             self.history[index].ret = self.now;
             self.stats.failed += 1;
@@ -485,7 +540,7 @@ impl Sim {
             return;
         }
         let to = live[self.rng.range(0, live.len() as u64 - 1) as usize];
-        self.clients[c].pending = Some((req, index));
+        self.clients[c].sends += 1;
         let timeout = self.cfg.client_timeout;
         self.schedule(timeout, Event::ClientTimeout { client: c, req });
         self.send(
@@ -495,7 +550,7 @@ impl Sim {
                 client: c,
                 req,
                 key,
-                op,
+                cmd,
             },
         );
     }
@@ -520,13 +575,16 @@ impl Sim {
                 client,
                 req,
                 key,
-                op,
+                mut cmd,
             } => {
-                if self.cfg.mutation == Mutation::ReadOneReplica && op == Op::Get {
+                if self.cfg.mutation == Mutation::ForgetRequestIds {
+                    cmd.request = None;
+                }
+                if self.cfg.mutation == Mutation::ReadOneReplica && cmd.op == Op::Get {
                     let v = self.nodes[&to]
                         .volatile
                         .get(&key)
-                        .and_then(|s| s.accepted)
+                        .and_then(|s| s.accepted.as_ref())
                         .map(|(_, r)| r.value)
                         .unwrap_or(0);
                     self.send(
@@ -544,7 +602,7 @@ impl Sim {
                 node.queues
                     .entry(key.clone())
                     .or_default()
-                    .push((client, req, op));
+                    .push((client, req, cmd));
                 if !node.leads.contains_key(&key) {
                     self.start_lead(to, &key);
                 }
@@ -586,13 +644,13 @@ impl Sim {
     ) -> AcceptorReply {
         let persist = !(is_prepare && self.cfg.mutation == Mutation::PromiseNotPersisted);
         let n = self.nodes.get_mut(&node).expect("node");
-        let current = n.volatile.get(key).copied().unwrap_or_default();
+        let current = n.volatile.get(key).cloned().unwrap_or_default();
         let (next, reply) = rule(&current);
         if let Some(state) = next {
-            n.volatile.insert(key.to_string(), state);
             if persist {
-                n.durable.insert(key.to_string(), state);
+                n.durable.insert(key.to_string(), state.clone());
             }
+            n.volatile.insert(key.to_string(), state);
         }
         reply
     }
@@ -610,7 +668,12 @@ impl Sim {
             .map(|s| s.highest())
             .unwrap_or(Ballot::ZERO);
         let ops = batch.iter().map(|&(_, _, op)| op).collect();
-        let mut decider = Decider::new(node, n.epoch, &replicas, ops, seen);
+        // Simulated time stands for the clock: entries never go idle within a run.
+        let ctx = Ctx {
+            now_ms: self.now,
+            limits: Limits::default(),
+        };
+        let mut decider = Decider::new(node, n.epoch, &replicas, ops, seen, ctx);
         let action = decider.start_round();
         n.leads.insert(
             key.to_string(),
@@ -665,8 +728,16 @@ impl Sim {
             Action::Done(results) => {
                 self.stats.chosen_values += 1;
                 let lead = self.finish_lead(node, key);
-                for (&(client, req), result) in lead.waiters.iter().zip(results) {
-                    self.respond(node, client, req, result.map_err(|_| Failed::NotApplied));
+                for (&(client, req), outcome) in lead.waiters.iter().zip(results) {
+                    let result = match outcome {
+                        counter_proto::Outcome::Value(v) => Ok(v),
+                        counter_proto::Outcome::Expired => {
+                            self.stats.expired += 1;
+                            Err(Failed::Ambiguous)
+                        }
+                        _ => Err(Failed::NotApplied),
+                    };
+                    self.respond(node, client, req, result);
                 }
             }
             Action::Failed(f) => {
@@ -735,6 +806,14 @@ impl Sim {
         };
         if pending != req {
             return; // a duplicate, or an answer after the client gave up
+        }
+        // With request ids an unknown outcome is retried. So is "not applied" once the request
+        // was sent before: that attempt did not apply it, an earlier one may have.
+        let maybe_applied = result == Err(Failed::Ambiguous)
+            || (result == Err(Failed::NotApplied) && self.clients[client].sends > 1);
+        if self.cfg.request_ids && maybe_applied {
+            self.resend(client);
+            return;
         }
         self.clients[client].pending = None;
         let op = &mut self.history[index];

@@ -1,8 +1,9 @@
 //! `counter-sim`: runs seeded simulations and checks each history.
 //!
 //!     counter-sim [--nodes 3|5] [--seed S | --seeds N [--from S] | --forever]
-//!                 [--mutation none|promise-not-persisted|retry-ambiguous|read-one-replica]
-//!                 [--hostile] [--verbose]
+//!                 [--mutation none|promise-not-persisted|retry-ambiguous|read-one-replica|
+//!                             forget-request-ids]
+//!                 [--hostile] [--request-ids] [--verbose]
 //!
 //! Exits 1 at the first history that is not linearizable, printing the seed, the replay
 //! command and a counterexample.
@@ -18,6 +19,7 @@ fn main() -> ExitCode {
     let mut count = Some(1000u64);
     let mut verbose = false;
     let mut hostile = false;
+    let mut request_ids = false;
     let mut mutation = Mutation::None;
     let mut i = 0;
     let value = |i: usize| -> &str {
@@ -54,12 +56,14 @@ fn main() -> ExitCode {
             "--forever" => count = None,
             "--verbose" => verbose = true,
             "--hostile" => hostile = true,
+            "--request-ids" => request_ids = true,
             "--mutation" => {
                 mutation = match value(i) {
                     "none" => Mutation::None,
                     "promise-not-persisted" => Mutation::PromiseNotPersisted,
                     "retry-ambiguous" => Mutation::RetryAmbiguous,
                     "read-one-replica" => Mutation::ReadOneReplica,
+                    "forget-request-ids" => Mutation::ForgetRequestIds,
                     other => {
                         eprintln!("counter-sim: unknown mutation {other}");
                         return ExitCode::from(2);
@@ -87,6 +91,7 @@ fn main() -> ExitCode {
                 Config::cluster(n)
             };
             cfg.mutation = mutation;
+            cfg.request_ids = request_ids;
             let r = run(seed, &cfg);
             runs += 1;
             if verbose {

@@ -29,6 +29,8 @@ fn sweep_with(base: Config, mutation: Mutation, count: u64) -> Result<Stats, Str
         total.unknown += r.stats.unknown;
         total.crashes += r.stats.crashes;
         total.partitions += r.stats.partitions;
+        total.resent += r.stats.resent;
+        total.expired += r.stats.expired;
         match r.verdict {
             Verdict::Linearizable => {}
             Verdict::Violation(cx) => {
@@ -64,6 +66,32 @@ fn five_node_clusters_stay_linearizable() {
     eprintln!("5 nodes: {stats:?}");
     assert!(stats.crashes > 0 && stats.partitions > 0, "{stats:?}");
     assert!(stats.ok > stats.failed + stats.unknown, "{stats:?}");
+}
+
+/// Exactly-once: clients retry every unknown outcome with the same request id, through
+/// whichever node is up, across crashes and partitions; the histories stay linearizable with
+/// each request counted once, and no client is left with an unknown outcome.
+#[test]
+fn retried_requests_are_applied_once() {
+    let cfg = Config {
+        request_ids: true,
+        ..Config::cluster(3)
+    };
+    let stats = sweep_with(cfg, Mutation::None, seeds()).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("3 nodes, request ids: {stats:?}");
+    assert!(stats.resent > 0 && stats.crashes > 0, "{stats:?}");
+    assert_eq!(stats.expired, 0, "{stats:?}");
+    assert!(stats.unknown * 100 <= stats.ok, "{stats:?}");
+}
+
+#[test]
+fn retries_without_deduplication_are_caught() {
+    let cfg = Config {
+        request_ids: true,
+        ..Config::hostile(3)
+    };
+    let caught = sweep_with(cfg, Mutation::ForgetRequestIds, 400).is_err();
+    assert!(caught, "retrying without request ids went unnoticed");
 }
 
 #[test]

@@ -80,7 +80,8 @@ struct Pending {
 struct WriteReq {
     shard: ShardId,
     key: Vec<u8>,
-    state: AcceptorState,
+    /// The record, encoded by the caller (the committer thread only writes).
+    record: Vec<u8>,
     gen: u64,
     done: oneshot::Sender<Result<(), String>>,
 }
@@ -231,9 +232,27 @@ impl Store {
     pub fn peek(&self, shard: ShardId, key: &str) -> Result<AcceptorState, StorageError> {
         let k = (shard, key.as_bytes().to_vec());
         if let Some(p) = self.pending.get(&k) {
-            return Ok(p.state);
+            return Ok(p.state.clone());
         }
         self.load(shard, key.as_bytes())
+    }
+
+    /// What a key has durably accepted: the ballot and the value. Pending changes are not
+    /// included, and nothing is written: this serves one-round-trip reads.
+    ///
+    /// RocksDB makes a write visible to reads only after the write call returned (its sequence
+    /// number is published after the WAL write, which the committer syncs), so what this reads
+    /// survives a crash.
+    pub fn read_durable(
+        &self,
+        shard: ShardId,
+        key: &str,
+    ) -> Result<Option<(Ballot, i64)>, StorageError> {
+        if shard >= self.shards {
+            return Err(StorageError::NoSuchShard(shard));
+        }
+        let state = self.load(shard, key.as_bytes())?;
+        Ok(state.accepted.map(|(b, r)| (b, r.value)))
     }
 
     /// The durable acceptor state of a key (what a restart would see).
@@ -286,7 +305,7 @@ impl Store {
             // The entry lock serialises read-modify-write on this key until the change is queued.
             let entry = self.pending.entry((shard, key.as_bytes().to_vec()));
             let current = match &entry {
-                dashmap::Entry::Occupied(e) => e.get().state,
+                dashmap::Entry::Occupied(e) => e.get().state.clone(),
                 dashmap::Entry::Vacant(_) => self.load(shard, key.as_bytes())?,
             };
             let (next, reply) = rule(&current);
@@ -298,7 +317,7 @@ impl Store {
             let req = WriteReq {
                 shard,
                 key: key.as_bytes().to_vec(),
-                state,
+                record: record::encode(&state),
                 gen,
                 done: done_tx,
             };
@@ -331,7 +350,6 @@ impl Committer {
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
         let mut reqs = Vec::with_capacity(MAX_BATCH);
-        let mut buf = Vec::new();
         while let Ok(first) = self.rx.recv() {
             reqs.push(first);
             while reqs.len() < MAX_BATCH {
@@ -345,10 +363,7 @@ impl Committer {
             for r in &reqs {
                 let name = self.cf_names.get(r.shard as usize);
                 match name.and_then(|n| self.db.cf_handle(n)) {
-                    Some(cf) => {
-                        record::encode_into(&r.state, &mut buf);
-                        batch.put_cf(&cf, &r.key, &buf);
-                    }
+                    Some(cf) => batch.put_cf(&cf, &r.key, &r.record),
                     None => missing = Some(r.shard),
                 }
             }
@@ -391,13 +406,7 @@ mod tests {
     fn records_round_trip_and_garbage_is_an_error() {
         let s = AcceptorState {
             promised: b(4, 2),
-            accepted: Some((
-                b(3, 1),
-                Register {
-                    value: -9,
-                    version: 2,
-                },
-            )),
+            accepted: Some((b(3, 1), Register::new(-9, 2))),
         };
         let bytes = encode_state(&s);
         assert_eq!(bytes[0], FORMAT_VERSION);
@@ -416,16 +425,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 4).unwrap();
         assert_eq!(store.epoch(), 1);
-        let reg = Register {
-            value: 5,
-            version: 1,
-        };
+        let reg = Register::new(5, 1);
         assert!(matches!(
             store.prepare(2, "k", b(3, 1)).await.unwrap(),
             AcceptorReply::Promise { .. }
         ));
         assert_eq!(
-            store.accept(2, "k", b(3, 1), reg).await.unwrap(),
+            store.accept(2, "k", b(3, 1), reg.clone()).await.unwrap(),
             AcceptorReply::Accepted { ballot: b(3, 1) }
         );
         assert!(matches!(
@@ -439,6 +445,8 @@ mod tests {
         assert_eq!(s.promised, b(3, 1));
         assert_eq!(s.accepted, Some((b(3, 1), reg)));
         assert_eq!(store.peek(1, "k").unwrap(), AcceptorState::default());
+        assert_eq!(store.read_durable(2, "k").unwrap(), Some((b(3, 1), 5)));
+        assert_eq!(store.read_durable(1, "k").unwrap(), None);
     }
 
     #[test]
