@@ -190,3 +190,31 @@ fn one_hot_key_through_every_coordinator_makes_progress() {
         "final {final_value}, ok {ok}, unknown {unknown}"
     );
 }
+
+/// Bytes in the nodes' RocksDB write-ahead logs (`*.log` in their data dirs).
+fn wal_bytes(c: &LocalCluster) -> u64 {
+    (0..3)
+        .flat_map(|i| std::fs::read_dir(c.data_dir(i)).unwrap())
+        .map(|e| e.unwrap())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
+
+#[test]
+fn reads_of_a_quiet_key_write_nothing() {
+    let c = LocalCluster::start(3, 3, 8);
+    assert_eq!(c.cli(&["incr", "quiet", "5"]).1, "5");
+    let mut p = c.pipe(5_000);
+    // Let the slowest replica's accept land, so that all three agree.
+    std::thread::sleep(Duration::from_millis(200));
+    let before = wal_bytes(&c);
+    assert!(before > 0, "the data dirs hold no write-ahead log");
+    for _ in 0..50 {
+        assert_eq!(p.run("get quiet"), Answer::Value(5));
+    }
+    assert_eq!(wal_bytes(&c), before, "reads of a quiet key wrote to disk");
+    assert_eq!(p.run("incr quiet"), Answer::Value(6));
+    assert!(wal_bytes(&c) > before, "a write must reach the log");
+    p.finish();
+}

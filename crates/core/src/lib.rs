@@ -11,12 +11,14 @@
 //! - [`change`]: the change functions (incr, decr, reset, set, cas, read; bounds; exactly-once
 //!   request ids) applied to a register.
 //! - [`ballot`]: choosing the next ballot.
+//! - [`read`]: answering a read in one round trip when a majority agree.
 
 pub mod acceptor;
 pub mod ballot;
 pub mod change;
 pub mod decider;
 pub mod proposer;
+pub mod read;
 pub mod record;
 
 pub use acceptor::{AcceptorReply, AcceptorState};
@@ -25,3 +27,4 @@ pub use change::{apply, apply_all, Ctx, Limits};
 pub use counter_proto::{Ballot, Command, NodeId, Op, Outcome, Register};
 pub use decider::{Action, Decider, Failure};
 pub use proposer::{next_proposal, Round, Step};
+pub use read::{QuietRead, ReadStep};

@@ -10,7 +10,7 @@
 //! the Decider's; this module does the I/O: fan-out to the replicas (its own acceptor directly,
 //! the others over `net`), phase timeouts, backoff sleeps, answering the callers.
 
-use counter_core::{AcceptorReply, Action, Ctx, Decider, Failure, Limits};
+use counter_core::{AcceptorReply, Action, Ctx, Decider, Failure, Limits, QuietRead, ReadStep};
 use counter_net::Pool;
 use counter_proto::{Ballot, ClientError, Command, Msg, NodeId, Outcome, Register, ShardId};
 use counter_storage::Store;
@@ -52,7 +52,7 @@ pub struct Coordinator {
 
 type ReplyFuture = Pin<Box<dyn Future<Output = (NodeId, Option<AcceptorReply>)> + Send>>;
 /// A replica's answer to a read's first try: its durably accepted ballot and value.
-type ReadFuture = Pin<Box<dyn Future<Output = Option<Option<(Ballot, i64)>>> + Send>>;
+type ReadFuture = Pin<Box<dyn Future<Output = (NodeId, Option<Option<(Ballot, i64)>>)> + Send>>;
 
 impl Coordinator {
     pub fn new(
@@ -159,12 +159,9 @@ impl Coordinator {
         }
     }
 
-    /// A read's first try, one round trip and no disk write: each replica reports what it has
-    /// durably accepted. If a majority report the same ballot, that ballot's register is chosen
-    /// (accepted by a majority) and no later one was chosen before the read began (a chosen one
-    /// would show in at least one of them): its value is the answer. `None`: they disagree (a
-    /// write is in flight or was interrupted), so the caller runs a full round, which finishes
-    /// it before answering.
+    /// A read's first try: one round trip, no disk write. Each replica reports what it has
+    /// durably accepted; `counter-core`'s [`QuietRead`] decides whether that answers the read.
+    /// `None`: it does not (a write in flight or interrupted), so the caller runs a full round.
     async fn quiet_read(
         &self,
         shard: ShardId,
@@ -172,33 +169,21 @@ impl Coordinator {
         key: &str,
         deadline: Instant,
     ) -> Option<i64> {
-        let quorum = replicas.len() / 2 + 1;
+        let mut read = QuietRead::new(replicas);
         let mut replies: FuturesUnordered<ReadFuture> =
             replicas.iter().map(|&n| self.read(n, shard, key)).collect();
-        let mut seen: Vec<(Option<Ballot>, i64, usize)> = Vec::with_capacity(replicas.len());
         let until = (Instant::now() + PHASE_TIMEOUT).min(deadline);
         loop {
-            let accepted = match tokio::time::timeout_at(until.into(), replies.next()).await {
-                Ok(Some(Some(accepted))) => accepted,
-                Ok(Some(None)) => continue,
+            let (from, accepted) = match tokio::time::timeout_at(until.into(), replies.next()).await
+            {
+                Ok(Some((from, Some(accepted)))) => (from, accepted),
+                Ok(Some((_, None))) => continue,
                 Ok(None) | Err(_) => return None,
             };
-            let (ballot, value) = match accepted {
-                Some((b, v)) => (Some(b), v),
-                None => (None, 0),
-            };
-            let count = match seen.iter_mut().find(|(b, _, _)| *b == ballot) {
-                Some(entry) => {
-                    entry.2 += 1;
-                    entry.2
-                }
-                None => {
-                    seen.push((ballot, value, 1));
-                    1
-                }
-            };
-            if count >= quorum {
-                return Some(value);
+            match read.on_reply(from, accepted) {
+                ReadStep::Pending => {}
+                ReadStep::Value(v) => return Some(v),
+                ReadStep::Disagree => return None,
             }
         }
     }
@@ -210,7 +195,7 @@ impl Coordinator {
                 .read_durable(shard, key)
                 .map_err(|e| tracing::error!(error = %e, "local acceptor failed"))
                 .ok();
-            return Box::pin(std::future::ready(reply));
+            return Box::pin(std::future::ready((node, reply)));
         }
         let addr = self.addrs.get(&node).cloned();
         let pool = self.pool.clone();
@@ -219,7 +204,10 @@ impl Coordinator {
             key: key.to_string(),
         };
         Box::pin(async move {
-            match pool.call(&addr?, msg, PHASE_TIMEOUT).await {
+            let Some(addr) = addr else {
+                return (node, None);
+            };
+            let reply = match pool.call(&addr, msg, PHASE_TIMEOUT).await {
                 Ok(Msg::ReadReply { accepted }) => Some(accepted),
                 Ok(other) => {
                     tracing::warn!(node, reply = ?other, "unexpected reply to a read");
@@ -229,7 +217,8 @@ impl Coordinator {
                     tracing::debug!(node, error = %e, "read call failed");
                     None
                 }
-            }
+            };
+            (node, reply)
         })
     }
 

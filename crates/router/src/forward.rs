@@ -114,7 +114,7 @@ impl Router {
                 };
                 match self.pool.call(addr, msg, left).await {
                     Ok(Msg::Error(e)) if e.kind == ErrorKind::Unknown && retry_safe => {
-                        tracing::debug!(node, error = %e, "coordinator answered unknown; retrying");
+                        tracing::info!(node, error = %e, "coordinator answered unknown; retrying the request");
                         unknown = Some(e);
                     }
                     // "Not applied" speaks for this attempt only: an earlier one may have been.
@@ -136,7 +136,7 @@ impl Router {
                         errors.push(format!("node {node}: {e}"));
                     }
                     Err(CallError::Lost(e)) if retry_safe => {
-                        tracing::debug!(node, error = %e, "coordinator lost; retrying the request");
+                        tracing::info!(node, error = %e, "coordinator lost; retrying the request");
                         self.down.insert(node, Instant::now());
                         unknown = Some(ClientError::unknown(format!(
                             "node {node} took the command and then {e}; it may have been applied"

@@ -14,7 +14,9 @@
 //! live node (the router's job), with a timeout. Every history is checked by `counter-check`.
 
 use counter_check::{OpKind, Operation, Outcome, Verdict};
-use counter_core::{AcceptorReply, AcceptorState, Action, Ctx, Decider, Failure, Limits};
+use counter_core::{
+    AcceptorReply, AcceptorState, Action, Ctx, Decider, Failure, Limits, QuietRead, ReadStep,
+};
 use counter_proto::{Ballot, Command, NodeId, Op, Register, RequestId};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -95,6 +97,8 @@ pub enum Mutation {
     /// Coordinators drop the request ids of the commands they run (no deduplication), while
     /// clients keep retrying unknown outcomes.
     ForgetRequestIds,
+    /// A quiet read answers with the first replica's report instead of a majority's.
+    QuietReadAnyReply,
 }
 
 impl Config {
@@ -170,6 +174,14 @@ enum Payload {
         key: String,
         reply: AcceptorReply,
     },
+    /// A quiet read's question, and an acceptor's durably accepted ballot and value.
+    Read {
+        key: String,
+    },
+    ReadReply {
+        key: String,
+        accepted: Option<(Ballot, i64)>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,6 +222,8 @@ const CLIENT_BASE: NodeId = 1_000;
 
 struct Lead {
     decider: Decider,
+    /// A batch of reads first tries a quiet read (one round trip); `None` once in rounds.
+    quiet: Option<QuietRead>,
     waiters: Vec<(usize, u64)>,
     deadline: u64,
     /// Bumped at every step so stale timers are ignored.
@@ -412,9 +426,12 @@ impl Sim {
             }
             Event::Deliver { from, to, payload } => self.deliver(from, to, payload),
             Event::PhaseTimeout { node, key, gen } => {
-                if let Some(action) =
-                    self.with_lead(node, &key, gen, |l| l.decider.on_phase_timeout())
-                {
+                let action = self.with_lead(node, &key, gen, |l| match l.quiet.take() {
+                    // The quiet read got no majority in time: a full round.
+                    Some(_) => Some(l.decider.start_round()),
+                    None => l.decider.on_phase_timeout(),
+                });
+                if let Some(action) = action {
                     self.act(node, &key, action);
                 }
             }
@@ -629,6 +646,15 @@ impl Sim {
                     self.act(to, &key, action);
                 }
             }
+            Payload::Read { key } => {
+                let accepted = self.nodes[&to]
+                    .durable
+                    .get(&key)
+                    .and_then(|s| s.accepted.as_ref())
+                    .map(|(b, r)| (*b, r.value));
+                self.send(to, from, Payload::ReadReply { key, accepted });
+            }
+            Payload::ReadReply { key, accepted } => self.on_read_reply(to, from, &key, accepted),
             Payload::Response { .. } => {}
         }
     }
@@ -673,18 +699,61 @@ impl Sim {
             now_ms: self.now,
             limits: Limits::default(),
         };
-        let mut decider = Decider::new(node, n.epoch, &replicas, ops, seen, ctx);
-        let action = decider.start_round();
-        n.leads.insert(
-            key.to_string(),
-            Lead {
-                decider,
-                waiters: batch.iter().map(|&(c, r, _)| (c, r)).collect(),
-                deadline,
-                gen: 0,
-            },
-        );
+        let decider = Decider::new(node, n.epoch, &replicas, ops, seen, ctx);
+        let reads = batch.iter().all(|(_, _, cmd)| cmd.op.is_read());
+        let mut lead = Lead {
+            decider,
+            quiet: None,
+            waiters: batch.iter().map(|&(c, r, _)| (c, r)).collect(),
+            deadline,
+            gen: 0,
+        };
+        if reads {
+            lead.quiet = Some(QuietRead::new(&replicas));
+            lead.gen = 1;
+            n.leads.insert(key.to_string(), lead);
+            let payload = Payload::Read { key: key.into() };
+            self.start_phase(node, key, 1, payload);
+            return;
+        }
+        let action = lead.decider.start_round();
+        n.leads.insert(key.to_string(), lead);
         self.act(node, key, action);
+    }
+
+    /// Feeds an acceptor's report to a quiet read: answers the batch, or goes to a full round.
+    fn on_read_reply(
+        &mut self,
+        node: NodeId,
+        from: NodeId,
+        key: &str,
+        accepted: Option<(Ballot, i64)>,
+    ) {
+        let any_reply = self.cfg.mutation == Mutation::QuietReadAnyReply;
+        let Some(lead) = self.nodes.get_mut(&node).and_then(|n| n.leads.get_mut(key)) else {
+            return;
+        };
+        let Some(quiet) = lead.quiet.as_mut() else {
+            return;
+        };
+        let step = match quiet.on_reply(from, accepted) {
+            ReadStep::Pending if any_reply => ReadStep::Value(accepted.map_or(0, |(_, v)| v)),
+            step => step,
+        };
+        match step {
+            ReadStep::Pending => {}
+            ReadStep::Value(v) => {
+                let lead = self.finish_lead(node, key);
+                for (client, req) in lead.waiters {
+                    self.respond(node, client, req, Ok(v));
+                }
+            }
+            ReadStep::Disagree => {
+                lead.quiet = None;
+                let action = lead.decider.start_round();
+                self.act(node, key, action);
+            }
+        }
     }
 
     fn act(&mut self, node: NodeId, key: &str, action: Action) {

@@ -2,7 +2,7 @@
 //!
 //!     counter-sim [--nodes 3|5] [--seed S | --seeds N [--from S] | --forever]
 //!                 [--mutation none|promise-not-persisted|retry-ambiguous|read-one-replica|
-//!                             forget-request-ids]
+//!                             forget-request-ids|quiet-read-any-reply]
 //!                 [--hostile] [--request-ids] [--verbose]
 //!
 //! Exits 1 at the first history that is not linearizable, printing the seed, the replay
@@ -64,6 +64,7 @@ fn main() -> ExitCode {
                     "retry-ambiguous" => Mutation::RetryAmbiguous,
                     "read-one-replica" => Mutation::ReadOneReplica,
                     "forget-request-ids" => Mutation::ForgetRequestIds,
+                    "quiet-read-any-reply" => Mutation::QuietReadAnyReply,
                     other => {
                         eprintln!("counter-sim: unknown mutation {other}");
                         return ExitCode::from(2);

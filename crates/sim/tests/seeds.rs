@@ -100,6 +100,7 @@ fn the_simulation_catches_planted_bugs() {
         Mutation::RetryAmbiguous,
         Mutation::ReadOneReplica,
         Mutation::PromiseNotPersisted,
+        Mutation::QuietReadAnyReply,
     ] {
         // Stops at the first failing seed; a correct build passes these same seeds (below).
         let caught = sweep_with(Config::hostile(3), mutation, 400).is_err();

@@ -1,0 +1,132 @@
+//! Reads in one round trip when the key is quiet.
+//!
+//! A coordinator asks every replica what it has durably accepted (nothing is written) and feeds
+//! the answers to a [`QuietRead`]. If a majority report the same accepted ballot, that ballot's
+//! register was accepted by a majority, so it is chosen; and any register chosen before the
+//! read began was accepted by a majority, which shares a member with this one, whose accepted
+//! ballot only grows: so nothing newer was chosen before the read began. The value is then a
+//! linearizable answer. Otherwise (a write in flight, or one interrupted on a minority) the
+//! coordinator must run a full round, which finishes any such write before answering.
+//!
+//! One register per ballot: a coordinator proposes one register per ballot it owns, so "same
+//! ballot" means "same register".
+
+use counter_proto::{Ballot, NodeId};
+
+/// What to do after feeding a replica's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReadStep {
+    /// Wait for more answers.
+    Pending,
+    /// A majority agree: answer with this value.
+    Value(i64),
+    /// No majority can agree any more: run a full round.
+    Disagree,
+}
+
+/// Counts the replicas' answers to one quiet read.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct QuietRead {
+    replicas: Vec<NodeId>,
+    heard: Vec<NodeId>,
+    /// Each accepted ballot reported (`None`: nothing accepted), its value, how many reported it.
+    tallies: Vec<(Option<Ballot>, i64, usize)>,
+}
+
+impl QuietRead {
+    pub fn new(replicas: &[NodeId]) -> QuietRead {
+        QuietRead {
+            replicas: replicas.to_vec(),
+            heard: Vec::with_capacity(replicas.len()),
+            tallies: Vec::with_capacity(2),
+        }
+    }
+
+    fn quorum(&self) -> usize {
+        self.replicas.len() / 2 + 1
+    }
+
+    /// Counts `from`'s durably accepted (ballot, value); a replica counts once.
+    pub fn on_reply(&mut self, from: NodeId, accepted: Option<(Ballot, i64)>) -> ReadStep {
+        if !self.replicas.contains(&from) || self.heard.contains(&from) {
+            return self.step();
+        }
+        self.heard.push(from);
+        let (ballot, value) = match accepted {
+            Some((b, v)) => (Some(b), v),
+            None => (None, 0),
+        };
+        match self.tallies.iter_mut().find(|(b, _, _)| *b == ballot) {
+            Some(tally) => tally.2 += 1,
+            None => self.tallies.push((ballot, value, 1)),
+        }
+        self.step()
+    }
+
+    fn step(&self) -> ReadStep {
+        let quorum = self.quorum();
+        if let Some(&(_, value, _)) = self.tallies.iter().find(|t| t.2 >= quorum) {
+            return ReadStep::Value(value);
+        }
+        let best = self.tallies.iter().map(|t| t.2).max().unwrap_or(0);
+        let silent = self.replicas.len() - self.heard.len();
+        if best + silent < quorum {
+            ReadStep::Disagree
+        } else {
+            ReadStep::Pending
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(round: u64) -> Ballot {
+        Ballot {
+            round,
+            node: 1,
+            epoch: 1,
+        }
+    }
+
+    #[test]
+    fn a_majority_on_one_ballot_answers() {
+        let mut r = QuietRead::new(&[1, 2, 3]);
+        assert_eq!(r.on_reply(1, Some((b(4), 7))), ReadStep::Pending);
+        assert_eq!(r.on_reply(3, Some((b(4), 7))), ReadStep::Value(7));
+    }
+
+    #[test]
+    fn a_key_never_written_reads_zero() {
+        let mut r = QuietRead::new(&[1, 2, 3]);
+        r.on_reply(2, None);
+        assert_eq!(r.on_reply(1, None), ReadStep::Value(0));
+    }
+
+    #[test]
+    fn a_write_in_flight_sends_the_read_to_a_full_round() {
+        let mut r = QuietRead::new(&[1, 2, 3]);
+        assert_eq!(r.on_reply(1, Some((b(5), 8))), ReadStep::Pending);
+        assert_eq!(r.on_reply(2, Some((b(4), 7))), ReadStep::Pending);
+        assert_eq!(r.on_reply(3, None), ReadStep::Disagree);
+    }
+
+    #[test]
+    fn a_replica_counts_once_and_strangers_not_at_all() {
+        let mut r = QuietRead::new(&[1, 2, 3]);
+        r.on_reply(1, Some((b(4), 7)));
+        assert_eq!(r.on_reply(1, Some((b(4), 7))), ReadStep::Pending);
+        assert_eq!(r.on_reply(9, Some((b(4), 7))), ReadStep::Pending);
+        // Same ballot and value from a majority, but only once each.
+        assert_eq!(r.on_reply(2, Some((b(4), 7))), ReadStep::Value(7));
+    }
+
+    #[test]
+    fn five_replicas_need_three() {
+        let mut r = QuietRead::new(&[1, 2, 3, 4, 5]);
+        r.on_reply(1, Some((b(4), 7)));
+        assert_eq!(r.on_reply(2, Some((b(4), 7))), ReadStep::Pending);
+        assert_eq!(r.on_reply(3, Some((b(4), 7))), ReadStep::Value(7));
+    }
+}
