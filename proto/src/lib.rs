@@ -283,15 +283,21 @@ pub enum Msg {
         ballot: Ballot,
         accepted: Option<(Ballot, Register)>,
     },
-    /// Phase 2 of a round, coordinator to acceptor.
+    /// Phase 2 of a round, coordinator to acceptor. `next`, if above `ballot`, is also
+    /// promised by an acceptor that accepts: phase 1 of the coordinator's next round on the
+    /// key, piggybacked, so that in steady state a change takes one round trip.
     Accept {
         shard: ShardId,
         key: String,
         ballot: Ballot,
         register: Register,
+        next: Option<Ballot>,
     },
-    /// The acceptor accepted `ballot`.
-    Accepted { ballot: Ballot },
+    /// The acceptor accepted `ballot`, and promised `next` if it says so.
+    Accepted {
+        ballot: Ballot,
+        next: Option<Ballot>,
+    },
     /// The acceptor refused `ballot` because it has promised `promised` (>= ballot).
     Reject { ballot: Ballot, promised: Ballot },
     /// A read's first try, coordinator to acceptor: report what is durably accepted, change
@@ -428,6 +434,11 @@ mod tests {
                     }],
                     horizon: 3,
                 },
+                next: Some(Ballot {
+                    round: 4,
+                    node: 2,
+                    epoch: 1,
+                }),
             },
         }
     }

@@ -20,14 +20,13 @@ pub enum AcceptorReply {
         ballot: Ballot,
         accepted: Option<(Ballot, Register)>,
     },
+    /// `next`: the ballot promised along with the acceptance, if one was asked for.
     Accepted {
         ballot: Ballot,
+        next: Option<Ballot>,
     },
     /// `ballot` was refused because `promised` (>= `ballot`) was promised first.
-    Reject {
-        ballot: Ballot,
-        promised: Ballot,
-    },
+    Reject { ballot: Ballot, promised: Ballot },
 }
 
 impl AcceptorState {
@@ -59,21 +58,26 @@ impl AcceptorState {
     }
 
     /// Phase 2: accept `register` under `ballot` unless a higher ballot was promised or accepted.
+    /// If `next` is above `ballot`, promise it in the same step (the coordinator's next round,
+    /// phase 1 piggybacked): as if Prepare(next) arrived right after, which could only have
+    /// reported `(ballot, register)`.
     ///
     /// Returns `Some(new state)` on acceptance: persist it, then send the reply. A repeated
     /// accept of the same ballot is accepted again (and persisted again, so that its reply
-    /// never overtakes the sync of the first).
+    /// never overtakes the sync of the first) unless `next` was promised since.
     pub fn accept(
         &self,
         ballot: Ballot,
         register: Register,
+        next: Option<Ballot>,
     ) -> (Option<AcceptorState>, AcceptorReply) {
         if ballot >= self.highest() {
-            let next = AcceptorState {
-                promised: ballot,
+            let next = next.filter(|&n| n > ballot);
+            let state = AcceptorState {
+                promised: next.unwrap_or(ballot),
                 accepted: Some((ballot, register)),
             };
-            (Some(next), AcceptorReply::Accepted { ballot })
+            (Some(state), AcceptorReply::Accepted { ballot, next })
         } else {
             (None, self.reject(ballot))
         }
@@ -153,7 +157,7 @@ mod tests {
             promised: b(5, 1),
             accepted: None,
         };
-        let (changed, reply) = s.accept(b(4, 9), reg(1));
+        let (changed, reply) = s.accept(b(4, 9), reg(1), None);
         assert_eq!(changed, None);
         assert_eq!(
             reply,
@@ -171,7 +175,7 @@ mod tests {
             promised: b(1, 1),
             accepted: Some((b(6, 1), reg(2))),
         };
-        let (changed, reply) = s.accept(b(5, 1), reg(3));
+        let (changed, reply) = s.accept(b(5, 1), reg(3), None);
         assert_eq!(changed, None);
         assert!(matches!(reply, AcceptorReply::Reject { promised, .. } if promised == b(6, 1)));
         assert!(s.prepare(b(6, 0)).0.is_none());
@@ -186,7 +190,7 @@ mod tests {
         };
         assert_eq!(s.highest(), b(5, 1));
         assert!(s.prepare(b(4, 2)).0.is_none());
-        assert!(s.accept(b(4, 2), reg(9)).0.is_none());
+        assert!(s.accept(b(4, 2), reg(9), None).0.is_none());
     }
 
     #[test]
@@ -195,8 +199,14 @@ mod tests {
             promised: b(5, 1),
             accepted: None,
         };
-        let (next, reply) = s.accept(b(5, 1), reg(7));
-        assert_eq!(reply, AcceptorReply::Accepted { ballot: b(5, 1) });
+        let (next, reply) = s.accept(b(5, 1), reg(7), None);
+        assert_eq!(
+            reply,
+            AcceptorReply::Accepted {
+                ballot: b(5, 1),
+                next: None
+            }
+        );
         assert_eq!(
             next,
             Some(AcceptorState {
@@ -204,10 +214,37 @@ mod tests {
                 accepted: Some((b(5, 1), reg(7)))
             })
         );
-        let (next, _) = s.accept(b(8, 2), reg(9));
+        let (next, _) = s.accept(b(8, 2), reg(9), None);
         let next = next.unwrap();
         assert_eq!(next.promised, b(8, 2));
         // After accepting b8 a prepare of b6 must be refused.
         assert!(next.prepare(b(6, 3)).0.is_none());
+    }
+
+    #[test]
+    fn an_accept_can_promise_the_next_ballot_in_the_same_step() {
+        let s = AcceptorState {
+            promised: b(5, 1),
+            accepted: None,
+        };
+        let (next, reply) = s.accept(b(5, 1), reg(7), Some(b(6, 1)));
+        assert_eq!(
+            reply,
+            AcceptorReply::Accepted {
+                ballot: b(5, 1),
+                next: Some(b(6, 1))
+            }
+        );
+        let next = next.unwrap();
+        assert_eq!(next.promised, b(6, 1));
+        assert_eq!(next.accepted, Some((b(5, 1), reg(7))));
+        // Another coordinator's ballot between the two is refused now...
+        assert!(next.prepare(b(5, 9)).0.is_none());
+        // ...and the promised one goes straight to phase 2.
+        assert!(next.accept(b(6, 1), reg(8), Some(b(7, 1))).0.is_some());
+        // A `next` that is not above the ballot promises nothing more.
+        let (same, reply) = s.accept(b(5, 1), reg(7), Some(b(4, 1)));
+        assert_eq!(same.unwrap().promised, b(5, 1));
+        assert!(matches!(reply, AcceptorReply::Accepted { next: None, .. }));
     }
 }

@@ -498,6 +498,7 @@ mod tests {
                 key: "k".repeat(MAX_KEY_LEN),
                 ballot: counter_proto::Ballot::default(),
                 register: full,
+                next: None,
             },
         };
         let mut out = Vec::new();

@@ -7,6 +7,7 @@
 //! unfinished batch must be reported ([`Failure`]).
 
 use crate::change::Ctx;
+use crate::proposer::Warm;
 use crate::{next_ballot, next_proposal, AcceptorReply, Round, Step};
 use counter_proto::{Ballot, Command, NodeId, Outcome, Register};
 
@@ -15,8 +16,9 @@ use counter_proto::{Ballot, Command, NodeId, Outcome, Register};
 pub enum Action {
     /// Send Prepare(ballot) to every replica.
     Prepare(Ballot),
-    /// Send Accept(ballot, register) to every replica.
-    Accept(Ballot, Register),
+    /// Send Accept(ballot, register, next) to every replica: `next` is the ballot they are
+    /// asked to promise along with it (phase 1 of this coordinator's next round on the key).
+    Accept(Ballot, Register, Option<Ballot>),
     /// The round failed: wait (randomized exponential backoff, `attempt` rounds failed so far),
     /// then call [`Decider::start_round`] again, or [`Decider::give_up`] past the deadline.
     Retry { attempt: u32 },
@@ -112,6 +114,62 @@ impl Decider {
         Action::Prepare(ballot)
     }
 
+    /// Starts with a round already prepared by the previous one on the key ([`Decider::warm`]):
+    /// straight to phase 2, one round trip. If it fails, the retries are ordinary rounds.
+    ///
+    /// Only for a batch that is safe to retry (reads, and commands with request ids): a
+    /// prepared round is older than a fresh one, so it more often loses a race in phase 2 and
+    /// leaves its register in doubt, which only such a batch can resolve. Any other batch
+    /// starts an ordinary round ([`Decider::start_round`]).
+    pub fn start_warm(&mut self, warm: Warm) -> Action {
+        assert!(
+            matches!(self.phase, Phase::Idle) && self.failed_rounds == 0,
+            "start_warm only as the first round"
+        );
+        if !self.ops.iter().all(crate::change::is_retry_safe) {
+            return self.start_round();
+        }
+        self.seen = self.seen.max(warm.ballot);
+        self.round = Some(Round::promised(warm, &self.replicas));
+        self.propose()
+    }
+
+    /// After [`Action::Done`]: the next round on the key, prepared, if a majority promised it.
+    pub fn warm(&self) -> Option<Warm> {
+        match self.phase {
+            Phase::Finished => self.round.as_ref()?.warm(),
+            _ => None,
+        }
+    }
+
+    /// Phase 1 is done: what to send in phase 2 (or how the batch failed).
+    fn propose(&mut self) -> Action {
+        let round = self.round.as_mut().expect("proposing in a round");
+        let ballot = round.ballot();
+        match next_proposal(
+            round.highest_accepted(),
+            self.in_doubt.as_ref(),
+            &self.ops,
+            &self.ctx,
+            &mut self.results,
+        ) {
+            Some(register) => {
+                let next = next_ballot(self.node, self.epoch, ballot);
+                round.propose(register.clone(), Some(next));
+                self.phase = Phase::Accepting;
+                Action::Accept(ballot, register, Some(next))
+            }
+            None => {
+                self.phase = Phase::Finished;
+                Action::Failed(Failure::Ambiguous(format!(
+                    "an accept of this operation was interrupted ({}) and another \
+                     register superseded it; it may have been applied",
+                    self.last_error
+                )))
+            }
+        }
+    }
+
     /// Feeds one acceptor reply. `None`: nothing to do yet.
     pub fn on_reply(&mut self, from: NodeId, reply: AcceptorReply) -> Option<Action> {
         let round = self.round.as_mut()?;
@@ -122,11 +180,11 @@ impl Decider {
                 }
                 round.on_promise(from, ballot, accepted)
             }
-            AcceptorReply::Accepted { ballot } => {
+            AcceptorReply::Accepted { ballot, next } => {
                 if self.phase != Phase::Accepting {
                     return None;
                 }
-                round.on_accepted(from, ballot)
+                round.on_accepted(from, ballot, next)
             }
             AcceptorReply::Reject { ballot, promised } => {
                 if !matches!(self.phase, Phase::Preparing | Phase::Accepting) {
@@ -137,30 +195,7 @@ impl Decider {
         };
         match step {
             Step::Pending => None,
-            Step::Promised { .. } => {
-                let ballot = round.ballot();
-                match next_proposal(
-                    round.highest_accepted(),
-                    self.in_doubt.as_ref(),
-                    &self.ops,
-                    &self.ctx,
-                    &mut self.results,
-                ) {
-                    Some(register) => {
-                        round.propose(register.clone());
-                        self.phase = Phase::Accepting;
-                        Some(Action::Accept(ballot, register))
-                    }
-                    None => {
-                        self.phase = Phase::Finished;
-                        Some(Action::Failed(Failure::Ambiguous(format!(
-                            "an accept of this operation was interrupted ({}) and another \
-                             register superseded it; it may have been applied",
-                            self.last_error
-                        ))))
-                    }
-                }
-            }
+            Step::Promised { .. } => Some(self.propose()),
             Step::Chosen(_) => {
                 self.phase = Phase::Finished;
                 Some(Action::Done(std::mem::take(&mut self.results)))
@@ -238,7 +273,9 @@ mod tests {
     }
     fn accepted(d: &mut Decider, from: NodeId) -> Option<Action> {
         let ballot = d.ballot().unwrap();
-        d.on_reply(from, AcceptorReply::Accepted { ballot })
+        // Every acceptor promises the next ballot the Accept asked for.
+        let next = Some(next_ballot(1, 1, ballot));
+        d.on_reply(from, AcceptorReply::Accepted { ballot, next })
     }
 
     #[test]
@@ -250,7 +287,7 @@ mod tests {
         };
         assert!(b > Ballot::ZERO);
         assert_eq!(promise(&mut d, 1, None), None);
-        let Some(Action::Accept(b2, reg)) = promise(&mut d, 2, None) else {
+        let Some(Action::Accept(b2, reg, _)) = promise(&mut d, 2, None) else {
             panic!()
         };
         assert_eq!((b2, reg.value), (b, 5));
@@ -302,7 +339,7 @@ mod tests {
             panic!()
         };
         promise(&mut d, 1, None);
-        let Some(Action::Accept(_, reg)) = promise(&mut d, 2, None) else {
+        let Some(Action::Accept(_, reg, _)) = promise(&mut d, 2, None) else {
             panic!()
         };
         accepted(&mut d, 1);
@@ -310,7 +347,7 @@ mod tests {
         d.start_round();
         promise(&mut d, 1, Some((b, reg.clone())));
         // Same register again: the increment is finished, not applied a second time.
-        let Some(Action::Accept(_, again)) = promise(&mut d, 3, None) else {
+        let Some(Action::Accept(_, again, _)) = promise(&mut d, 3, None) else {
             panic!()
         };
         assert_eq!(again, reg);
@@ -382,5 +419,70 @@ mod tests {
             None
         );
         assert_eq!(promise(&mut d, 1, None), None);
+    }
+
+    #[test]
+    fn a_chosen_round_prepares_the_next_one_on_the_key() {
+        let mut d = decider(&[Op::Incr(2)]);
+        d.start_round();
+        promise(&mut d, 1, None);
+        let Some(Action::Accept(b, reg, Some(next))) = promise(&mut d, 2, None) else {
+            panic!()
+        };
+        assert!(next > b);
+        assert_eq!(d.warm(), None, "not decided yet");
+        accepted(&mut d, 1);
+        assert!(matches!(accepted(&mut d, 2), Some(Action::Done(_))));
+        let warm = d.warm().expect("a majority promised the next ballot");
+        assert_eq!(warm.ballot, next);
+        assert_eq!(warm.accepted, (b, reg));
+
+        // A batch that cannot be retried safely does not take the prepared round.
+        let mut d = decider(&[Op::Incr(3)]);
+        assert!(matches!(d.start_warm(warm.clone()), Action::Prepare(_)));
+
+        // One that can goes straight to phase 2, on top of the chosen register.
+        let with_id = |op| -> Decider {
+            let cmd = counter_proto::Command {
+                op,
+                request: Some(counter_proto::RequestId { client: 1, seq: 1 }),
+                ..Default::default()
+            };
+            Decider::new(1, 1, &R, vec![cmd], Ballot::ZERO, Ctx::default())
+        };
+        let mut d = with_id(Op::Incr(3));
+        let Action::Accept(b2, reg2, _) = d.start_warm(warm.clone()) else {
+            panic!()
+        };
+        assert_eq!((b2, reg2.value), (next, 5));
+        accepted(&mut d, 3);
+        assert_eq!(
+            accepted(&mut d, 1),
+            Some(Action::Done(vec![Outcome::Value(5)]))
+        );
+
+        // Another coordinator got in between: the warm round is refused, and the retry is an
+        // ordinary round above the competitor, with the warm register in doubt.
+        let mut d = with_id(Op::Incr(3));
+        d.start_warm(warm);
+        let high = Ballot {
+            round: next.round + 5,
+            node: 3,
+            epoch: 1,
+        };
+        for from in [2, 3] {
+            d.on_reply(
+                from,
+                AcceptorReply::Reject {
+                    ballot: next,
+                    promised: high,
+                },
+            );
+        }
+        let Action::Prepare(b3) = d.start_round() else {
+            panic!()
+        };
+        assert!(b3 > high);
+        assert!(matches!(d.give_up(), Failure::Ambiguous(_)));
     }
 }

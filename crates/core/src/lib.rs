@@ -26,5 +26,5 @@ pub use ballot::next_ballot;
 pub use change::{apply, apply_all, Ctx, Limits};
 pub use counter_proto::{Ballot, Command, NodeId, Op, Outcome, Register};
 pub use decider::{Action, Decider, Failure};
-pub use proposer::{next_proposal, Round, Step};
+pub use proposer::{next_proposal, Round, Step, Warm};
 pub use read::{QuietRead, ReadStep};

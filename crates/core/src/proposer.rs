@@ -49,6 +49,18 @@ pub struct Round {
     seen: Ballot,
     /// The register sent in Accepts, once `propose` was called.
     proposed: Option<Register>,
+    /// The ballot the Accepts asked to be promised for the next round, and who promised it.
+    next: Option<Ballot>,
+    next_granted: usize,
+}
+
+/// A coordinator's next round on a key, already prepared: a majority promised `ballot` when
+/// they accepted `accepted`, the register chosen by the round before. The next change can go
+/// straight to phase 2 with `accepted` as its prior.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Warm {
+    pub ballot: Ballot,
+    pub accepted: (Ballot, Register),
 }
 
 impl Round {
@@ -63,7 +75,31 @@ impl Round {
             best: None,
             seen: ballot,
             proposed: None,
+            next: None,
+            next_granted: 0,
         }
+    }
+
+    /// A round whose phase 1 is already done (the round before piggybacked it): it starts at
+    /// [`Step::Promised`] with `warm.accepted` as the highest accepted register.
+    pub fn promised(warm: Warm, replicas: &[NodeId]) -> Round {
+        let mut round = Round::new(warm.ballot, replicas);
+        round.phase = Phase::Promised;
+        round.best = Some(warm.accepted);
+        round
+    }
+
+    /// When the round is chosen and a majority also promised the ballot its Accepts asked for:
+    /// the next round, prepared.
+    pub fn warm(&self) -> Option<Warm> {
+        let Phase::Chosen(register) = &self.phase else {
+            return None;
+        };
+        let ballot = self.next.filter(|_| self.next_granted >= self.quorum())?;
+        Some(Warm {
+            ballot,
+            accepted: (self.ballot, register.clone()),
+        })
     }
 
     pub fn ballot(&self) -> Ballot {
@@ -130,11 +166,12 @@ impl Round {
         Step::Pending
     }
 
-    /// Enters phase 2 with `register` (the change applied to `prior`). Send Accept(ballot, register).
+    /// Enters phase 2 with `register` (the change applied to `prior`). Send Accept(ballot,
+    /// register, next): `next` (above the ballot), if given, is asked to be promised too.
     ///
     /// # Panics
     /// If the round has not reached [`Step::Promised`]: that is a bug in the caller.
-    pub fn propose(&mut self, register: Register) {
+    pub fn propose(&mut self, register: Register, next: Option<Ballot>) {
         assert_eq!(
             self.phase,
             Phase::Promised,
@@ -142,10 +179,11 @@ impl Round {
         );
         self.phase = Phase::Accepting(register.clone());
         self.proposed = Some(register);
+        self.next = next.filter(|&n| n > self.ballot);
     }
 
-    /// Counts an acceptance from `from`.
-    pub fn on_accepted(&mut self, from: NodeId, ballot: Ballot) -> Step {
+    /// Counts an acceptance from `from`; `next` is the ballot it promised along with it.
+    pub fn on_accepted(&mut self, from: NodeId, ballot: Ballot, next: Option<Ballot>) -> Step {
         let Phase::Accepting(register) = &self.phase else {
             return Step::Pending;
         };
@@ -153,6 +191,9 @@ impl Round {
             return Step::Pending;
         }
         self.granted.push(from);
+        if next.is_some() && next == self.next {
+            self.next_granted += 1;
+        }
         if self.granted.len() >= self.quorum() {
             let register = register.clone();
             self.phase = Phase::Chosen(register.clone());
@@ -232,12 +273,12 @@ mod tests {
             r.on_promise(2, b(5, 1), None),
             Step::Promised { .. }
         ));
-        r.propose(reg(1, 1));
-        assert_eq!(r.on_accepted(1, b(4, 1)), Step::Pending);
-        assert_eq!(r.on_accepted(2, b(4, 1)), Step::Pending);
-        assert_eq!(r.on_accepted(1, b(5, 1)), Step::Pending);
-        assert_eq!(r.on_accepted(1, b(5, 1)), Step::Pending);
-        assert_eq!(r.on_accepted(3, b(5, 1)), Step::Chosen(reg(1, 1)));
+        r.propose(reg(1, 1), None);
+        assert_eq!(r.on_accepted(1, b(4, 1), None), Step::Pending);
+        assert_eq!(r.on_accepted(2, b(4, 1), None), Step::Pending);
+        assert_eq!(r.on_accepted(1, b(5, 1), None), Step::Pending);
+        assert_eq!(r.on_accepted(1, b(5, 1), None), Step::Pending);
+        assert_eq!(r.on_accepted(3, b(5, 1), None), Step::Chosen(reg(1, 1)));
         assert_eq!(r.chosen(), Some(&reg(1, 1)));
     }
 
@@ -275,20 +316,20 @@ mod tests {
     #[test]
     fn accept_replies_before_propose_do_not_count() {
         let mut r = Round::new(b(5, 1), &REPLICAS);
-        assert_eq!(r.on_accepted(1, b(5, 1)), Step::Pending);
-        assert_eq!(r.on_accepted(2, b(5, 1)), Step::Pending);
+        assert_eq!(r.on_accepted(1, b(5, 1), None), Step::Pending);
+        assert_eq!(r.on_accepted(2, b(5, 1), None), Step::Pending);
         r.on_promise(1, b(5, 1), None);
         r.on_promise(2, b(5, 1), None);
         // Promises must not be mistaken for acceptances either.
-        r.propose(reg(1, 1));
-        assert_eq!(r.on_accepted(1, b(5, 1)), Step::Pending);
+        r.propose(reg(1, 1), None);
+        assert_eq!(r.on_accepted(1, b(5, 1), None), Step::Pending);
         assert_eq!(r.chosen(), None);
     }
 
     #[test]
     #[should_panic(expected = "propose before a promise quorum")]
     fn propose_without_promises_is_a_bug() {
-        Round::new(b(5, 1), &REPLICAS).propose(reg(1, 1));
+        Round::new(b(5, 1), &REPLICAS).propose(reg(1, 1), None);
     }
 
     #[test]
@@ -335,10 +376,10 @@ mod tests {
             r.on_promise(2, b(5, 1), None),
             Step::Promised { .. }
         ));
-        r.propose(reg(3, 1));
+        r.propose(reg(3, 1), None);
         r.on_reject(3, b(5, 1), b(8, 3));
-        r.on_accepted(1, b(5, 1));
-        assert_eq!(r.on_accepted(2, b(5, 1)), Step::Chosen(reg(3, 1)));
+        r.on_accepted(1, b(5, 1), None);
+        assert_eq!(r.on_accepted(2, b(5, 1), None), Step::Chosen(reg(3, 1)));
     }
 
     #[test]
@@ -361,7 +402,7 @@ mod tests {
         let mut r = Round::new(b(5, 1), &REPLICAS);
         r.on_promise(1, b(5, 1), None);
         r.on_promise(2, b(5, 1), None);
-        r.propose(reg(1, 1));
+        r.propose(reg(1, 1), None);
         r.on_reject(2, b(5, 1), b(6, 2));
         assert_eq!(
             r.on_reject(3, b(5, 1), b(6, 2)),
@@ -403,6 +444,64 @@ pub fn next_proposal(
             let prior = highest.map(|(_, r)| r.clone()).unwrap_or_default();
             Some(crate::apply_all(cmds, prior, ctx, results))
         }
+    }
+}
+
+#[cfg(test)]
+mod warm_tests {
+    use super::*;
+
+    const REPLICAS: [NodeId; 3] = [1, 2, 3];
+
+    fn b(round: u64) -> Ballot {
+        Ballot {
+            round,
+            node: 1,
+            epoch: 1,
+        }
+    }
+
+    #[test]
+    fn a_round_whose_accepts_were_promised_the_next_ballot_leaves_it_prepared() {
+        let mut r = Round::new(b(5), &REPLICAS);
+        r.on_promise(1, b(5), None);
+        r.on_promise(2, b(5), None);
+        r.propose(Register::new(1, 1), Some(b(6)));
+        assert_eq!(r.warm(), None, "not chosen yet");
+        r.on_accepted(1, b(5), Some(b(6)));
+        assert!(matches!(
+            r.on_accepted(3, b(5), Some(b(6))),
+            Step::Chosen(_)
+        ));
+        let warm = r.warm().expect("a majority promised the next ballot");
+        assert_eq!(warm.ballot, b(6));
+        assert_eq!(warm.accepted, (b(5), Register::new(1, 1)));
+        // The next round starts at phase 2 with the chosen register as its prior.
+        let next = Round::promised(warm, &REPLICAS);
+        assert_eq!(next.ballot(), b(6));
+        assert_eq!(next.highest_accepted(), Some(&(b(5), Register::new(1, 1))));
+    }
+
+    #[test]
+    fn without_a_majority_promising_the_next_ballot_nothing_is_prepared() {
+        let mut r = Round::new(b(5), &REPLICAS);
+        r.on_promise(1, b(5), None);
+        r.on_promise(2, b(5), None);
+        r.propose(Register::new(1, 1), Some(b(6)));
+        r.on_accepted(1, b(5), Some(b(6)));
+        // Chosen, but one of the two did not promise b(6) (or promised another ballot).
+        assert!(matches!(
+            r.on_accepted(2, b(5), Some(b(7))),
+            Step::Chosen(_)
+        ));
+        assert_eq!(r.warm(), None);
+        let mut r = Round::new(b(5), &REPLICAS);
+        r.on_promise(1, b(5), None);
+        r.on_promise(2, b(5), None);
+        r.propose(Register::new(1, 1), None);
+        r.on_accepted(1, b(5), None);
+        r.on_accepted(2, b(5), None);
+        assert_eq!(r.warm(), None, "nothing was asked");
     }
 }
 

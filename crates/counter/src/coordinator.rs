@@ -10,7 +10,9 @@
 //! the Decider's; this module does the I/O: fan-out to the replicas (its own acceptor directly,
 //! the others over `net`), phase timeouts, backoff sleeps, answering the callers.
 
-use counter_core::{AcceptorReply, Action, Ctx, Decider, Failure, Limits, QuietRead, ReadStep};
+use counter_core::{
+    AcceptorReply, Action, Ctx, Decider, Failure, Limits, QuietRead, ReadStep, Warm,
+};
 use counter_net::Pool;
 use counter_proto::{Ballot, ClientError, Command, Msg, NodeId, Outcome, Register, ShardId};
 use counter_storage::Store;
@@ -25,6 +27,8 @@ use tokio::sync::oneshot;
 
 /// How long one phase waits for a majority before the round is retried.
 const PHASE_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Most keys whose prepared next round is remembered (bounds the memory it takes).
+const WARM_KEYS: usize = 100_000;
 /// Most operations coalesced into one round.
 const MAX_BATCH: usize = 1024;
 const BACKOFF_START: Duration = Duration::from_millis(1);
@@ -46,6 +50,9 @@ pub struct Coordinator {
     addrs: Arc<std::collections::BTreeMap<NodeId, String>>,
     /// What registers keep of their clients' requests.
     limits: Limits,
+    /// Keys whose next round is prepared: the round before had a majority promise its ballot
+    /// (`counter-core`'s [`Warm`]). Volatile; at most [`WARM_KEYS`] keys.
+    warm: DashMap<String, Warm>,
     /// Keys with a leader running, and the operations queued behind it.
     queues: DashMap<String, Vec<Waiter>>,
 }
@@ -68,6 +75,7 @@ impl Coordinator {
             pool: Arc::new(Pool::new(Duration::from_millis(300))),
             addrs: Arc::new(addrs),
             limits,
+            warm: DashMap::new(),
             queues: DashMap::new(),
         })
     }
@@ -232,24 +240,32 @@ impl Coordinator {
         cmds: Vec<Command>,
         deadline: Instant,
     ) -> Result<Vec<Outcome>, ClientError> {
-        let seen = self
-            .store
-            .peek(shard, key)
-            .map_err(|e| ClientError::unavailable(format!("local acceptor: {e}")))?
-            .highest();
         let ctx = Ctx {
             now_ms: unix_ms(),
             limits: self.limits,
         };
+        // The previous round on the key may have prepared this one (one round trip).
+        let warm = self.warm.remove(key).map(|(_, w)| w);
+        let seen = match &warm {
+            Some(w) => w.ballot,
+            None => self
+                .store
+                .peek(shard, key)
+                .map_err(|e| ClientError::unavailable(format!("local acceptor: {e}")))?
+                .highest(),
+        };
         let mut decider = Decider::new(self.id, self.epoch, replicas, cmds, seen, ctx);
-        let mut action = decider.start_round();
+        let mut action = match warm {
+            Some(w) => decider.start_warm(w),
+            None => decider.start_round(),
+        };
         loop {
             let mut replies = match action {
                 Action::Prepare(ballot) => {
                     self.fan_out(replicas, |node| self.prepare(node, shard, key, ballot))
                 }
-                Action::Accept(ballot, register) => self.fan_out(replicas, |node| {
-                    self.accept(node, shard, key, ballot, register.clone())
+                Action::Accept(ballot, register, next) => self.fan_out(replicas, |node| {
+                    self.accept(node, shard, key, ballot, register.clone(), next)
                 }),
                 Action::Retry { attempt } => {
                     if Instant::now() >= deadline {
@@ -262,7 +278,14 @@ impl Coordinator {
                     action = decider.start_round();
                     continue;
                 }
-                Action::Done(results) => return Ok(results),
+                Action::Done(results) => {
+                    if let Some(w) = decider.warm() {
+                        if self.warm.len() < WARM_KEYS {
+                            self.warm.insert(key.to_string(), w);
+                        }
+                    }
+                    return Ok(results);
+                }
                 Action::Failed(f) => return Err(failure(f)),
             };
             let phase_end = (Instant::now() + PHASE_TIMEOUT).min(deadline);
@@ -325,12 +348,13 @@ impl Coordinator {
         key: &str,
         ballot: Ballot,
         register: Register,
+        next: Option<Ballot>,
     ) -> ReplyFuture {
         if node == self.id {
             let store = self.store.clone();
             let key = key.to_string();
             return Box::pin(async move {
-                let reply = store.accept(shard, &key, ballot, register).await;
+                let reply = store.accept(shard, &key, ballot, register, next).await;
                 (node, log_local(reply))
             });
         }
@@ -341,6 +365,7 @@ impl Coordinator {
                 key: key.to_string(),
                 ballot,
                 register,
+                next,
             },
         )
     }
@@ -356,7 +381,9 @@ impl Coordinator {
                 Ok(Msg::Promise { ballot, accepted }) => {
                     Some(AcceptorReply::Promise { ballot, accepted })
                 }
-                Ok(Msg::Accepted { ballot }) => Some(AcceptorReply::Accepted { ballot }),
+                Ok(Msg::Accepted { ballot, next }) => {
+                    Some(AcceptorReply::Accepted { ballot, next })
+                }
                 Ok(Msg::Reject { ballot, promised }) => {
                     Some(AcceptorReply::Reject { ballot, promised })
                 }

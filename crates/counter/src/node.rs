@@ -102,11 +102,12 @@ impl Node {
                 key,
                 ballot,
                 register,
+                next,
             } => {
                 if let Some(refusal) = self.check_acceptor(shard, &key) {
                     return refusal;
                 }
-                to_msg(self.store.accept(shard, &key, ballot, register).await)
+                to_msg(self.store.accept(shard, &key, ballot, register, next).await)
             }
             other => Msg::Error(ClientError::invalid(format!(
                 "a node does not take {} messages",
@@ -157,7 +158,7 @@ pub fn outcome_msg(outcome: Outcome, cmd: &Command) -> Msg {
 fn to_msg(reply: Result<AcceptorReply, counter_storage::StorageError>) -> Msg {
     match reply {
         Ok(AcceptorReply::Promise { ballot, accepted }) => Msg::Promise { ballot, accepted },
-        Ok(AcceptorReply::Accepted { ballot }) => Msg::Accepted { ballot },
+        Ok(AcceptorReply::Accepted { ballot, next }) => Msg::Accepted { ballot, next },
         Ok(AcceptorReply::Reject { ballot, promised }) => Msg::Reject { ballot, promised },
         Err(e) => {
             tracing::error!(error = %e, "acceptor storage failed");

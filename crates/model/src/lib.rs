@@ -51,7 +51,7 @@ pub enum Msg {
     Request(Op),
     Reply(i64),
     Prepare(Ballot),
-    Accept(Ballot, Register),
+    Accept(Ballot, Register, Option<Ballot>),
     Acceptor(AcceptorReply),
 }
 
@@ -132,12 +132,12 @@ impl CounterActor {
                     o.set_timer(Phase, model_timeout());
                     acceptor.prepare(b)
                 }
-                Action::Accept(b, r) => {
+                Action::Accept(b, r, next) => {
                     for _ in 0..copies {
-                        o.broadcast(&others, &Msg::Accept(b, r.clone()));
+                        o.broadcast(&others, &Msg::Accept(b, r.clone(), next));
                     }
                     o.set_timer(Phase, model_timeout());
-                    acceptor.accept(b, r)
+                    acceptor.accept(b, r, next)
                 }
                 Action::Retry { attempt } => {
                     let (_, decider) = lead.as_mut().expect("a lead retries");
@@ -273,10 +273,10 @@ impl Actor for CounterActor {
                         *lead = Some((src, decider));
                         Self::act(id, cfg, s, action, o);
                     }
-                    Msg::Prepare(b) | Msg::Accept(b, _) => {
+                    Msg::Prepare(b) | Msg::Accept(b, _, _) => {
                         let (next, reply) = match msg {
                             Msg::Prepare(_) => acceptor.prepare(b),
-                            Msg::Accept(_, r) => acceptor.accept(b, r),
+                            Msg::Accept(_, r, next) => acceptor.accept(b, r, next),
                             _ => unreachable!(),
                         };
                         if let Some(next) = next {

@@ -15,7 +15,7 @@
 
 use counter_check::{OpKind, Operation, Outcome, Verdict};
 use counter_core::{
-    AcceptorReply, AcceptorState, Action, Ctx, Decider, Failure, Limits, QuietRead, ReadStep,
+    AcceptorReply, AcceptorState, Action, Ctx, Decider, Failure, Limits, QuietRead, ReadStep, Warm,
 };
 use counter_proto::{Ballot, Command, NodeId, Op, Register, RequestId};
 use std::cmp::Reverse;
@@ -169,6 +169,7 @@ enum Payload {
         key: String,
         ballot: Ballot,
         register: Register,
+        next: Option<Ballot>,
     },
     Reply {
         key: String,
@@ -240,6 +241,8 @@ struct SimNode {
     volatile: BTreeMap<String, AcceptorState>,
     leads: BTreeMap<String, Lead>,
     queues: BTreeMap<String, Vec<(usize, u64, Command)>>,
+    /// Keys whose next round is prepared (volatile: lost in a crash).
+    warm: BTreeMap<String, Warm>,
 }
 
 struct Client {
@@ -266,6 +269,8 @@ pub struct Stats {
     pub resent: usize,
     /// Requests refused as expired (the register forgot their client): must stay 0 here.
     pub expired: usize,
+    /// Batches that started in phase 2, prepared by the round before (one round trip).
+    pub warm_rounds: usize,
 }
 
 /// A finished run.
@@ -632,8 +637,9 @@ impl Sim {
                 key,
                 ballot,
                 register,
+                next,
             } => {
-                let reply = self.acceptor(to, &key, |s| s.accept(ballot, register), false);
+                let reply = self.acceptor(to, &key, |s| s.accept(ballot, register, next), false);
                 self.send(to, from, Payload::Reply { key, reply });
             }
             Payload::Reply { key, reply } => {
@@ -668,13 +674,24 @@ impl Sim {
         rule: impl FnOnce(&AcceptorState) -> (Option<AcceptorState>, AcceptorReply),
         is_prepare: bool,
     ) -> AcceptorReply {
-        let persist = !(is_prepare && self.cfg.mutation == Mutation::PromiseNotPersisted);
+        let planted = self.cfg.mutation == Mutation::PromiseNotPersisted;
         let n = self.nodes.get_mut(&node).expect("node");
         let current = n.volatile.get(key).cloned().unwrap_or_default();
         let (next, reply) = rule(&current);
         if let Some(state) = next {
-            if persist {
-                n.durable.insert(key.to_string(), state.clone());
+            match &state.accepted {
+                // The planted bug forgets promises: a Prepare's, and the one an Accept carries.
+                _ if planted && is_prepare => {}
+                Some((ballot, _)) if planted => {
+                    let forgetful = AcceptorState {
+                        promised: *ballot,
+                        ..state.clone()
+                    };
+                    n.durable.insert(key.to_string(), forgetful);
+                }
+                _ => {
+                    n.durable.insert(key.to_string(), state.clone());
+                }
             }
             n.volatile.insert(key.to_string(), state);
         }
@@ -716,7 +733,13 @@ impl Sim {
             self.start_phase(node, key, 1, payload);
             return;
         }
-        let action = lead.decider.start_round();
+        let action = match n.warm.remove(key) {
+            Some(warm) => lead.decider.start_warm(warm),
+            None => lead.decider.start_round(),
+        };
+        if matches!(action, Action::Accept(..)) {
+            self.stats.warm_rounds += 1;
+        }
         n.leads.insert(key.to_string(), lead);
         self.act(node, key, action);
     }
@@ -774,11 +797,12 @@ impl Sim {
                 };
                 self.start_phase(node, key, gen, payload);
             }
-            Action::Accept(ballot, register) => {
+            Action::Accept(ballot, register, next) => {
                 let payload = Payload::Accept {
                     key: key.into(),
                     ballot,
                     register,
+                    next,
                 };
                 self.start_phase(node, key, gen, payload);
             }
@@ -796,6 +820,10 @@ impl Sim {
             }
             Action::Done(results) => {
                 self.stats.chosen_values += 1;
+                let n = self.nodes.get_mut(&node).expect("node");
+                if let Some(warm) = n.leads.get(key).and_then(|l| l.decider.warm()) {
+                    n.warm.insert(key.to_string(), warm);
+                }
                 let lead = self.finish_lead(node, key);
                 for (&(client, req), outcome) in lead.waiters.iter().zip(results) {
                     let result = match outcome {
@@ -920,6 +948,7 @@ impl Sim {
                 n.leads.clear();
                 n.queues.clear();
                 n.volatile.clear();
+                n.warm.clear();
                 let back = self.rng.range(self.cfg.restart_min, self.cfg.restart_max);
                 self.schedule(back, Event::Restart(victim));
             } else if self.rng.chance(self.cfg.partition) && !self.cut.contains(&victim) {

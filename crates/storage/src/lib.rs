@@ -281,15 +281,18 @@ impl Store {
         self.apply(shard, key, |s| s.prepare(ballot)).await
     }
 
-    /// Handles an Accept; the reply is returned only once any change it reports is durable.
+    /// Handles an Accept (and the promise of `next` it may carry); the reply is returned only
+    /// once any change it reports is durable.
     pub async fn accept(
         &self,
         shard: ShardId,
         key: &str,
         ballot: Ballot,
         register: Register,
+        next: Option<Ballot>,
     ) -> Result<AcceptorReply, StorageError> {
-        self.apply(shard, key, |s| s.accept(ballot, register)).await
+        self.apply(shard, key, |s| s.accept(ballot, register, next))
+            .await
     }
 
     async fn apply(
@@ -431,8 +434,14 @@ mod tests {
             AcceptorReply::Promise { .. }
         ));
         assert_eq!(
-            store.accept(2, "k", b(3, 1), reg.clone()).await.unwrap(),
-            AcceptorReply::Accepted { ballot: b(3, 1) }
+            store
+                .accept(2, "k", b(3, 1), reg.clone(), None)
+                .await
+                .unwrap(),
+            AcceptorReply::Accepted {
+                ballot: b(3, 1),
+                next: None
+            }
         );
         assert!(matches!(
             store.prepare(2, "k", b(2, 9)).await.unwrap(),

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The W1-W5 workloads of BENCHMARKS.md, against a fresh local cluster, everything on this
+# machine: 3 counter-nodes (R=3, fsync on), a router, counter-bench, and an fdatasync probe.
+#
+#   tools/bench-suite.sh [--secs 20] [--runs 3] [--only W1,W3] [--out DIR] [--keep]
+#
+# Builds the release binaries, starts the cluster on 127.0.0.1:7201-7203 (router :7200) with
+# data in DIR/data (default bench-results/<timestamp>), then for each workload and run: the
+# fdatasync probe (tools/fsync-latency.py, on the data's file system), counter-bench --json,
+# and the nodes' RSS. Prints one line per run and the medians; keeps every JSON in DIR.
+# Stops what it started (by PID) on exit; --keep leaves the data dir.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=20 RUNS=3 ONLY=W1,W2,W3,W4,W5 KEEP=0
+OUT=bench-results/$(date -u +%Y%m%dT%H%M%SZ)
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --secs) SECS=$2; shift 2 ;;
+    --runs) RUNS=$2; shift 2 ;;
+    --only) ONLY=$2; shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
+    --keep) KEEP=1; shift ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+BIN=$PWD/target/release
+cargo build --release --quiet -p counter -p counter-bench
+mkdir -p "$OUT/data"
+DATA=$(cd "$OUT/data" && pwd)
+ROUTER=127.0.0.1:7200
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ "$KEEP" = 0 ]; then rm -rf "$DATA"; fi
+}
+trap cleanup EXIT
+
+cat > "$DATA/cluster.toml" <<TOML
+replication = 3
+shards = 64
+[[node]]
+id = 1
+addr = "127.0.0.1:7201"
+[[node]]
+id = 2
+addr = "127.0.0.1:7202"
+[[node]]
+id = 3
+addr = "127.0.0.1:7203"
+TOML
+NODE_PIDS=()
+for id in 1 2 3; do
+  "$BIN/counter-node" --id "$id" --cluster "$DATA/cluster.toml" --data-dir "$DATA/node-$id" \
+    >>"$DATA/node-$id.log" 2>&1 &
+  PIDS+=($!); NODE_PIDS+=($!)
+done
+"$BIN/counter-router" --cluster "$DATA/cluster.toml" --listen "$ROUTER" >>"$DATA/router.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do "$BIN/counter-cli" --router "$ROUTER" get ready >/dev/null 2>&1 && break; sleep 0.1; done
+
+args_of() {
+  case "$1" in
+    W1) echo "--clients 1 --keys 1" ;;
+    W2) echo "--clients 64 --keys 1 --distribution hot" ;;
+    W3) echo "--clients 64 --keys 10000" ;;
+    W4) echo "--clients 256 --keys 10000" ;;
+    W5) echo "--clients 64 --keys 1000000 --distribution zipf:0.99" ;;
+    *) echo "unknown workload $1" >&2; exit 2 ;;
+  esac
+}
+rss_mib() {
+  local total=0
+  for pid in "${NODE_PIDS[@]}"; do
+    kb=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+    total=$((total + kb))
+  done
+  echo $((total / 1024 / 3))
+}
+
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); results in $OUT"
+for w in ${ONLY//,/ }; do
+  for run in $(seq "$RUNS"); do
+    fsync=$(python3 tools/fsync-latency.py --dir "$DATA" --count 300)
+    # shellcheck disable=SC2046
+    "$BIN/counter-bench" --router "$ROUTER" $(args_of "$w") --duration "${SECS}s" --warmup 2s \
+      --json >"$OUT/$w-run$run.json" 2>"$OUT/$w-run$run.err" || {
+        echo "$w run $run: counter-bench failed (see $OUT/$w-run$run.err)"; continue; }
+    echo "$w run $run: $(python3 tools/bench-summary.py "$OUT/$w-run$run.json") | node RSS $(rss_mib) MiB avg | $fsync"
+  done
+done
+python3 tools/bench-summary.py --medians "$OUT"
