@@ -110,8 +110,13 @@ impl ClientStats {
     }
 }
 
-fn micros(d: Duration) -> u64 {
-    d.as_micros().min(u128::from(u64::MAX)) as u64
+/// Records `d` in microseconds (at least 1), growing the histogram as needed. (hdrhistogram's
+/// `saturating_record` clamps to the current range instead of growing an auto-resizing one.)
+fn record(h: &mut Histogram<u64>, d: Duration) {
+    let us = d.as_micros().clamp(1, u128::from(u64::MAX / 2)) as u64;
+    if h.record(us).is_err() {
+        h.saturating_record(us);
+    }
 }
 
 /// One client's loop: takes the next op (the next due one in an open loop), sends it, records.
@@ -182,7 +187,7 @@ pub async fn client_loop(
                 }
                 if measured {
                     let latency = schedule::latency(load.mode, due, sent, done);
-                    stats.latency[kind.index()].saturating_record(micros(latency).max(1));
+                    record(&mut stats.latency[kind.index()], latency);
                     stats.measured_ok[kind.index()] += 1;
                     stats.last_done = stats.last_done.max(Some(done));
                 }
@@ -211,9 +216,7 @@ pub async fn client_loop(
             }
         }
         if load.schedule.is_some() && measured {
-            stats
-                .lag
-                .saturating_record(micros(sent.saturating_sub(due)));
+            record(&mut stats.lag, sent.saturating_sub(due));
         }
     }
     (client, stats)
@@ -266,4 +269,24 @@ pub async fn read_back(
         summary.add(|| load.keys.name(key), &expect, value);
     }
     summary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_grow_to_hold_long_latencies() {
+        let mut stats = ClientStats::new();
+        record(&mut stats.latency[0], Duration::from_micros(300));
+        record(&mut stats.latency[0], Duration::from_secs(9));
+        record(&mut stats.lag, Duration::ZERO);
+        let h = &stats.latency[0];
+        assert_eq!(h.len(), 2);
+        assert!(h.max() >= 8_990_000, "{}", h.max());
+        assert_eq!(stats.lag.len(), 1);
+        let mut merged = ClientStats::new();
+        merged.merge(&stats);
+        assert!(merged.latency[0].max() >= 8_990_000);
+    }
 }
