@@ -65,7 +65,7 @@ impl Counts {
 pub struct ClientStats {
     /// Latency (µs) of the measured ok answers, per kind.
     pub latency: [Histogram<u64>; 3],
-    /// Open loop: how late (µs) measured ops were sent after their due time.
+    /// Open loop: how late (µs) measured ops were sent after their due time (early: 0).
     pub lag: Histogram<u64>,
     pub counts: Counts,
     pub retries: u64,
@@ -146,7 +146,7 @@ pub async fn client_loop(
                     break;
                 }
                 let due = schedule.due(i);
-                tokio::time::sleep_until((start + due).into()).await;
+                tokio::time::sleep_until((start + schedule::wake_at(due)).into()).await;
                 (due, schedule.is_measured(i))
             }
             (None, limit) => {
