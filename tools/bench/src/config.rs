@@ -23,8 +23,8 @@ pub struct Args {
     /// Concurrent clients (each has one op in flight at a time).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub clients: u32,
-    /// Number of distinct keys.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    /// Number of distinct keys (at most 10 million: the bench keeps ~60 bytes per key).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub keys: u64,
     /// How keys are chosen: uniform, zipf:THETA (THETA > 0), or hot (every op on one key).
     #[arg(long, default_value = "uniform", value_name = "DIST")]
