@@ -156,6 +156,7 @@ async fn bench(args: Args, prefix: String, seed: u64) -> ExitCode {
         picker: KeyPicker::new(args.distribution, args.keys),
         mix: args.mix.clone(),
         request_ids: !args.no_request_ids,
+        timeout,
         seed,
         tallies,
         next: AtomicU64::new(0),
@@ -206,7 +207,8 @@ async fn bench(args: Args, prefix: String, seed: u64) -> ExitCode {
         Some(summary)
     };
 
-    let report = report::build(
+    let scheduled = load.schedule.map(|s| s.len());
+    let mut report = report::build(
         config,
         links.len(),
         &stats,
@@ -214,6 +216,7 @@ async fn bench(args: Args, prefix: String, seed: u64) -> ExitCode {
         interrupted.load(Relaxed),
         verify,
     );
+    report.unsent = scheduled.map_or(0, |n| n.saturating_sub(report.counts.sent));
     if args.json {
         println!(
             "{}",

@@ -126,6 +126,9 @@ pub struct Report {
     pub counts: Counts,
     pub failed: u64,
     pub retries: u64,
+    /// Open loop: scheduled ops never sent, because the clients fell behind by more than the
+    /// op timeout (or the run was interrupted).
+    pub unsent: u64,
     pub first_error: Option<String>,
     pub interrupted: bool,
     pub verify: Option<VerifySummary>,
@@ -182,6 +185,7 @@ pub fn build(
         counts: stats.counts,
         failed: stats.counts.failed(),
         retries: stats.retries,
+        unsent: 0,
         first_error: stats.first_error.clone(),
         interrupted,
         verify,
@@ -239,6 +243,14 @@ impl Report {
             "ops          {} sent, {} ok, {} failed (invalid {}, unavailable {}, rejected {}), {} unknown, {} retries",
             c.sent, c.ok, self.failed, c.invalid, c.unavailable, c.rejected, c.unknown, self.retries
         );
+        if self.unsent > 0 {
+            let _ = writeln!(
+                w,
+                "unsent       {} scheduled ops were never sent: the clients fell behind \
+                 (try more --clients)",
+                self.unsent
+            );
+        }
         let _ = writeln!(w, "connections  {}", self.connections);
         if let Some(e) = &self.first_error {
             let _ = writeln!(w, "first error  {e}");

@@ -25,6 +25,8 @@ pub struct Load {
     pub picker: KeyPicker,
     pub mix: Mix,
     pub request_ids: bool,
+    /// Budget of one op.
+    pub timeout: Duration,
     pub seed: u64,
     pub tallies: Vec<KeyTally>,
     /// Open loop: the next op's index. Closed loop by count: measured ops handed out.
@@ -143,6 +145,11 @@ pub async fn client_loop(
             (Some(schedule), _) => {
                 let i = load.next.fetch_add(1, Relaxed);
                 if !schedule.in_run(i) {
+                    break;
+                }
+                // Clients that fell this far behind the schedule stop: the run stays bounded,
+                // and the ops never sent are reported.
+                if start.elapsed() > schedule.due(schedule.len()) + load.timeout {
                     break;
                 }
                 let due = schedule.due(i);

@@ -23,10 +23,10 @@ pub enum Mode {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Schedule {
     rate: f64,
-    warmup: Duration,
-    limit: Limit,
     /// Index of the first op counted in the measurements.
     first_measured: u64,
+    /// Number of ops in the run.
+    len: u64,
 }
 
 impl Schedule {
@@ -34,21 +34,28 @@ impl Schedule {
         assert!(rate.is_finite() && rate > 0.0, "rate must be above 0");
         let mut s = Schedule {
             rate,
-            warmup,
-            limit,
             first_measured: 0,
+            len: 0,
         };
-        // The first op due at or after the warmup's end: ceil(warmup * rate), with the float
-        // rounding settled against `due` itself so that both agree exactly.
-        let mut first = (warmup.as_secs_f64() * rate).ceil() as u64;
-        while s.due(first) < warmup {
+        s.first_measured = s.first_due_from(warmup);
+        s.len = match limit {
+            Limit::Duration(d) => s.first_due_from(warmup + d),
+            Limit::Ops(n) => s.first_measured.saturating_add(n),
+        };
+        s
+    }
+
+    /// The first op due at or after `t`: ceil(t * rate), with the float rounding settled against
+    /// `due` itself so that both agree exactly.
+    fn first_due_from(&self, t: Duration) -> u64 {
+        let mut first = (t.as_secs_f64() * self.rate).ceil() as u64;
+        while self.due(first) < t {
             first += 1;
         }
-        while first > 0 && s.due(first - 1) >= warmup {
+        while first > 0 && self.due(first - 1) >= t {
             first -= 1;
         }
-        s.first_measured = first;
-        s
+        first
     }
 
     /// When op `i` (counted from 0, warmup included) is due, after the start: `i / rate`.
@@ -61,12 +68,14 @@ impl Schedule {
         i >= self.first_measured
     }
 
+    /// How many ops the run has, warmup included.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
     /// Whether op `i` belongs to the run at all.
     pub fn in_run(&self, i: u64) -> bool {
-        match self.limit {
-            Limit::Duration(d) => self.due(i) < self.warmup + d,
-            Limit::Ops(n) => i < self.first_measured.saturating_add(n),
-        }
+        i < self.len
     }
 }
 
@@ -127,6 +136,7 @@ mod tests {
         assert!(s.is_measured(2000));
         assert!(s.in_run(4999));
         assert!(!s.in_run(5000));
+        assert_eq!(s.len(), 5000);
         // By count: 7 measured ops after a warmup of 1.0005s at 1000/s (ops 0..=1000 warm up).
         let s = Schedule::new(1000.0, Duration::from_micros(1_000_500), Limit::Ops(7));
         assert_eq!(s.first_measured, 1001);

@@ -14,6 +14,8 @@ enum Fault {
     LoseAnswers,
     /// Every 50th increment is applied twice.
     DoubleApply,
+    /// Every answer takes 20 ms.
+    Slow,
 }
 
 #[derive(Default)]
@@ -84,7 +86,12 @@ fn start(fault: Fault) -> String {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             counter_net::serve(listener, Default::default(), move |msg| {
                 let fake = fake.clone();
-                async move { fake.handle(msg) }
+                async move {
+                    if fake.fault == Fault::Slow {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                    fake.handle(msg)
+                }
             })
             .await;
         });
@@ -94,8 +101,14 @@ fn start(fault: Fault) -> String {
 
 /// Runs the bench with `args`; returns its exit code and its JSON report.
 fn bench(addr: &str, args: &[&str]) -> (i32, serde_json::Value) {
+    let timeout: &[&str] = if args.contains(&"--timeout-ms") {
+        &[]
+    } else {
+        &["--timeout-ms", "2000"]
+    };
     let out = Process::new(env!("CARGO_BIN_EXE_counter-bench"))
-        .args(["--router", addr, "--json", "--timeout-ms", "2000"])
+        .args(["--router", addr, "--json"])
+        .args(timeout)
         .args(args)
         .output()
         .unwrap();
@@ -148,6 +161,34 @@ fn an_honest_router_passes_closed_and_open_loop() {
     let rate = r["throughput"]["ops_per_s"].as_f64().unwrap();
     assert!((1700.0..2300.0).contains(&rate), "{rate}");
     assert!(r["send_lag_ms"].is_object());
+}
+
+#[test]
+fn an_open_loop_that_falls_behind_shows_it_and_stops() {
+    let addr = start(Fault::Slow);
+    // 2 clients at 20 ms per op manage 100 ops/s; 500/s are due for 1s. Latency counts from
+    // the due time, so it grows with the backlog instead of staying at 20 ms.
+    let (code, r) = bench(
+        &addr,
+        &[
+            "--rate",
+            "500",
+            "--duration",
+            "1s",
+            "--clients",
+            "2",
+            "--timeout-ms",
+            "500",
+        ],
+    );
+    assert_eq!(code, 0, "{r:#}");
+    let sent = r["counts"]["sent"].as_u64().unwrap();
+    assert!((100..=200).contains(&sent), "{r:#}");
+    assert_eq!(r["unsent"].as_u64().unwrap(), 500 - sent);
+    assert!(r["latency_ms"]["p50"].as_f64().unwrap() > 200.0, "{r:#}");
+    assert!(r["latency_ms"]["max"].as_f64().unwrap() > 1000.0, "{r:#}");
+    assert!(r["send_lag_ms"]["max"].as_f64().unwrap() > 900.0, "{r:#}");
+    assert_eq!(r["verify"]["failed"], 0);
 }
 
 #[test]
