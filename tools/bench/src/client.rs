@@ -207,7 +207,8 @@ mod tests {
         assert!(matches!(
             classify(
                 Ok(Msg::Accepted {
-                    ballot: Default::default()
+                    ballot: Default::default(),
+                    next: None,
                 }),
                 false
             ),
