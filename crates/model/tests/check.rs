@@ -48,10 +48,10 @@ fn two_clients_three_servers(duplicate_internal: bool, pinned: usize) {
 
 #[test]
 fn lossy_reordering_network_with_a_crash() {
-    two_clients_three_servers(false, 1_002_900);
+    two_clients_three_servers(false, 1_012_651);
 }
 
 #[test]
 fn duplicated_acceptor_messages_with_a_crash() {
-    two_clients_three_servers(true, 3_699_120);
+    two_clients_three_servers(true, 3_845_633);
 }
