@@ -2,8 +2,10 @@
 # The W1-W5 workloads of BENCHMARKS.md, against a fresh local cluster, everything on this
 # machine: 3 counter-nodes (R=3, fsync on), a router, counter-bench, and an fdatasync probe.
 #
-#   tools/bench-suite.sh [--secs 20] [--runs 3] [--only W1,W3] [--out DIR] [--keep]
+#   tools/bench-suite.sh [--secs 20] [--runs 3] [--only W1,W3] [--out DIR] [--keep] [--bin DIR]
 #
+# --bin DIR: take counter-node and counter-router from DIR instead of building them (to
+# compare two builds in one session; counter-bench always comes from target/release).
 # Builds the release binaries, starts the cluster on 127.0.0.1:7201-7203 (router :7200) with
 # data in DIR/data (default bench-results/<timestamp>), then for each workload and run: the
 # fdatasync probe (tools/fsync-latency.py, on the data's file system), counter-bench --json,
@@ -11,7 +13,7 @@
 # Stops what it started (by PID) on exit; --keep leaves the data dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SECS=20 RUNS=3 ONLY=W1,W2,W3,W4,W5 KEEP=0
+SECS=20 RUNS=3 ONLY=W1,W2,W3,W4,W5 KEEP=0 NODE_BIN=
 OUT=bench-results/$(date -u +%Y%m%dT%H%M%SZ)
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -20,11 +22,17 @@ while [ $# -gt 0 ]; do
     --only) ONLY=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
+    --bin) NODE_BIN=$(cd "$2" && pwd); shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
 BIN=$PWD/target/release
-cargo build --release --quiet -p counter -p counter-bench
+if [ -z "${NODE_BIN:-}" ]; then
+  cargo build --release --quiet -p counter -p counter-bench
+  NODE_BIN=$BIN
+else
+  cargo build --release --quiet -p counter-bench
+fi
 mkdir -p "$OUT/data"
 DATA=$(cd "$OUT/data" && pwd)
 ROUTER=127.0.0.1:7200
@@ -51,11 +59,11 @@ addr = "127.0.0.1:7203"
 TOML
 NODE_PIDS=()
 for id in 1 2 3; do
-  "$BIN/counter-node" --id "$id" --cluster "$DATA/cluster.toml" --data-dir "$DATA/node-$id" \
+  "$NODE_BIN/counter-node" --id "$id" --cluster "$DATA/cluster.toml" --data-dir "$DATA/node-$id" \
     >>"$DATA/node-$id.log" 2>&1 &
   PIDS+=($!); NODE_PIDS+=($!)
 done
-"$BIN/counter-router" --cluster "$DATA/cluster.toml" --listen "$ROUTER" >>"$DATA/router.log" 2>&1 &
+"$NODE_BIN/counter-router" --cluster "$DATA/cluster.toml" --listen "$ROUTER" >>"$DATA/router.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 100); do "$BIN/counter-cli" --router "$ROUTER" get ready >/dev/null 2>&1 && break; sleep 0.1; done
 

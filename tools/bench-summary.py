@@ -1,0 +1,39 @@
+#!/usr/bin/env python3
+"""Summaries of counter-bench --json reports (used by tools/bench-suite.sh).
+
+    tools/bench-summary.py REPORT.json          one line: throughput, latency, counts, verify
+    tools/bench-summary.py --medians DIR        per workload (W1-run1.json, W1-run2.json, ...):
+                                                the median run by throughput, as a table row
+"""
+import glob, json, os, re, statistics, sys
+
+
+def line(r):
+    lat, c, v = r["latency_ms"], r["counts"], r.get("verify")
+    verify = "not verified" if v is None else (
+        f"verify ok ({v['keys']} keys)" if v["failed"] == 0 else f"VERIFY FAILED ({v['failed']} keys)")
+    return (f"{r['throughput']['ops_per_s']:.0f} ops/s, p50 {lat['p50']:.3f} ms, p90 {lat['p90']:.3f}, "
+            f"p99 {lat['p99']:.3f}, p99.9 {lat['p999']:.3f}, max {lat['max']:.3f} | ok {c['ok']}, "
+            f"failed {r['failed']}, unknown {c['unknown']}, retries {r['retries']} | {verify}")
+
+
+if len(sys.argv) == 3 and sys.argv[1] == "--medians":
+    runs = {}
+    for path in sorted(glob.glob(os.path.join(sys.argv[2], "W*-run*.json"))):
+        w = re.match(r"(W\d+)-run", os.path.basename(path)).group(1)
+        with open(path) as f:
+            runs.setdefault(w, []).append(json.load(f))
+    print("| workload | runs | ops/s (median) | p50 ms | p99 ms | max ms | unknown | verify |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for w, rs in sorted(runs.items()):
+        rs.sort(key=lambda r: r["throughput"]["ops_per_s"])
+        m = rs[len(rs) // 2]
+        tput = statistics.median(r["throughput"]["ops_per_s"] for r in rs)
+        ok = all(r.get("verify") and r["verify"]["failed"] == 0 for r in rs)
+        print(f"| {w} | {len(rs)} | {tput:.0f} | {m['latency_ms']['p50']:.3f} | {m['latency_ms']['p99']:.3f} | "
+              f"{m['latency_ms']['max']:.3f} | {sum(r['counts']['unknown'] for r in rs)} | {'ok' if ok else 'FAILED'} |")
+elif len(sys.argv) == 2:
+    with open(sys.argv[1]) as f:
+        print(line(json.load(f)))
+else:
+    sys.exit(__doc__)
