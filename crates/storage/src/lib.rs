@@ -16,6 +16,15 @@
 //! sync, later requests on the same key see it (an in-memory overlay of pending changes), and
 //! because batches are synced in order, their replies cannot overtake it.
 //!
+//! # Caching
+//!
+//! The last synced state of recently used keys is kept in memory (at most [`CACHED_KEYS`]
+//! keys), so that a Prepare or an Accept does not search RocksDB's memtable, where every change
+//! of a hot key is another version. The cache only ever holds durable states: the committer
+//! moves a state into it after the state's batch was synced and before the reply is released,
+//! under the same lock that orders changes of the key; a key read from RocksDB is cached only
+//! while no change of it is pending.
+//!
 //! A failed synced write stops the process (exit status 70): after a failed fsync the page
 //! cache may hold data the disk does not, and only a restart from the durable state is safe.
 
@@ -34,6 +43,8 @@ const META_CF: &str = "meta";
 const META_SHARDS: &[u8] = b"shards";
 const META_FORMAT: &[u8] = b"format";
 const META_EPOCH: &[u8] = b"epoch";
+/// Most keys whose synced state is kept in memory.
+pub const CACHED_KEYS: usize = 500_000;
 /// Most changes gathered into one synced batch.
 const MAX_BATCH: usize = 4096;
 
@@ -94,6 +105,8 @@ pub struct Store {
     epoch: u32,
     /// Changes written to the batch queue and not yet synced, keyed by (shard, key).
     pending: Arc<DashMap<(ShardId, Vec<u8>), Pending>>,
+    /// Synced states of recently used keys (see "Caching").
+    synced: Arc<DashMap<(ShardId, Vec<u8>), AcceptorState>>,
     next_gen: AtomicU64,
     /// The committer's queue; `None` once the store is being dropped.
     tx: Option<mpsc::Sender<WriteReq>>,
@@ -195,11 +208,13 @@ impl Store {
         // Column family names, built once: looking a handle up must not format a string per op.
         let cf_names: Arc<[String]> = (0..shards).map(shard_cf).collect();
         let pending = Arc::new(DashMap::new());
+        let synced = Arc::new(DashMap::new());
         let (tx, rx) = mpsc::channel();
         let committer = Committer {
             db: db.clone(),
             cf_names: cf_names.clone(),
             pending: pending.clone(),
+            synced: synced.clone(),
             rx,
         };
         let committer = std::thread::Builder::new()
@@ -213,6 +228,7 @@ impl Store {
             shards,
             epoch,
             pending,
+            synced,
             next_gen: AtomicU64::new(1),
             tx: Some(tx),
             committer: Some(committer),
@@ -234,6 +250,9 @@ impl Store {
         if let Some(p) = self.pending.get(&k) {
             return Ok(p.state.clone());
         }
+        if let Some(s) = self.synced.get(&k) {
+            return Ok(s.clone());
+        }
         self.load(shard, key.as_bytes())
     }
 
@@ -251,8 +270,12 @@ impl Store {
         if shard >= self.shards {
             return Err(StorageError::NoSuchShard(shard));
         }
-        let state = self.load(shard, key.as_bytes())?;
-        Ok(state.accepted.map(|(b, r)| (b, r.value)))
+        let k = (shard, key.as_bytes().to_vec());
+        let accepted = |s: &AcceptorState| s.accepted.as_ref().map(|(b, r)| (*b, r.value));
+        if let Some(s) = self.synced.get(&k) {
+            return Ok(accepted(&s));
+        }
+        Ok(accepted(&self.load(shard, key.as_bytes())?))
     }
 
     /// The durable acceptor state of a key (what a restart would see).
@@ -309,7 +332,18 @@ impl Store {
             let entry = self.pending.entry((shard, key.as_bytes().to_vec()));
             let current = match &entry {
                 dashmap::Entry::Occupied(e) => e.get().state.clone(),
-                dashmap::Entry::Vacant(_) => self.load(shard, key.as_bytes())?,
+                dashmap::Entry::Vacant(v) => match self.synced.get(v.key()) {
+                    Some(s) => s.clone(),
+                    None => {
+                        // Nothing of this key is pending (we hold its entry), so RocksDB has
+                        // its latest synced state: safe to cache.
+                        let state = self.load(shard, key.as_bytes())?;
+                        if self.synced.len() < CACHED_KEYS {
+                            self.synced.insert(v.key().clone(), state.clone());
+                        }
+                        state
+                    }
+                },
             };
             let (next, reply) = rule(&current);
             let Some(state) = next else {
@@ -340,11 +374,38 @@ impl Store {
     }
 }
 
+impl Committer {
+    /// The change `gen` of `key` is synced: if it is the key's latest, it leaves the pending
+    /// overlay for the cache of synced states; if a newer one is pending, the cached state (if
+    /// any) is now behind the disk and is dropped. Both under the key's pending-entry lock.
+    fn settle(&self, key: (ShardId, Vec<u8>), gen: u64) {
+        match self.pending.entry(key) {
+            dashmap::Entry::Occupied(e) if e.get().gen == gen => {
+                // Cached before the pending entry goes: in between, a change of the key would
+                // find neither and could start from an older cached state.
+                if self.synced.len() < CACHED_KEYS || self.synced.contains_key(e.key()) {
+                    self.synced.insert(e.key().clone(), e.get().state.clone());
+                } else {
+                    self.synced.remove(e.key());
+                }
+                e.remove();
+            }
+            dashmap::Entry::Occupied(e) => {
+                self.synced.remove(e.key());
+            }
+            dashmap::Entry::Vacant(v) => {
+                self.synced.remove(v.key());
+            }
+        }
+    }
+}
+
 /// The group-commit loop: one synced WriteBatch per round of waiting changes.
 struct Committer {
     db: Arc<DB>,
     cf_names: Arc<[String]>,
     pending: Arc<DashMap<(ShardId, Vec<u8>), Pending>>,
+    synced: Arc<DashMap<(ShardId, Vec<u8>), AcceptorState>>,
     rx: mpsc::Receiver<WriteReq>,
 }
 
@@ -385,8 +446,7 @@ impl Committer {
                 std::process::exit(70);
             }
             for r in reqs.drain(..) {
-                self.pending
-                    .remove_if(&(r.shard, r.key), |_, p| p.gen == r.gen);
+                self.settle((r.shard, r.key), r.gen);
                 let _ = r.done.send(Ok(()));
             }
         }
@@ -493,5 +553,45 @@ mod tests {
         }
         // Whatever the interleaving, the highest ballot is the promise that stuck.
         assert_eq!(store.peek(0, "hot").unwrap().promised, b(50, 1));
+    }
+
+    /// The cache of synced states must agree with the disk, whatever the interleaving of
+    /// changes of one key with the syncs of earlier ones.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_cache_of_synced_states_agrees_with_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), 2).unwrap());
+        let keys = ["a", "b", "c"];
+        let mut tasks = Vec::new();
+        for round in 1..=300u64 {
+            let store = store.clone();
+            let key = keys[round as usize % keys.len()];
+            tasks.push(tokio::spawn(async move {
+                let ballot = b(round, 1);
+                store.prepare(1, key, ballot).await.unwrap();
+                store
+                    .accept(1, key, ballot, Register::new(round as i64, round), None)
+                    .await
+                    .unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let cached: Vec<_> = keys
+            .iter()
+            .map(|k| (store.peek(1, k).unwrap(), store.read_durable(1, k).unwrap()))
+            .collect();
+        drop(tasks_done(store));
+        let reopened = Store::open(dir.path(), 2).unwrap();
+        for (k, (state, durable)) in keys.iter().zip(cached) {
+            let disk = reopened.peek(1, k).unwrap();
+            assert_eq!(state, disk, "key {k}");
+            assert_eq!(durable, disk.accepted.map(|(b, r)| (b, r.value)), "key {k}");
+        }
+    }
+
+    fn tasks_done(store: Arc<Store>) -> Store {
+        Arc::try_unwrap(store).unwrap_or_else(|_| panic!("no task holds the store"))
     }
 }
