@@ -132,7 +132,7 @@ impl Store {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         // One WAL for all shards; bound the memtables of many column families together.
-        opts.set_db_write_buffer_size(256 << 20);
+        opts.set_db_write_buffer_size(64 << 20);
         let existing = DB::list_cf(&opts, dir).ok();
         let names: Vec<String> = match &existing {
             Some(cfs) => cfs.clone(),
@@ -142,7 +142,7 @@ impl Store {
         };
         let descriptors = names.iter().map(|name| {
             let mut cf = Options::default();
-            cf.set_write_buffer_size(16 << 20);
+            cf.set_write_buffer_size(4 << 20);
             ColumnFamilyDescriptor::new(name, cf)
         });
         let db = DB::open_cf_descriptors(&opts, dir, descriptors)?;
