@@ -51,7 +51,8 @@ pub struct Coordinator {
     /// What registers keep of their clients' requests.
     limits: Limits,
     /// Keys whose next round is prepared: the round before had a majority promise its ballot
-    /// (`counter-core`'s [`Warm`]). Volatile; at most [`WARM_KEYS`] keys.
+    /// (`counter-core`'s [`Warm`]). Volatile; at most [`WARM_KEYS`] keys (when full, an
+    /// arbitrary one makes room: a key that loses its entry takes two round trips once).
     warm: DashMap<String, Warm>,
     /// Keys with a leader running, and the operations queued behind it.
     queues: DashMap<String, Vec<Waiter>>,
@@ -280,9 +281,8 @@ impl Coordinator {
                 }
                 Action::Done(results) => {
                     if let Some(w) = decider.warm() {
-                        if self.warm.len() < WARM_KEYS {
-                            self.warm.insert(key.to_string(), w);
-                        }
+                        counter_storage::make_room(&self.warm, WARM_KEYS);
+                        self.warm.insert(key.to_string(), w);
                     }
                     return Ok(results);
                 }

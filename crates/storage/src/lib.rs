@@ -19,7 +19,7 @@
 //! # Caching
 //!
 //! The last synced state of recently used keys is kept in memory (at most [`CACHED_KEYS`]
-//! keys), so that a Prepare or an Accept does not search RocksDB's memtable, where every change
+//! keys; when full, an arbitrary one makes room), so that a Prepare or an Accept does not search RocksDB's memtable, where every change
 //! of a hot key is another version. The cache only ever holds durable states: the committer
 //! moves a state into it after the state's batch was synced and before the reply is released,
 //! under the same lock that orders changes of the key; a key read from RocksDB is cached only
@@ -45,6 +45,18 @@ const META_FORMAT: &[u8] = b"format";
 const META_EPOCH: &[u8] = b"epoch";
 /// Most keys whose synced state is kept in memory.
 pub const CACHED_KEYS: usize = 500_000;
+
+/// Makes room for one more entry in a map bounded to `cap` entries by dropping an arbitrary
+/// one (the first in iteration order, spread by the hash) when it is full. Callers must hold
+/// no guard of `map`.
+pub fn make_room<K: Eq + std::hash::Hash + Clone, V>(map: &DashMap<K, V>, cap: usize) {
+    if map.len() >= cap {
+        let victim = map.iter().next().map(|e| e.key().clone());
+        if let Some(k) = victim {
+            map.remove(&k);
+        }
+    }
+}
 /// Most changes gathered into one synced batch.
 const MAX_BATCH: usize = 4096;
 
@@ -338,9 +350,8 @@ impl Store {
                         // Nothing of this key is pending (we hold its entry), so RocksDB has
                         // its latest synced state: safe to cache.
                         let state = self.load(shard, key.as_bytes())?;
-                        if self.synced.len() < CACHED_KEYS {
-                            self.synced.insert(v.key().clone(), state.clone());
-                        }
+                        make_room(&self.synced, CACHED_KEYS);
+                        self.synced.insert(v.key().clone(), state.clone());
                         state
                     }
                 },
@@ -383,11 +394,10 @@ impl Committer {
             dashmap::Entry::Occupied(e) if e.get().gen == gen => {
                 // Cached before the pending entry goes: in between, a change of the key would
                 // find neither and could start from an older cached state.
-                if self.synced.len() < CACHED_KEYS || self.synced.contains_key(e.key()) {
-                    self.synced.insert(e.key().clone(), e.get().state.clone());
-                } else {
-                    self.synced.remove(e.key());
+                if !self.synced.contains_key(e.key()) {
+                    make_room(&self.synced, CACHED_KEYS);
                 }
+                self.synced.insert(e.key().clone(), e.get().state.clone());
                 e.remove();
             }
             dashmap::Entry::Occupied(e) => {
@@ -593,5 +603,16 @@ mod tests {
 
     fn tasks_done(store: Arc<Store>) -> Store {
         Arc::try_unwrap(store).unwrap_or_else(|_| panic!("no task holds the store"))
+    }
+
+    #[test]
+    fn a_full_map_makes_room_and_stays_bounded() {
+        let map = DashMap::new();
+        for k in 0..100u32 {
+            make_room(&map, 10);
+            map.insert(k, k);
+            assert!(map.len() <= 10);
+        }
+        assert!(map.contains_key(&99), "the newest entry is kept");
     }
 }
