@@ -39,8 +39,8 @@ PY
 }
 
 sim_bug() {
-  local name=$1 mutation=$2
-  if cargo run -q --release -p counter-sim -- --hostile --seeds 400 --nodes 3 --mutation "$mutation" >/tmp/plant-bug.log 2>&1; then
+  local name=$1 mutation=$2; shift 2
+  if cargo run -q --release -p counter-sim -- --hostile --seeds 400 --nodes 3 --mutation "$mutation" "$@" >/tmp/plant-bug.log 2>&1; then
     report "$name" "simulation (counter-sim)" "MISSED"; failed=1
   else
     report "$name" "simulation (counter-sim)" "caught ($(grep -o 'seed [0-9]*' /tmp/plant-bug.log | head -1))"
@@ -54,10 +54,10 @@ source_bug "accept does not check the promise" crates/core/src/acceptor.rs \
   "if ballot >= self.highest() {" "if ballot >= Ballot::ZERO {" \
   "simulation (counter-sim)" cargo run -q --release -p counter-sim -- --seeds 300
 source_bug "proposer takes a register not the highest-ballot" crates/core/src/proposer.rs \
-  "self.best.is_none_or(|(best, _)| b > best)" "self.best.is_none_or(|(best, _)| b < best)" \
+  "self.best.as_ref().is_none_or(|(best, _)| b > *best)" "self.best.as_ref().is_none_or(|(best, _)| b < *best)" \
   "core unit tests" cargo test -q -p counter-core
 source_bug "proposer takes a register not the highest-ballot" crates/core/src/proposer.rs \
-  "self.best.is_none_or(|(best, _)| b > best)" "self.best.is_none_or(|(best, _)| b < best)" \
+  "self.best.as_ref().is_none_or(|(best, _)| b > *best)" "self.best.as_ref().is_none_or(|(best, _)| b < *best)" \
   "simulation (counter-sim)" cargo run -q --release -p counter-sim -- --seeds 300
 source_bug "stale replies complete a quorum" crates/core/src/proposer.rs \
   "        ballot == self.ballot
@@ -66,4 +66,12 @@ source_bug "stale replies complete a quorum" crates/core/src/proposer.rs \
 sim_bug "promise not persisted before replying" promise-not-persisted
 sim_bug "read answered from one replica" read-one-replica
 sim_bug "retry after an ambiguous failure" retry-ambiguous
+sim_bug "quiet read answered on one replica's report" quiet-read-any-reply
+sim_bug "retries without deduplication" forget-request-ids --request-ids
+source_bug "a forgotten client's old request applied again" crates/core/src/change.rs \
+  "Err(_) if request.seq <= reg.horizon" "Err(_) if request.seq < reg.horizon" \
+  "core unit tests" cargo test -q -p counter-core
+source_bug "a replayed request applied again" crates/core/src/change.rs \
+  "Ok(i) if request.seq == reg.clients[i].seq => return reg.clients[i].outcome," "" \
+  "core unit tests" cargo test -q -p counter-core
 exit $failed
