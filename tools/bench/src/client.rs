@@ -103,14 +103,9 @@ impl Client {
 
     /// A fresh request id: microseconds since the Unix epoch, strictly increasing.
     fn next_request(&mut self) -> RequestId {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
-        self.last_seq = now.max(self.last_seq + 1);
-        RequestId {
-            client: self.id,
-            seq: self.last_seq,
-        }
+        let id = RequestId::next(self.id, self.last_seq);
+        self.last_seq = id.seq;
+        id
     }
 
     /// Runs one op on key `index` within the op timeout; an unknown outcome of a command that

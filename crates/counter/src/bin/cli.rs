@@ -53,14 +53,9 @@ struct Client {
 impl Client {
     /// A fresh request id: microseconds since the Unix epoch, strictly increasing.
     fn next_request(&mut self) -> RequestId {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
-        self.last_seq = now.max(self.last_seq + 1);
-        RequestId {
-            client: self.client,
-            seq: self.last_seq,
-        }
+        let id = RequestId::next(self.client, self.last_seq);
+        self.last_seq = id.seq;
+        id
     }
 
     /// Runs one command, retrying an unknown outcome with the same request id (reads and
