@@ -398,9 +398,63 @@ pub fn validate_key(key: &str) -> Result<(), ClientError> {
     Ok(())
 }
 
+/// How the error for an expired request id starts (`invalid: request expired: ...`).
+pub const EXPIRED: &str = "request expired";
+
+impl ClientError {
+    /// A request id refused as expired: not applied by this attempt, but an earlier attempt
+    /// with the same id may have been. A client that sent it before must report `unknown`.
+    pub fn is_expired(&self) -> bool {
+        self.kind == ErrorKind::Invalid && self.message.starts_with(EXPIRED)
+    }
+}
+
+/// Largest request sequence number a node takes, relative to its clock: a day ahead of
+/// microseconds since the Unix epoch. A sequence far ahead would, once its client's entry is
+/// dropped, raise a key's expiry horizon past every other client's requests.
+pub fn max_request_seq() -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    now.saturating_add(86_400 * 1_000_000)
+}
+
+/// Checks a register from the network: client entries strictly sorted by id, at most
+/// `max_clients` of them (the change rules rely on both).
+pub fn validate_register(register: &Register, max_clients: usize) -> Result<(), ClientError> {
+    if register.clients.len() > max_clients {
+        return Err(ClientError::invalid(format!(
+            "register with {} client entries (at most {max_clients})",
+            register.clients.len()
+        )));
+    }
+    if register
+        .clients
+        .windows(2)
+        .any(|w| w[0].client >= w[1].client)
+    {
+        return Err(ClientError::invalid(
+            "register client entries are not strictly sorted by client id",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a command's arguments: deltas are positive, bounds are ordered, reads have no
-/// conditions.
+/// conditions, request sequences are positive and not far ahead of this clock.
 pub fn validate_command(command: &Command) -> Result<(), ClientError> {
+    if let Some(id) = command.request {
+        if id.seq == 0 {
+            return Err(ClientError::invalid("request sequence numbers start at 1"));
+        }
+        if id.seq > max_request_seq() {
+            return Err(ClientError::invalid(format!(
+                "request sequence {} is more than a day ahead of this node's clock \
+                 (use microseconds since the Unix epoch)",
+                id.seq
+            )));
+        }
+    }
     match command.op {
         Op::Incr(0) | Op::Decr(0) => return Err(ClientError::invalid("delta must be positive")),
         Op::Get if command.min.is_some() || command.max.is_some() => {
@@ -533,5 +587,28 @@ mod tests {
             ..Command::default()
         };
         assert!(validate_command(&read).is_err());
+        let with_seq = |seq| Command {
+            op: Op::Incr(1),
+            request: Some(RequestId { client: 1, seq }),
+            ..Command::default()
+        };
+        assert!(validate_command(&with_seq(0)).is_err());
+        assert!(validate_command(&with_seq(u64::MAX)).is_err());
+        assert!(validate_command(&with_seq(1)).is_ok());
+        assert!(validate_command(&with_seq(RequestId::next(1, 0).seq)).is_ok());
+        let entry = |client| ClientEntry {
+            client,
+            seq: 1,
+            outcome: Outcome::Value(1),
+            at_ms: 0,
+        };
+        let reg = |clients| Register {
+            clients,
+            ..Register::default()
+        };
+        assert!(validate_register(&reg(vec![entry(1), entry(2)]), 2).is_ok());
+        assert!(validate_register(&reg(vec![entry(2), entry(1)]), 2).is_err());
+        assert!(validate_register(&reg(vec![entry(1), entry(1)]), 2).is_err());
+        assert!(validate_register(&reg(vec![entry(1), entry(2), entry(3)]), 2).is_err());
     }
 }

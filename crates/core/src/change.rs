@@ -180,8 +180,9 @@ fn expire(reg: &mut Register, keep: u64, ctx: &Ctx) {
             .enumerate()
             .filter(|(_, e)| e.client != keep)
             .min_by_key(|(_, e)| (e.at_ms, e.client))
-            .map(|(i, _)| i)
-            .expect("more than one entry, so one is not `keep`");
+            .map(|(i, _)| i);
+        // Only a malformed register (one client listed twice) has none to drop.
+        let Some(oldest) = oldest else { break };
         horizon = horizon.max(reg.clients.remove(oldest).seq);
     }
     reg.horizon = horizon;

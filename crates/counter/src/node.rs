@@ -1,9 +1,11 @@
 //! A storage node: acceptor of its shards, coordinator of the keys routed to it.
 
 use crate::coordinator::Coordinator;
+use counter_core::change::MAX_CLIENTS_LIMIT;
 use counter_core::AcceptorReply;
 use counter_proto::{
-    validate_command, validate_key, ClientError, Command, Msg, NodeId, Outcome, ShardId,
+    validate_command, validate_key, validate_register, ClientError, Command, Msg, NodeId, Outcome,
+    ShardId, EXPIRED,
 };
 use counter_router::forward::{msg_name, DEFAULT_TIMEOUT_MS};
 use counter_router::{Cluster, Placement};
@@ -107,6 +109,9 @@ impl Node {
                 if let Some(refusal) = self.check_acceptor(shard, &key) {
                     return refusal;
                 }
+                if let Err(e) = validate_register(&register, MAX_CLIENTS_LIMIT) {
+                    return Msg::Error(e);
+                }
                 to_msg(self.store.accept(shard, &key, ballot, register, next).await)
             }
             other => Msg::Error(ClientError::invalid(format!(
@@ -147,8 +152,9 @@ pub fn outcome_msg(outcome: Outcome, cmd: &Command) -> Msg {
             "above-max: the result {would} would be above the maximum {max}; the value stays {value}"
         )),
         Outcome::Expired => ClientError::invalid(format!(
-            "request expired: request {} is older than what this key remembers of its client; \
-             it may have been applied and is never applied again",
+            "{EXPIRED}: request {} is older than what this key remembers of its client; \
+             it was not applied now, an earlier attempt may have been, and it is never \
+             applied again",
             cmd.request.unwrap_or_default()
         )),
     };

@@ -117,6 +117,14 @@ impl Router {
                         tracing::info!(node, error = %e, "coordinator answered unknown; retrying the request");
                         unknown = Some(e);
                     }
+                    // "Expired" after an attempt that may have been applied: it may have been,
+                    // and it never will be again; retrying cannot tell more.
+                    Ok(Msg::Error(e)) if e.is_expired() && unknown.is_some() => {
+                        return Err(ClientError::unknown(format!(
+                            "an earlier attempt may have been applied; the last one: {}",
+                            e.message
+                        )));
+                    }
                     // "Not applied" speaks for this attempt only: an earlier one may have been.
                     Ok(Msg::Error(e)) if e.kind == ErrorKind::Unavailable && unknown.is_some() => {
                         tracing::debug!(node, error = %e, "retry not applied; retrying again");

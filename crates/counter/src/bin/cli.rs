@@ -48,6 +48,8 @@ struct Client {
     /// This process's client id, and the last sequence number it used.
     client: u64,
     last_seq: u64,
+    /// The request id came from --request-id: an earlier process may have sent it.
+    given_id: bool,
 }
 
 impl Client {
@@ -68,14 +70,21 @@ impl Client {
             attempt += 1;
             let left = deadline.saturating_duration_since(Instant::now());
             let mut result = self.send(&cmd, left).await;
-            if attempt > 1 {
-                // "Not applied" speaks for this attempt only: an earlier one may have been.
-                if let Err(e) = &mut result {
-                    if e.kind == ErrorKind::Unavailable {
-                        e.kind = ErrorKind::Unknown;
-                        e.message =
-                            format!("an earlier attempt may have been applied; {}", e.message);
-                    }
+            if let Err(e) = &mut result {
+                // "Not applied" speaks for this attempt only: an earlier one (ours, or another
+                // process's with the same --request-id) may have been.
+                let unavailable =
+                    e.kind == ErrorKind::Unavailable && (attempt > 1 || self.given_id);
+                // "Expired" after our own earlier attempt: that one may have been applied.
+                // (With --request-id on a first attempt it stays `invalid: request expired`,
+                // whose message says so.)
+                let expired = e.is_expired() && attempt > 1;
+                if unavailable || expired {
+                    e.kind = ErrorKind::Unknown;
+                    e.message = format!("an earlier attempt may have been applied; {}", e.message);
+                }
+                if expired {
+                    return result;
                 }
             }
             match result {
@@ -155,6 +164,7 @@ async fn main() -> ExitCode {
         timeout: Duration::from_millis(u64::from(args.timeout_ms)),
         client: rand::thread_rng().gen(),
         last_seq: 0,
+        given_id: args.request_id.is_some(),
     };
     let given = match args.request_id.as_deref().map(command::parse_request_id) {
         Some(Err(e)) => {
