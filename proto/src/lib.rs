@@ -407,6 +407,18 @@ impl ClientError {
     pub fn is_expired(&self) -> bool {
         self.kind == ErrorKind::Invalid && self.message.starts_with(EXPIRED)
     }
+
+    /// How this answer reads when an earlier attempt of the same request may have been
+    /// applied: `unavailable` and `request expired` speak for this attempt only, so they are
+    /// `unknown` (for the router and the CLI, which retry). `None`: the answer stands.
+    pub fn after_earlier_attempt(&self) -> Option<ClientError> {
+        (self.kind == ErrorKind::Unavailable || self.is_expired()).then(|| {
+            ClientError::unknown(format!(
+                "an earlier attempt may have been applied; this one: {}: {}",
+                self.kind, self.message
+            ))
+        })
+    }
 }
 
 /// Largest request sequence number a node takes, relative to its clock: a day ahead of
@@ -564,6 +576,23 @@ mod tests {
         let a = RequestId::next(7, 0);
         let b = RequestId::next(7, a.seq);
         assert!(b.seq > a.seq && b.client == 7);
+    }
+
+    #[test]
+    fn not_applied_now_is_unknown_after_an_earlier_attempt() {
+        let expired = ClientError::invalid(format!("{EXPIRED}: request 1:2"));
+        assert!(expired.is_expired());
+        for e in [ClientError::unavailable("no quorum"), expired] {
+            assert_eq!(e.after_earlier_attempt().unwrap().kind, ErrorKind::Unknown);
+        }
+        assert_eq!(
+            ClientError::invalid("empty key").after_earlier_attempt(),
+            None
+        );
+        assert_eq!(
+            ClientError::rejected("below-min").after_earlier_attempt(),
+            None
+        );
     }
 
     #[test]

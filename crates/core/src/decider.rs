@@ -142,6 +142,14 @@ impl Decider {
         }
     }
 
+    /// [`Decider::warm`]'s two ballots, without copying the register.
+    pub fn prepared(&self) -> Option<(Ballot, Ballot)> {
+        match self.phase {
+            Phase::Finished => self.round.as_ref()?.prepared(),
+            _ => None,
+        }
+    }
+
     /// Phase 1 is done: what to send in phase 2 (or how the batch failed).
     fn propose(&mut self) -> Action {
         let round = self.round.as_mut().expect("proposing in a round");

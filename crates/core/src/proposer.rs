@@ -28,8 +28,10 @@ pub enum Step {
 enum Phase {
     Preparing,
     Promised,
-    Accepting(Register),
-    Chosen(Register),
+    /// Phase 2 with the register in `proposed`.
+    Accepting,
+    /// `proposed` is chosen.
+    Chosen,
     Preempted,
 }
 
@@ -92,14 +94,19 @@ impl Round {
     /// When the round is chosen and a majority also promised the ballot its Accepts asked for:
     /// the next round, prepared.
     pub fn warm(&self) -> Option<Warm> {
-        let Phase::Chosen(register) = &self.phase else {
-            return None;
-        };
-        let ballot = self.next.filter(|_| self.next_granted >= self.quorum())?;
+        let (ballot, at) = self.prepared()?;
         Some(Warm {
             ballot,
-            accepted: (self.ballot, register.clone()),
+            accepted: (at, self.chosen()?.clone()),
         })
+    }
+
+    /// [`Round::warm`] without copying the register: the prepared ballot, and this round's
+    /// (whose chosen register is the prior), for a driver that can read the register back.
+    pub fn prepared(&self) -> Option<(Ballot, Ballot)> {
+        self.chosen()?;
+        let ballot = self.next.filter(|_| self.next_granted >= self.quorum())?;
+        Some((ballot, self.ballot))
     }
 
     pub fn ballot(&self) -> Ballot {
@@ -130,8 +137,8 @@ impl Round {
 
     /// Whether the round has been decided.
     pub fn chosen(&self) -> Option<&Register> {
-        match &self.phase {
-            Phase::Chosen(r) => Some(r),
+        match self.phase {
+            Phase::Chosen => self.proposed.as_ref(),
             _ => None,
         }
     }
@@ -177,17 +184,14 @@ impl Round {
             Phase::Promised,
             "propose before a promise quorum"
         );
-        self.phase = Phase::Accepting(register.clone());
+        self.phase = Phase::Accepting;
         self.proposed = Some(register);
         self.next = next.filter(|&n| n > self.ballot);
     }
 
     /// Counts an acceptance from `from`; `next` is the ballot it promised along with it.
     pub fn on_accepted(&mut self, from: NodeId, ballot: Ballot, next: Option<Ballot>) -> Step {
-        let Phase::Accepting(register) = &self.phase else {
-            return Step::Pending;
-        };
-        if !self.counts(from, ballot) {
+        if self.phase != Phase::Accepting || !self.counts(from, ballot) {
             return Step::Pending;
         }
         self.granted.push(from);
@@ -195,8 +199,8 @@ impl Round {
             self.next_granted += 1;
         }
         if self.granted.len() >= self.quorum() {
-            let register = register.clone();
-            self.phase = Phase::Chosen(register.clone());
+            self.phase = Phase::Chosen;
+            let register = self.proposed.clone().expect("accepting means proposed");
             return Step::Chosen(register);
         }
         Step::Pending
@@ -204,7 +208,7 @@ impl Round {
 
     /// Counts a refusal: `from` has promised `promised`, above our ballot.
     pub fn on_reject(&mut self, from: NodeId, ballot: Ballot, promised: Ballot) -> Step {
-        if !matches!(self.phase, Phase::Preparing | Phase::Accepting(_)) {
+        if !matches!(self.phase, Phase::Preparing | Phase::Accepting) {
             return Step::Pending;
         }
         // A refusal that names our own ballot is the echo of a duplicated request we already

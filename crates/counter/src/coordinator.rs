@@ -50,10 +50,12 @@ pub struct Coordinator {
     addrs: Arc<std::collections::BTreeMap<NodeId, String>>,
     /// What registers keep of their clients' requests.
     limits: Limits,
-    /// Keys whose next round is prepared: the round before had a majority promise its ballot
-    /// (`counter-core`'s [`Warm`]). Volatile; at most [`WARM_KEYS`] keys (when full, an
-    /// arbitrary one makes room: a key that loses its entry takes two round trips once).
-    warm: DashMap<String, Warm>,
+    /// Keys whose next round is prepared: the ballot a majority promised, and the ballot of the
+    /// chosen register they reported (`counter-core`'s [`Warm`], without its register: that is
+    /// the one our own acceptor accepted under the second ballot, read back when used).
+    /// Volatile; at most [`WARM_KEYS`] keys (when full, an arbitrary one makes room: a key that
+    /// loses its entry takes two round trips once).
+    warm: DashMap<String, (Ballot, Ballot)>,
     /// Keys with a leader running, and the operations queued behind it.
     queues: DashMap<String, Vec<Waiter>>,
 }
@@ -206,28 +208,18 @@ impl Coordinator {
                 .ok();
             return Box::pin(std::future::ready((node, reply)));
         }
-        let addr = self.addrs.get(&node).cloned();
-        let pool = self.pool.clone();
-        let msg = Msg::Read {
-            shard,
-            key: key.to_string(),
-        };
+        let call = self.call_peer(
+            node,
+            Msg::Read {
+                shard,
+                key: key.to_string(),
+            },
+        );
         Box::pin(async move {
-            let Some(addr) = addr else {
-                return (node, None);
-            };
-            let reply = match pool.call(&addr, msg, PHASE_TIMEOUT).await {
-                Ok(Msg::ReadReply { accepted }) => Some(accepted),
-                Ok(other) => {
-                    tracing::warn!(node, reply = ?other, "unexpected reply to a read");
-                    None
-                }
-                Err(e) => {
-                    tracing::debug!(node, error = %e, "read call failed");
-                    None
-                }
-            };
-            (node, reply)
+            match call.await {
+                Some(Msg::ReadReply { accepted }) => (node, Some(accepted)),
+                other => unexpected(node, other),
+            }
         })
     }
 
@@ -245,16 +237,24 @@ impl Coordinator {
             now_ms: unix_ms(),
             limits: self.limits,
         };
-        // The previous round on the key may have prepared this one (one round trip).
-        let warm = self.warm.remove(key).map(|(_, w)| w);
-        let seen = match &warm {
-            Some(w) => w.ballot,
-            None => self
-                .store
-                .peek(shard, key)
-                .map_err(|e| ClientError::unavailable(format!("local acceptor: {e}")))?
-                .highest(),
-        };
+        let local = self
+            .store
+            .peek(shard, key)
+            .map_err(|e| ClientError::unavailable(format!("local acceptor: {e}")))?;
+        let seen = local.highest();
+        // The previous round on the key may have prepared this one (one round trip). Its
+        // register is what our acceptor accepted under that round's ballot (one register per
+        // ballot); if our acceptor has moved on since, the round is not used.
+        let warm = self
+            .warm
+            .remove(key)
+            .and_then(|(_, (ballot, at))| match local.accepted {
+                Some((b, register)) if b == at => Some(Warm {
+                    ballot,
+                    accepted: (b, register),
+                }),
+                _ => None,
+            });
         let mut decider = Decider::new(self.id, self.epoch, replicas, cmds, seen, ctx);
         let mut action = match warm {
             Some(w) => decider.start_warm(w),
@@ -280,9 +280,9 @@ impl Coordinator {
                     continue;
                 }
                 Action::Done(results) => {
-                    if let Some(w) = decider.warm() {
+                    if let Some(prepared) = decider.prepared() {
                         counter_storage::make_room(&self.warm, WARM_KEYS);
-                        self.warm.insert(key.to_string(), w);
+                        self.warm.insert(key.to_string(), prepared);
                     }
                     return Ok(results);
                 }
@@ -371,34 +371,45 @@ impl Coordinator {
     }
 
     fn remote(&self, node: NodeId, msg: Msg) -> ReplyFuture {
-        let addr = self.addrs.get(&node).cloned();
-        let pool = self.pool.clone();
+        let call = self.call_peer(node, msg);
         Box::pin(async move {
-            let Some(addr) = addr else {
-                return (node, None);
+            let reply = match call.await {
+                Some(Msg::Promise { ballot, accepted }) => {
+                    AcceptorReply::Promise { ballot, accepted }
+                }
+                Some(Msg::Accepted { ballot, next }) => AcceptorReply::Accepted { ballot, next },
+                Some(Msg::Reject { ballot, promised }) => {
+                    AcceptorReply::Reject { ballot, promised }
+                }
+                other => return unexpected(node, other),
             };
-            let reply = match pool.call(&addr, msg, PHASE_TIMEOUT).await {
-                Ok(Msg::Promise { ballot, accepted }) => {
-                    Some(AcceptorReply::Promise { ballot, accepted })
-                }
-                Ok(Msg::Accepted { ballot, next }) => {
-                    Some(AcceptorReply::Accepted { ballot, next })
-                }
-                Ok(Msg::Reject { ballot, promised }) => {
-                    Some(AcceptorReply::Reject { ballot, promised })
-                }
-                Ok(other) => {
-                    tracing::warn!(node, reply = ?other, "unexpected reply from acceptor");
-                    None
-                }
-                Err(e) => {
-                    tracing::debug!(node, error = %e, "acceptor call failed");
-                    None
-                }
-            };
-            (node, reply)
+            (node, Some(reply))
         })
     }
+
+    /// Sends `msg` to a peer node: its reply, or `None` (logged) if there was none.
+    fn call_peer(
+        &self,
+        node: NodeId,
+        msg: Msg,
+    ) -> impl Future<Output = Option<Msg>> + Send + 'static {
+        let addr = self.addrs.get(&node).cloned();
+        let pool = self.pool.clone();
+        async move {
+            let reply = pool.call(&addr?, msg, PHASE_TIMEOUT).await;
+            reply
+                .map_err(|e| tracing::debug!(node, error = %e, "peer call failed"))
+                .ok()
+        }
+    }
+}
+
+/// No usable reply from a peer: a wrong kind of reply is logged.
+fn unexpected<T>(node: NodeId, reply: Option<Msg>) -> (NodeId, Option<T>) {
+    if let Some(reply) = reply {
+        tracing::warn!(node, ?reply, "unexpected reply from a peer");
+    }
+    (node, None)
 }
 
 /// The next useful reply, or `None` when every replica answered or the phase timed out.

@@ -117,21 +117,17 @@ impl Router {
                         tracing::info!(node, error = %e, "coordinator answered unknown; retrying the request");
                         unknown = Some(e);
                     }
-                    // "Expired" after an attempt that may have been applied: it may have been,
-                    // and it never will be again; retrying cannot tell more.
-                    Ok(Msg::Error(e)) if e.is_expired() && unknown.is_some() => {
-                        return Err(ClientError::unknown(format!(
-                            "an earlier attempt may have been applied; the last one: {}",
-                            e.message
-                        )));
-                    }
-                    // "Not applied" speaks for this attempt only: an earlier one may have been.
-                    Ok(Msg::Error(e)) if e.kind == ErrorKind::Unavailable && unknown.is_some() => {
+                    // "Not applied" or "expired" after an attempt that may have been applied. An
+                    // expired request never will be applied: retrying cannot tell more.
+                    Ok(Msg::Error(e))
+                        if unknown.is_some() && e.after_earlier_attempt().is_some() =>
+                    {
+                        let earlier = e.after_earlier_attempt();
+                        if e.is_expired() {
+                            return Err(earlier.expect("checked"));
+                        }
                         tracing::debug!(node, error = %e, "retry not applied; retrying again");
-                        unknown = Some(ClientError::unknown(format!(
-                            "an earlier attempt may have been applied; the last one: {}",
-                            e.message
-                        )));
+                        unknown = earlier;
                     }
                     Ok(reply) => {
                         self.down.remove(&node);

@@ -342,21 +342,22 @@ impl Store {
         let (reply, done) = {
             // The entry lock serialises read-modify-write on this key until the change is queued.
             let entry = self.pending.entry((shard, key.as_bytes().to_vec()));
-            let current = match &entry {
-                dashmap::Entry::Occupied(e) => e.get().state.clone(),
+            // The rule reads the current state in place (no copy of its register).
+            let (next, reply) = match &entry {
+                dashmap::Entry::Occupied(e) => rule(&e.get().state),
                 dashmap::Entry::Vacant(v) => match self.synced.get(v.key()) {
-                    Some(s) => s.clone(),
+                    Some(cached) => rule(&cached),
                     None => {
                         // Nothing of this key is pending (we hold its entry), so RocksDB has
                         // its latest synced state: safe to cache.
                         let state = self.load(shard, key.as_bytes())?;
+                        let decided = rule(&state);
                         make_room(&self.synced, CACHED_KEYS);
-                        self.synced.insert(v.key().clone(), state.clone());
-                        state
+                        self.synced.insert(v.key().clone(), state);
+                        decided
                     }
                 },
             };
-            let (next, reply) = rule(&current);
             let Some(state) = next else {
                 return Ok(reply);
             };
@@ -397,7 +398,10 @@ impl Committer {
                 if !self.synced.contains_key(e.key()) {
                     make_room(&self.synced, CACHED_KEYS);
                 }
-                self.synced.insert(e.key().clone(), e.get().state.clone());
+                // Moved, not copied: nobody sees the emptied pending entry, we hold its lock.
+                let mut e = e;
+                let state = std::mem::take(&mut e.get_mut().state);
+                self.synced.insert(e.key().clone(), state);
                 e.remove();
             }
             dashmap::Entry::Occupied(e) => {

@@ -70,21 +70,18 @@ impl Client {
             attempt += 1;
             let left = deadline.saturating_duration_since(Instant::now());
             let mut result = self.send(&cmd, left).await;
-            if let Err(e) = &mut result {
-                // "Not applied" speaks for this attempt only: an earlier one (ours, or another
-                // process's with the same --request-id) may have been.
-                let unavailable =
-                    e.kind == ErrorKind::Unavailable && (attempt > 1 || self.given_id);
-                // "Expired" after our own earlier attempt: that one may have been applied.
-                // (With --request-id on a first attempt it stays `invalid: request expired`,
-                // whose message says so.)
-                let expired = e.is_expired() && attempt > 1;
-                if unavailable || expired {
-                    e.kind = ErrorKind::Unknown;
-                    e.message = format!("an earlier attempt may have been applied; {}", e.message);
-                }
-                if expired {
-                    return result;
+            if let Err(e) = &result {
+                // An earlier attempt (ours, or another process's with the same --request-id)
+                // may have been applied. With --request-id on a first attempt, "request
+                // expired" stays `invalid` (its message says so); an expired request never
+                // will be applied, so retrying cannot tell more.
+                let earlier = attempt > 1 || (self.given_id && !e.is_expired());
+                if let Some(unknown) = e.after_earlier_attempt().filter(|_| earlier) {
+                    let last = e.is_expired();
+                    result = Err(unknown);
+                    if last {
+                        return result;
+                    }
                 }
             }
             match result {
