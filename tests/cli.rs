@@ -241,10 +241,11 @@ fn bounds_cas_set_and_request_ids() {
         c.cli(&["--request-id", "77:1001", "incr", "paid", "5"]).1,
         "10"
     );
-    // Older than the one the key remembers for client 77: refused, never applied.
+    // Older than the one the key remembers for client 77: refused, never applied; its own
+    // kind (exit 6), since an earlier attempt may have applied it.
     let (code, _, err) = once(&["incr", "paid", "5"]);
-    assert_eq!(code, 2);
-    assert!(err.contains("request expired"), "{err}");
+    assert_eq!(code, 6);
+    assert!(err.starts_with("counter-cli: expired: "), "{err}");
     assert_eq!(c.cli(&["get", "paid"]).1, "10");
     for bad in ["77", "x:1", "1:", "-1:2"] {
         let (code, _, err) = c.cli(&["--request-id", bad, "incr", "paid"]);

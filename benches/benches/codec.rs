@@ -35,7 +35,8 @@ fn frames() -> Vec<(&'static str, Frame)> {
                         op: Op::Incr(1),
                         request: Some(RequestId {
                             client: 0xdead_beef,
-                            seq: 1_764_000_000_000_000,
+                            seq: 17,
+                            expires_ms: 1_764_000_000_000,
                         }),
                         ..Command::default()
                     },

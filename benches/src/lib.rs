@@ -11,12 +11,14 @@ pub fn register_with_clients(clients: u64) -> Register {
         clients: (0..clients)
             .map(|c| ClientEntry {
                 client: c * 7_919,
-                seq: 1_700_000_000_000_000 + c,
+                seq: 1 + c,
                 outcome: Outcome::Value(999_000 + c as i64),
-                at_ms: 1_700_000_000_000,
+                expires_ms: 1_700_000_000_000 + c,
+                sessionless: false,
             })
             .collect(),
         horizon: 0,
+        floor: 0,
     }
 }
 
@@ -27,7 +29,8 @@ pub fn increments(n: u64, ids: bool) -> Vec<Command> {
             op: Op::Incr(1),
             request: ids.then_some(RequestId {
                 client: c * 7_919 + 1,
-                seq: 1_800_000_000_000_000 + c,
+                seq: 2,
+                expires_ms: 1_800_000_000_000 + c,
             }),
             ..Command::default()
         })

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Version of the wire protocol. Bumped on any incompatible change of [`Msg`].
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Largest frame body accepted or produced, in bytes. A frame is at most one key (1 KiB), a
 /// register and a little framing; 64 KiB leaves room while bounding what a peer can make us buffer.
@@ -63,10 +63,10 @@ impl fmt::Display for Ballot {
 
 /// The replicated register of one key. Every round rewrites it whole.
 ///
-/// Besides the counter it carries what makes retries safe: per client id, the highest request
-/// sequence applied and its outcome ([`ClientEntry`]), and the `horizon` below which requests
-/// of clients no longer listed are refused as expired (`counter-core`'s `change` module has the
-/// rules and the size bound).
+/// Besides the counter it carries what makes retries safe: per client session, the highest
+/// request sequence applied and its outcome ([`ClientEntry`]), and the `floor` and `horizon`
+/// below which requests of sessions no longer listed are refused as expired (`counter-core`'s
+/// `change` module has the rules and the size bound).
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Register {
     /// The counter's value.
@@ -76,9 +76,13 @@ pub struct Register {
     pub version: u64,
     /// Recent clients' last applied request, sorted by client id, at most the configured bound.
     pub clients: Vec<ClientEntry>,
-    /// Highest sequence number of any entry dropped from `clients`: a request of a client not
-    /// listed with a sequence at or below it may have been applied already.
+    /// Highest sequence number of any dropped entry of a request id without a session
+    /// (`expires_ms == 0`, `--request-id CLIENT:SEQ`): such a request of a client not listed
+    /// with a sequence at or below it may have been applied already.
     pub horizon: u64,
+    /// Latest session expiry (`RequestId::expires_ms`) of any dropped session entry: a request
+    /// of a session not listed that expires at or before it may have been applied already.
+    pub floor: u64,
 }
 
 impl Register {
@@ -92,16 +96,25 @@ impl Register {
     }
 }
 
-/// Identifies one mutating request of one client: retries carry the same id.
+/// Identifies one mutating request of one client session: retries carry the same id.
+///
+/// A session is `(client, expires_ms)`: `client` random (64 bits) for each session, and
+/// `expires_ms` the end of the session's life by a server's clock, handed out by a router or
+/// node ([`Msg::OpenSession`]) so that the client's own clock never matters. A session sends
+/// one request at a time, numbered 1, 2, 3, ... (`seq`), and no new request after it expired.
+/// `expires_ms == 0` is a request id without a session (`--request-id CLIENT:SEQ`): its `seq`
+/// must be time-like (microseconds since the Unix epoch).
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 pub struct RequestId {
-    /// Chosen by the client, random for each client process unless given.
+    /// Random for each session (or given by `--request-id`).
     pub client: u64,
-    /// Increases with every new request of the client. Microseconds since the Unix epoch (what
-    /// `counter-cli` uses) keep it above every key's expiry horizon.
+    /// Increases with every new request of the session (or client, without a session).
     pub seq: u64,
+    /// When the session ends, in milliseconds since the Unix epoch by the clock of the server
+    /// that opened it; 0: no session.
+    pub expires_ms: u64,
 }
 
 impl RequestId {
@@ -114,25 +127,37 @@ impl RequestId {
         RequestId {
             client,
             seq: now.max(last.saturating_add(1)),
+            expires_ms: 0,
         }
     }
 }
 
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.client, self.seq)
+        match self.expires_ms {
+            0 => write!(f, "{}:{}", self.client, self.seq),
+            e => write!(
+                f,
+                "{}:{} (session expiring at {e} ms)",
+                self.client, self.seq
+            ),
+        }
     }
 }
 
-/// A client's last applied request on one key, kept in the [`Register`].
+/// A client session's last applied request on one key, kept in the [`Register`].
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ClientEntry {
     pub client: u64,
     pub seq: u64,
     /// What the request was answered: a replay gets it again.
     pub outcome: Outcome,
-    /// Coordinator's clock (ms since the Unix epoch) when it was applied: idle entries expire.
-    pub at_ms: u64,
+    /// When the entry may be dropped (ms since the Unix epoch): the session's expiry, or for a
+    /// request id without a session, the applying coordinator's clock plus the idle bound.
+    pub expires_ms: u64,
+    /// The request id had no session (`expires_ms == 0` in the request): dropping the entry
+    /// raises the register's `horizon` instead of its `floor`.
+    pub sessionless: bool,
 }
 
 /// What one command yielded. Kept in the register for replays, so it is part of the wire and
@@ -149,8 +174,9 @@ pub enum Outcome {
     BelowMin { value: i64, would: i64, min: i64 },
     /// Refused, nothing changed: the result `would` be above `max`.
     AboveMax { value: i64, would: i64, max: i64 },
-    /// Refused, nothing changed: the request is older than what the register remembers of its
-    /// client, so it may have been applied; it is never applied again. Never stored.
+    /// Not applied by this attempt and never will be: the request is older than what the
+    /// register remembers of its session, or its session expired; an earlier attempt may have
+    /// applied it, so its outcome is unknown. Never stored.
     Expired,
 }
 
@@ -214,6 +240,11 @@ pub enum ErrorKind {
     Unknown,
     /// Refused by a condition of the command (a bound): nothing changed.
     Rejected,
+    /// The request's session expired (or the request is older than what its key remembers):
+    /// not applied by this attempt and never will be, but an earlier attempt may have been, so
+    /// its outcome, and that of every unanswered earlier request of the session, is unknown.
+    /// Open a new session for new requests.
+    Expired,
 }
 
 impl ErrorKind {
@@ -223,6 +254,7 @@ impl ErrorKind {
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Unknown => "unknown",
             ErrorKind::Rejected => "rejected",
+            ErrorKind::Expired => "expired",
         }
     }
 }
@@ -258,6 +290,9 @@ impl ClientError {
     }
     pub fn rejected(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Rejected, message)
+    }
+    pub fn expired(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Expired, message)
     }
 }
 
@@ -319,6 +354,16 @@ pub enum Msg {
     Read { shard: ShardId, key: String },
     /// Answer to `Read`: the durably accepted ballot and value, if any.
     ReadReply { accepted: Option<(Ballot, i64)> },
+    /// Client to router or node: start a session of at most `lifetime_ms` (capped by the
+    /// cluster's `dedup_idle_secs`).
+    OpenSession { lifetime_ms: u64 },
+    /// Answer to `OpenSession`: when the session ends, by the server's clock (ms since the Unix
+    /// epoch), and how long after receiving this the client stops sending new requests in it
+    /// (by its own monotonic clock: the client's wall clock never matters).
+    Session {
+        expires_ms: u64,
+        renew_after_ms: u64,
+    },
 }
 
 /// One message with the id that pairs a reply with its request (0 for connection-level errors).
@@ -398,27 +443,27 @@ pub fn validate_key(key: &str) -> Result<(), ClientError> {
     Ok(())
 }
 
-/// How the error for an expired request id starts (`invalid: request expired: ...`).
-pub const EXPIRED: &str = "request expired";
-
 impl ClientError {
-    /// A request id refused as expired: not applied by this attempt, but an earlier attempt
-    /// with the same id may have been. A client that sent it before must report `unknown`.
-    pub fn is_expired(&self) -> bool {
-        self.kind == ErrorKind::Invalid && self.message.starts_with(EXPIRED)
-    }
-
     /// How this answer reads when an earlier attempt of the same request may have been
-    /// applied: `unavailable` and `request expired` speak for this attempt only, so they are
-    /// `unknown` (for the router and the CLI, which retry). `None`: the answer stands.
+    /// applied: `unavailable` speaks for this attempt only, so it is `unknown` (for the router
+    /// and the CLI, which retry). `None`: the answer stands (`expired` already says that the
+    /// outcome is unknown).
     pub fn after_earlier_attempt(&self) -> Option<ClientError> {
-        (self.kind == ErrorKind::Unavailable || self.is_expired()).then(|| {
+        (self.kind == ErrorKind::Unavailable).then(|| {
             ClientError::unknown(format!(
                 "an earlier attempt may have been applied; this one: {}: {}",
                 self.kind, self.message
             ))
         })
     }
+}
+
+/// Milliseconds since the Unix epoch by this machine's clock (0 if it is before the epoch):
+/// ends sessions and ages entries, never decides whether a request is applied twice.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Largest request sequence number a node takes, relative to its clock: a day ahead of
@@ -459,7 +504,7 @@ pub fn validate_command(command: &Command) -> Result<(), ClientError> {
         if id.seq == 0 {
             return Err(ClientError::invalid("request sequence numbers start at 1"));
         }
-        if id.seq > max_request_seq() {
+        if id.expires_ms == 0 && id.seq > max_request_seq() {
             return Err(ClientError::invalid(format!(
                 "request sequence {} is more than a day ahead of this node's clock \
                  (use microseconds since the Unix epoch)",
@@ -510,9 +555,11 @@ mod tests {
                             would: -1,
                             min: 0,
                         },
-                        at_ms: 1_700_000_000_000,
+                        expires_ms: 1_700_000_000_000,
+                        sessionless: false,
                     }],
                     horizon: 3,
+                    floor: 1_600_000_000_000,
                 },
                 next: Some(Ballot {
                     round: 4,
@@ -580,11 +627,17 @@ mod tests {
 
     #[test]
     fn not_applied_now_is_unknown_after_an_earlier_attempt() {
-        let expired = ClientError::invalid(format!("{EXPIRED}: request 1:2"));
-        assert!(expired.is_expired());
-        for e in [ClientError::unavailable("no quorum"), expired] {
-            assert_eq!(e.after_earlier_attempt().unwrap().kind, ErrorKind::Unknown);
-        }
+        assert_eq!(
+            ClientError::unavailable("no quorum")
+                .after_earlier_attempt()
+                .unwrap()
+                .kind,
+            ErrorKind::Unknown
+        );
+        assert_eq!(
+            ClientError::expired("session").after_earlier_attempt(),
+            None
+        );
         assert_eq!(
             ClientError::invalid("empty key").after_earlier_attempt(),
             None
@@ -618,7 +671,11 @@ mod tests {
         assert!(validate_command(&read).is_err());
         let with_seq = |seq| Command {
             op: Op::Incr(1),
-            request: Some(RequestId { client: 1, seq }),
+            request: Some(RequestId {
+                client: 1,
+                seq,
+                expires_ms: 0,
+            }),
             ..Command::default()
         };
         assert!(validate_command(&with_seq(0)).is_err());
@@ -629,7 +686,8 @@ mod tests {
             client,
             seq: 1,
             outcome: Outcome::Value(1),
-            at_ms: 0,
+            expires_ms: 0,
+            sessionless: false,
         };
         let reg = |clients| Register {
             clients,

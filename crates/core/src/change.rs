@@ -4,18 +4,35 @@
 //!
 //! - Overflow is refused, never wrapped; a bound (`min`, `max`) refuses a result outside it. A
 //!   refused command changes nothing but its client's entry (below).
-//! - **At most once.** A mutating command with a request id `(client, seq)` is looked up in the
-//!   register's client entries (at most one per client: its highest applied `seq`, and that
-//!   request's outcome):
+//! - **At most once.** A mutating command with a request id `(client, seq, expires_ms)` is
+//!   looked up in the register's client entries (at most one per client: its highest applied
+//!   `seq`, and that request's outcome):
 //!   - `seq` equal to the entry's: a replay; answered with the recorded outcome, nothing applied;
 //!   - `seq` below the entry's: [`Outcome::Expired`] (its outcome is no longer kept);
-//!   - no entry, and `seq <= horizon`: [`Outcome::Expired`] (the client's entry may have been
-//!     dropped after applying it);
-//!   - otherwise: applied, and the entry becomes `(client, seq, outcome, now)`.
-//! - **Bounded.** After a change, entries idle for longer than [`Limits::idle_ms`] are dropped,
-//!   then the least recently used ones until at most [`Limits::max_clients`] remain. Every drop
-//!   raises `horizon` to at least the dropped `seq`. So a request once applied either finds its
-//!   entry (replay or expired) or has `seq <= horizon` (expired): never applied twice.
+//!   - no entry, and the request's session ends at or before the register's `floor` (or, for a
+//!     request id without a session, `seq <= horizon`): [`Outcome::Expired`] (the client's
+//!     entry may have been dropped after applying it);
+//!   - the session has ended (`expires_ms <= now`): [`Outcome::Expired`] (a session takes no
+//!     new request after its end: this is what lets its entries go);
+//!   - otherwise: applied, and the entry becomes `(client, seq, outcome, expires_ms)`.
+//! - **Bounded.** After a batch that recorded a request, entries whose session ended
+//!   (`expires_ms <= now`) are dropped, then those ending first until at most
+//!   [`Limits::max_clients`] remain; the batch's own clients are never dropped (a batch holds
+//!   at most `max_clients` of them: [`batch_len`]). Every drop raises `floor` to the dropped
+//!   entry's expiry (and `horizon` to its `seq` for a request id without a session). So a
+//!   request once applied either finds its entry (replay or expired) or is refused by `floor`
+//!   (or `horizon`): never applied twice, **whatever the clocks say**: clocks only decide when
+//!   entries go, never whether a request is applied twice.
+//!
+//! # Why a live client is never refused
+//!
+//! A session's end is set by the server that opened it (its clock, plus at most
+//! [`Limits::idle_ms`]), never by the client's clock, and a client opens a new session well
+//! before its current one ends. Entries are dropped only when their session ended or when a key
+//! has more than `max_clients` sessions at once, and then the one ending first goes. So a
+//! request of a live session is refused only if the servers' clocks disagree by more than the
+//! margin the client keeps ([`Limits::skew_ms`]), or if more than `max_clients` sessions that
+//! end later wrote the key. Nothing compares one client's numbers with another's.
 //!
 //! A register's size is bounded by `max_clients` entries of at most [`MAX_ENTRY_BYTES`] each
 //! (checked in tests), so that a key plus its register always fits in one frame.
@@ -26,19 +43,27 @@ use counter_proto::{ClientEntry, Command, Op, Outcome, Register, MAX_FRAME_LEN, 
 /// a register of this many entries still fits in one frame.
 pub const MAX_CLIENTS_LIMIT: usize = 1024;
 
-/// Largest encoding of one [`ClientEntry`] (postcard varints: three u64 of at most 10 bytes, and
-/// the largest outcome: a tag and three i64).
-pub const MAX_ENTRY_BYTES: usize = 3 * 10 + 1 + 3 * 10;
+/// Largest encoding of one [`ClientEntry`] (postcard varints: three u64 of at most 10 bytes,
+/// the largest outcome: a tag and three i64, and a bool).
+pub const MAX_ENTRY_BYTES: usize = 3 * 10 + 1 + 3 * 10 + 1;
 
 const _: () = assert!(MAX_CLIENTS_LIMIT * MAX_ENTRY_BYTES + MAX_KEY_LEN + 256 <= MAX_FRAME_LEN);
+
+/// Default of [`Limits::skew_ms`]: how far apart the servers' clocks may be.
+pub const MAX_CLOCK_SKEW_MS: u64 = 60_000;
 
 /// How much of its clients' history a register keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Limits {
     /// Most client entries per key (1..=[`MAX_CLIENTS_LIMIT`]).
     pub max_clients: usize,
-    /// An entry not refreshed for this long is dropped at the key's next change.
+    /// Longest session life, and how long an entry of a request id without a session is kept
+    /// (the cluster file's `dedup_idle_secs`).
     pub idle_ms: u64,
+    /// How far apart the servers' clocks (nodes and routers) may be without refusing a live
+    /// client: a session may end at most this much after `now + idle_ms` by the clock of the
+    /// node that checks it, and clients open a new session twice this long before theirs ends.
+    pub skew_ms: u64,
 }
 
 impl Default for Limits {
@@ -46,6 +71,7 @@ impl Default for Limits {
         Limits {
             max_clients: 256,
             idle_ms: 3_600_000,
+            skew_ms: MAX_CLOCK_SKEW_MS,
         }
     }
 }
@@ -59,19 +85,85 @@ impl Limits {
                 self.max_clients
             ));
         }
-        if self.idle_ms == 0 {
-            return Err("dedup_idle_secs must be positive".into());
+        if self.skew_ms == 0 || self.idle_ms < 4 * self.skew_ms {
+            return Err(format!(
+                "dedup_idle_secs must be at least {} s: sessions last that long and are \
+                 renewed {} s before their end (twice the clock skew allowed)",
+                (4 * self.skew_ms).div_ceil(1000),
+                (2 * self.skew_ms).div_ceil(1000)
+            ));
         }
         Ok(())
+    }
+
+    /// The life of a session opened now that asked for `lifetime_ms` (0: the longest): at
+    /// least four times the clock skew allowed, at most `idle_ms`.
+    pub fn session_life(&self, lifetime_ms: u64) -> u64 {
+        let shortest = 4 * self.skew_ms;
+        match lifetime_ms {
+            0 => self.idle_ms,
+            l => l.clamp(shortest.min(self.idle_ms), self.idle_ms),
+        }
+    }
+
+    /// How long after opening a session of `life_ms` (by the client's own monotonic clock) the
+    /// client stops sending new requests in it and opens another: twice the clock skew before
+    /// its end, so that a server whose clock is that far ahead, and the last request's
+    /// retries, still find it open.
+    pub fn renew_after_ms(&self, life_ms: u64) -> u64 {
+        life_ms.saturating_sub(2 * self.skew_ms)
     }
 }
 
 /// What a change may depend on besides the register: the coordinator's clock and the bounds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Ctx {
-    /// Milliseconds since the Unix epoch, by the coordinator's clock (only ages entries).
+    /// Milliseconds since the Unix epoch, by the coordinator's clock (only ends sessions).
     pub now_ms: u64,
     pub limits: Limits,
+}
+
+/// Checks a request id against this node's clock before it is queued: a session may not end
+/// further ahead than the longest session life plus the clock skew allowed (an end far in the
+/// future would, once dropped, raise a key's floor past every live session).
+pub fn check_request(cmd: &Command, ctx: &Ctx) -> Result<(), String> {
+    let Some(id) = cmd.request else {
+        return Ok(());
+    };
+    let latest = ctx
+        .now_ms
+        .saturating_add(ctx.limits.idle_ms)
+        .saturating_add(ctx.limits.skew_ms);
+    if id.expires_ms > latest {
+        return Err(format!(
+            "request {id} belongs to a session ending {} ms after this node's clock, more than \
+             the longest session ({} ms) plus the clock skew allowed ({} ms): open sessions \
+             through a router or node, and keep the servers' clocks in step",
+            id.expires_ms - ctx.now_ms,
+            ctx.limits.idle_ms,
+            ctx.limits.skew_ms
+        ));
+    }
+    Ok(())
+}
+
+/// How many of `cmds` (in order) one round may take: at most `max_clients` distinct request
+/// clients, so that no command's entry is dropped by its own batch. At least one.
+pub fn batch_len(cmds: impl Iterator<Item = Command>, limits: &Limits) -> usize {
+    let mut clients: Vec<u64> = Vec::new();
+    let mut n = 0;
+    for cmd in cmds {
+        if let Some(id) = cmd.request.filter(|_| !cmd.op.is_read()) {
+            if !clients.contains(&id.client) {
+                if clients.len() >= limits.max_clients.max(1) {
+                    break;
+                }
+                clients.push(id.client);
+            }
+        }
+        n += 1;
+    }
+    n.max(1)
 }
 
 /// The value `op` would leave on `value`, and the outcome to answer, before bounds.
@@ -119,8 +211,9 @@ fn evaluate_bounded(cmd: &Command, value: i64) -> (Option<i64>, Outcome) {
     (Some(would), outcome)
 }
 
-/// Applies `cmd` to `reg` in place and returns what to answer (see the module's rules).
-pub fn apply(cmd: &Command, reg: &mut Register, ctx: &Ctx) -> Outcome {
+/// Applies `cmd` to `reg` in place and returns what to answer and whether a client entry was
+/// written (the register's entries then need [`expire`]).
+fn apply_one(cmd: &Command, reg: &mut Register, ctx: &Ctx) -> (Outcome, bool) {
     let request = match cmd.request {
         Some(id) if !cmd.op.is_read() => id,
         _ => {
@@ -129,62 +222,97 @@ pub fn apply(cmd: &Command, reg: &mut Register, ctx: &Ctx) -> Outcome {
                 reg.value = v;
                 reg.version = reg.version.wrapping_add(1);
             }
-            return outcome;
+            return (outcome, false);
         }
     };
+    let sessionless = request.expires_ms == 0;
     let slot = reg
         .clients
         .binary_search_by_key(&request.client, |e| e.client);
     match slot {
-        Ok(i) if request.seq == reg.clients[i].seq => return reg.clients[i].outcome,
-        Ok(i) if request.seq < reg.clients[i].seq => return Outcome::Expired,
-        Err(_) if request.seq <= reg.horizon => return Outcome::Expired,
-        _ => {}
+        Ok(i) if request.seq == reg.clients[i].seq => return (reg.clients[i].outcome, false),
+        Ok(i) if request.seq < reg.clients[i].seq => return (Outcome::Expired, false),
+        Ok(_) => {}
+        Err(_) if sessionless && request.seq <= reg.horizon => return (Outcome::Expired, false),
+        Err(_) if !sessionless && request.expires_ms <= reg.floor => {
+            return (Outcome::Expired, false)
+        }
+        Err(_) => {}
+    }
+    if !sessionless && request.expires_ms <= ctx.now_ms {
+        return (Outcome::Expired, false);
     }
     let (target, outcome) = evaluate_bounded(cmd, reg.value);
     if let Some(v) = target {
         reg.value = v;
     }
+    let expires_ms = if sessionless {
+        ctx.now_ms.saturating_add(ctx.limits.idle_ms)
+    } else {
+        request.expires_ms
+    };
     let entry = ClientEntry {
         client: request.client,
         seq: request.seq,
         outcome,
-        at_ms: ctx.now_ms,
+        expires_ms,
+        sessionless,
     };
     match slot {
-        Ok(i) => reg.clients[i] = entry,
+        Ok(i) => {
+            let old = &reg.clients[i];
+            reg.clients[i] = ClientEntry {
+                expires_ms: entry.expires_ms.max(old.expires_ms),
+                sessionless: sessionless || old.sessionless,
+                ..entry
+            };
+        }
         Err(i) => reg.clients.insert(i, entry),
     }
-    expire(reg, request.client, ctx);
     reg.version = reg.version.wrapping_add(1);
+    (outcome, true)
+}
+
+/// Applies `cmd` to `reg` in place and returns what to answer (see the module's rules).
+pub fn apply(cmd: &Command, reg: &mut Register, ctx: &Ctx) -> Outcome {
+    let (outcome, recorded) = apply_one(cmd, reg, ctx);
+    if recorded {
+        expire(reg, &[cmd.request.map_or(0, |id| id.client)], ctx);
+    }
     outcome
 }
 
-/// Drops idle entries, then the least recently used beyond the bound, raising the horizon
-/// over each dropped one. `keep` (the client just served) is never dropped.
-fn expire(reg: &mut Register, keep: u64, ctx: &Ctx) {
-    let mut horizon = reg.horizon;
-    reg.clients.retain(|e| {
-        let idle = ctx.now_ms.saturating_sub(e.at_ms) > ctx.limits.idle_ms;
-        if idle && e.client != keep {
+/// Drops the entries of ended sessions, then those ending first beyond the bound, raising the
+/// floor (and horizon) over each dropped one. Clients in `keep` (the batch's) are never dropped.
+fn expire(reg: &mut Register, keep: &[u64], ctx: &Ctx) {
+    let (mut floor, mut horizon) = (reg.floor, reg.horizon);
+    let mut drop_entry = |e: &ClientEntry| {
+        floor = floor.max(e.expires_ms);
+        if e.sessionless {
             horizon = horizon.max(e.seq);
+        }
+    };
+    reg.clients.retain(|e| {
+        if e.expires_ms <= ctx.now_ms && !keep.contains(&e.client) {
+            drop_entry(e);
             return false;
         }
         true
     });
     let bound = ctx.limits.max_clients.max(1);
     while reg.clients.len() > bound {
-        let oldest = reg
+        let first = reg
             .clients
             .iter()
             .enumerate()
-            .filter(|(_, e)| e.client != keep)
-            .min_by_key(|(_, e)| (e.at_ms, e.client))
+            .filter(|(_, e)| !keep.contains(&e.client))
+            .min_by_key(|(_, e)| (e.expires_ms, e.client))
             .map(|(i, _)| i);
-        // Only a malformed register (one client listed twice) has none to drop.
-        let Some(oldest) = oldest else { break };
-        horizon = horizon.max(reg.clients.remove(oldest).seq);
+        // Only a batch of more clients than the bound (see batch_len) has none to drop.
+        let Some(first) = first else { break };
+        drop_entry(&reg.clients.remove(first));
     }
+    reg.floor = floor;
     reg.horizon = horizon;
 }
 
@@ -196,7 +324,8 @@ pub fn is_retry_safe(cmd: &Command) -> bool {
 
 /// Applies `cmds` in order (one coalesced round): each sees the previous ones' effect, and a
 /// refused one changes nothing but its client's entry. Returns the final register; `results`
-/// gets each command's answer.
+/// gets each command's answer. `cmds` should hold at most `max_clients` request clients
+/// ([`batch_len`]); beyond that the register may exceed its bound.
 pub fn apply_all(
     cmds: &[Command],
     reg: Register,
@@ -204,7 +333,20 @@ pub fn apply_all(
     results: &mut Vec<Outcome>,
 ) -> Register {
     let mut reg = reg;
-    results.extend(cmds.iter().map(|cmd| apply(cmd, &mut reg, ctx)));
+    let mut recorded = false;
+    for cmd in cmds {
+        let (outcome, wrote) = apply_one(cmd, &mut reg, ctx);
+        recorded |= wrote;
+        results.push(outcome);
+    }
+    if recorded {
+        let keep: Vec<u64> = cmds
+            .iter()
+            .filter(|c| !c.op.is_read())
+            .filter_map(|c| c.request.map(|id| id.client))
+            .collect();
+        expire(&mut reg, &keep, ctx);
+    }
     reg
 }
 
@@ -223,6 +365,7 @@ mod tests {
             limits: Limits {
                 max_clients: 3,
                 idle_ms: 1000,
+                skew_ms: 100,
             },
         }
     }
@@ -234,12 +377,30 @@ mod tests {
         (out, r)
     }
 
+    /// A request of session `client` (ending at 10,000 ms, unless said otherwise).
     fn with_id(op: Op, client: u64, seq: u64) -> Command {
+        in_session(op, client, seq, 10_000)
+    }
+
+    fn in_session(op: Op, client: u64, seq: u64, expires_ms: u64) -> Command {
         Command {
             op,
-            request: Some(RequestId { client, seq }),
+            request: Some(RequestId {
+                client,
+                seq,
+                expires_ms,
+            }),
             ..Command::default()
         }
+    }
+
+    /// A request id without a session (`--request-id CLIENT:SEQ`).
+    fn sessionless(op: Op, client: u64, seq: u64) -> Command {
+        in_session(op, client, seq, 0)
+    }
+
+    fn clients(r: &Register) -> Vec<u64> {
+        r.clients.iter().map(|e| e.client).collect()
     }
 
     #[test]
@@ -405,61 +566,175 @@ mod tests {
     }
 
     #[test]
-    fn idle_entries_expire_and_raise_the_horizon() {
+    fn ended_sessions_are_dropped_and_raise_the_floor() {
         let mut r = reg(0);
-        apply(&with_id(Op::Incr(1), 1, 50), &mut r, &ctx(0));
-        // 1001 ms later another client's change drops client 1's idle entry.
-        apply(&with_id(Op::Incr(1), 2, 7), &mut r, &ctx(1001));
-        assert_eq!(
-            r.clients.iter().map(|e| e.client).collect::<Vec<_>>(),
-            vec![2]
-        );
-        assert_eq!(r.horizon, 50);
+        apply(&in_session(Op::Incr(1), 1, 1, 500), &mut r, &ctx(0));
+        // At 500 ms session 1 has ended: another client's change drops its entry.
+        apply(&with_id(Op::Incr(1), 2, 1), &mut r, &ctx(500));
+        assert_eq!(clients(&r), vec![2]);
+        assert_eq!(r.floor, 500);
         let before = r.clone();
-        // Client 1's retry can no longer be recognised: refused, not applied again.
+        // Its retry can no longer be recognised: refused, not applied again.
         assert_eq!(
-            apply(&with_id(Op::Incr(1), 1, 50), &mut r, &ctx(1002)),
+            apply(&in_session(Op::Incr(1), 1, 1, 500), &mut r, &ctx(501)),
             Outcome::Expired
         );
         assert_eq!(r, before);
-        // A newer request of any client (sequence above the horizon) is served.
+        // A session ending after the floor is served, whatever its numbers.
         assert_eq!(
-            apply(&with_id(Op::Incr(1), 1, 51), &mut r, &ctx(1003)),
+            apply(&in_session(Op::Incr(1), 9, 1, 501), &mut r, &ctx(300)),
             Outcome::Value(3)
         );
-        // Not idle yet at exactly idle_ms.
-        apply(&with_id(Op::Incr(1), 3, 60), &mut r, &ctx(2003));
-        assert!(r.clients.iter().any(|e| e.client == 1));
     }
 
     #[test]
-    fn the_least_recently_used_entry_goes_past_the_bound() {
+    fn an_ended_session_takes_no_new_request() {
         let mut r = reg(0);
-        for (client, now) in [(5, 10), (3, 20), (9, 30)] {
-            apply(
-                &with_id(Op::Incr(1), client, 100 + client),
-                &mut r,
-                &ctx(now),
-            );
-        }
-        assert_eq!(r.clients.len(), 3);
-        apply(&with_id(Op::Incr(1), 7, 1), &mut r, &ctx(40));
-        let kept: Vec<u64> = r.clients.iter().map(|e| e.client).collect();
         assert_eq!(
-            kept,
-            vec![3, 7, 9],
-            "sorted by client; 5 (used at 10) dropped"
+            apply(&in_session(Op::Incr(1), 1, 1, 500), &mut r, &ctx(499)),
+            Outcome::Value(1)
         );
-        assert_eq!(r.horizon, 105);
+        let before = r.clone();
         assert_eq!(
-            apply(&with_id(Op::Incr(1), 5, 105), &mut r, &ctx(41)),
+            apply(&in_session(Op::Incr(1), 1, 2, 500), &mut r, &ctx(500)),
             Outcome::Expired
         );
-        // Client 7's own low sequence stays servable: it is listed.
+        assert_eq!(r, before);
+        // Its last answer is still replayed while the entry is kept.
         assert_eq!(
-            apply(&with_id(Op::Incr(1), 7, 1), &mut r, &ctx(42)),
-            Outcome::Value(4)
+            apply(&in_session(Op::Incr(1), 1, 1, 500), &mut r, &ctx(500)),
+            Outcome::Value(1)
         );
+    }
+
+    #[test]
+    fn the_session_ending_first_goes_past_the_bound() {
+        let mut r = reg(0);
+        for (client, ends) in [(5, 4000), (3, 2000), (9, 3000)] {
+            apply(&in_session(Op::Incr(1), client, 1, ends), &mut r, &ctx(0));
+        }
+        assert_eq!(r.clients.len(), 3);
+        apply(&in_session(Op::Incr(1), 7, 1, 1500), &mut r, &ctx(40));
+        assert_eq!(
+            clients(&r),
+            vec![5, 7, 9],
+            "sorted by client; 3 (ends at 2000) dropped"
+        );
+        assert_eq!(r.floor, 2000);
+        assert_eq!(
+            apply(&in_session(Op::Incr(1), 3, 1, 2000), &mut r, &ctx(41)),
+            Outcome::Expired
+        );
+        // Client 7 was kept although its session ends first: it is the one being served.
+        assert!(r.clients.iter().any(|e| e.client == 7));
+    }
+
+    /// Defect 2 of the exactly-once review: one horizon compared with every client's numbers
+    /// refused live clients whose numbers were low (a lagging clock, a late request). Numbers
+    /// are now per session: nothing compares them across clients.
+    #[test]
+    fn a_live_session_is_never_refused_for_its_numbers_or_its_clock() {
+        let mut r = reg(0);
+        // Hundreds of sessions, far more than the bound, each numbering from 1.
+        for client in 1..=300u64 {
+            let out = apply(
+                &in_session(Op::Incr(1), client, 1, 5000 + client),
+                &mut r,
+                &ctx(0),
+            );
+            assert_eq!(out, Outcome::Value(client as i64), "client {client}");
+        }
+        assert_eq!(r.clients.len(), 3);
+        // A session that wrote long ago and ends later than the dropped ones is served.
+        assert_eq!(
+            apply(&in_session(Op::Incr(1), 1000, 1, 9000), &mut r, &ctx(10)),
+            Outcome::Value(301)
+        );
+    }
+
+    #[test]
+    fn requests_without_a_session_use_the_horizon() {
+        let mut r = reg(0);
+        apply(&sessionless(Op::Incr(1), 1, 50), &mut r, &ctx(0));
+        assert_eq!(r.clients[0].expires_ms, 1000, "kept for idle_ms");
+        // 1000 ms later another client's change drops client 1's entry.
+        apply(&with_id(Op::Incr(1), 2, 7), &mut r, &ctx(1000));
+        assert_eq!(clients(&r), vec![2]);
+        assert_eq!((r.horizon, r.floor), (50, 1000));
+        let before = r.clone();
+        assert_eq!(
+            apply(&sessionless(Op::Incr(1), 1, 50), &mut r, &ctx(1002)),
+            Outcome::Expired
+        );
+        assert_eq!(r, before);
+        assert_eq!(
+            apply(&sessionless(Op::Incr(1), 1, 51), &mut r, &ctx(1003)),
+            Outcome::Value(3)
+        );
+    }
+
+    /// Defect 1 of the exactly-once review, third way: a batch of more clients than the bound
+    /// dropped its own entries, and its retry answered applied requests as expired.
+    #[test]
+    fn a_batch_never_drops_its_own_entries_and_its_retry_replays_them() {
+        let limits = ctx(0).limits;
+        let cmds: Vec<Command> = (1..=5u64).map(|c| with_id(Op::Incr(1), c, 1)).collect();
+        let n = batch_len(cmds.iter().copied(), &limits);
+        assert_eq!(n, 3, "at most max_clients clients per batch");
+        let mut results = Vec::new();
+        let first = apply_all(&cmds[..n], reg(0), &ctx(0), &mut results);
+        assert_eq!(first.clients.len(), 3);
+        // The retry of the same batch onto its own register replays every answer.
+        let mut again = Vec::new();
+        let second = apply_all(&cmds[..n], first.clone(), &ctx(1), &mut again);
+        assert_eq!(again, results);
+        assert_eq!(second.value, first.value);
+        // Reads and repeated clients do not count against the bound.
+        let mixed = [
+            with_id(Op::Incr(1), 1, 1),
+            Op::Get.into(),
+            with_id(Op::Incr(1), 1, 2),
+            Op::Incr(1).into(),
+            with_id(Op::Incr(1), 2, 1),
+            with_id(Op::Incr(1), 3, 1),
+            with_id(Op::Incr(1), 4, 1),
+        ];
+        assert_eq!(batch_len(mixed.iter().copied(), &limits), 6);
+        assert_eq!(batch_len(std::iter::empty(), &limits), 1);
+        // A full register of sessions ending later than the batch's: the others go, never the
+        // batch's own entries.
+        let mut full = reg(0);
+        for c in 10..13 {
+            apply(&in_session(Op::Incr(1), c, 1, 50_000), &mut full, &ctx(0));
+        }
+        let mut out = Vec::new();
+        let after = apply_all(&cmds[..n], full, &ctx(0), &mut out);
+        assert_eq!(clients(&after), vec![1, 2, 3]);
+        assert_eq!(after.floor, 50_000);
+        assert_eq!(
+            out,
+            vec![Outcome::Value(4), Outcome::Value(5), Outcome::Value(6)]
+        );
+    }
+
+    #[test]
+    fn sessions_ending_too_far_ahead_are_refused_before_they_are_queued() {
+        let c = ctx(1000);
+        // now + idle + skew = 2100.
+        assert!(check_request(&in_session(Op::Incr(1), 1, 1, 2100), &c).is_ok());
+        let err = check_request(&in_session(Op::Incr(1), 1, 1, 2101), &c).unwrap_err();
+        assert!(err.contains("clock skew"), "{err}");
+        assert!(check_request(&sessionless(Op::Incr(1), 1, u64::MAX), &c).is_ok());
+        assert!(check_request(&Op::Incr(1).into(), &c).is_ok());
+    }
+
+    #[test]
+    fn session_life_and_renewal() {
+        let l = Limits::default();
+        assert_eq!(l.session_life(0), l.idle_ms);
+        assert_eq!(l.session_life(1), 4 * l.skew_ms);
+        assert_eq!(l.session_life(u64::MAX), l.idle_ms);
+        assert_eq!(l.renew_after_ms(l.idle_ms), l.idle_ms - 2 * l.skew_ms);
     }
 
     #[test]
@@ -483,7 +758,8 @@ mod tests {
                 would: i64::MIN,
                 min: i64::MIN,
             },
-            at_ms: u64::MAX,
+            expires_ms: u64::MAX,
+            sessionless: true,
         };
         assert_eq!(postcard::to_stdvec(&worst).unwrap().len(), MAX_ENTRY_BYTES);
         let full = Register {
@@ -491,6 +767,7 @@ mod tests {
             version: u64::MAX,
             clients: vec![worst; MAX_CLIENTS_LIMIT],
             horizon: u64::MAX,
+            floor: u64::MAX,
         };
         let frame = counter_proto::Frame {
             id: u64::MAX,

@@ -453,7 +453,11 @@ mod tests {
         let with_id = |op| -> Decider {
             let cmd = counter_proto::Command {
                 op,
-                request: Some(counter_proto::RequestId { client: 1, seq: 1 }),
+                request: Some(counter_proto::RequestId {
+                    client: 1,
+                    seq: 1,
+                    expires_ms: 0,
+                }),
                 ..Default::default()
             };
             Decider::new(1, 1, &R, vec![cmd], Ballot::ZERO, Ctx::default())

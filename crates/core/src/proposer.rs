@@ -595,7 +595,11 @@ mod proposal_tests {
         let ctx = Ctx::default();
         let incr = [Command {
             op: Op::Incr(1),
-            request: Some(RequestId { client: 9, seq: 1 }),
+            request: Some(RequestId {
+                client: 9,
+                seq: 1,
+                expires_ms: 0,
+            }),
             ..Command::default()
         }];
         let mut results = Vec::new();

@@ -129,4 +129,21 @@ mod tests {
         assert_eq!(r.on_reply(2, Some((b(4), 7))), ReadStep::Pending);
         assert_eq!(r.on_reply(3, Some((b(4), 7))), ReadStep::Value(7));
     }
+
+    /// The plant the simulator needed 362 seeds to catch: replies tallied by value. Two
+    /// replicas reporting the same number under different ballots are not a majority on one
+    /// register (the value may have been chosen again since under a third ballot, or one of the
+    /// two may be an unchosen proposal), so the read must go to a full round.
+    #[test]
+    fn the_same_value_under_different_ballots_is_no_majority() {
+        let mut r = QuietRead::new(&[1, 2, 3]);
+        assert_eq!(r.on_reply(1, Some((b(4), 7))), ReadStep::Pending);
+        assert_eq!(r.on_reply(2, Some((b(5), 7))), ReadStep::Pending);
+        assert_eq!(r.on_reply(3, Some((b(6), 9))), ReadStep::Disagree);
+        let mut r = QuietRead::new(&[1, 2, 3]);
+        r.on_reply(1, Some((b(4), 7)));
+        r.on_reply(2, Some((b(5), 7)));
+        // A third report settles it only if it makes a majority on one ballot.
+        assert_eq!(r.on_reply(3, Some((b(5), 7))), ReadStep::Value(7));
+    }
 }

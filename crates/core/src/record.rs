@@ -6,7 +6,9 @@ use crate::AcceptorState;
 
 /// Version of the record encoding. Bumped on any incompatible change of [`AcceptorState`].
 /// 2: registers carry their clients' last requests (exactly-once retries).
-pub const FORMAT_VERSION: u8 = 2;
+/// 3: client sessions: entries end at their session's expiry, registers have a `floor`.
+/// Records of format 2 are still read (see [`v2`]).
+pub const FORMAT_VERSION: u8 = 3;
 
 /// Encodes a record.
 pub fn encode(state: &AcceptorState) -> Vec<u8> {
@@ -34,8 +36,70 @@ pub fn decode(bytes: &[u8]) -> Result<AcceptorState, String> {
             }
             Ok(state)
         }
+        Some((2, body)) => v2::decode(body),
         Some((v, _)) => Err(format!("unknown record format {v}")),
         None => Err("empty record".into()),
+    }
+}
+
+/// Format 2, read when a data dir written by the previous release is opened: every request id
+/// of that release had no session, so its entries become sessionless ones that are kept for
+/// an hour (the default `dedup_idle_secs`) from when they were applied, and its horizon stays.
+mod v2 {
+    use crate::AcceptorState;
+    use counter_proto::{Ballot, ClientEntry, Outcome, Register};
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    struct State {
+        promised: Ballot,
+        accepted: Option<(Ballot, Reg)>,
+    }
+    #[derive(Deserialize)]
+    struct Reg {
+        value: i64,
+        version: u64,
+        clients: Vec<Entry>,
+        horizon: u64,
+    }
+    #[derive(Deserialize)]
+    struct Entry {
+        client: u64,
+        seq: u64,
+        outcome: Outcome,
+        at_ms: u64,
+    }
+
+    pub(super) fn decode(body: &[u8]) -> Result<AcceptorState, String> {
+        let (state, rest) = postcard::take_from_bytes::<State>(body).map_err(|e| e.to_string())?;
+        if !rest.is_empty() {
+            return Err(format!("{} trailing bytes after the record", rest.len()));
+        }
+        let accepted = state.accepted.map(|(b, r)| {
+            let clients = r
+                .clients
+                .into_iter()
+                .map(|e| ClientEntry {
+                    client: e.client,
+                    seq: e.seq,
+                    outcome: e.outcome,
+                    expires_ms: e.at_ms.saturating_add(3_600_000),
+                    sessionless: true,
+                })
+                .collect();
+            let register = Register {
+                value: r.value,
+                version: r.version,
+                clients,
+                horizon: r.horizon,
+                floor: 0,
+            };
+            (b, register)
+        });
+        Ok(AcceptorState {
+            promised: state.promised,
+            accepted,
+        })
     }
 }
 
@@ -62,9 +126,11 @@ mod tests {
                         client: 3,
                         seq: 4,
                         outcome: counter_proto::Outcome::Value(-9),
-                        at_ms: 5,
+                        expires_ms: 5,
+                        sessionless: false,
                     }],
                     horizon: 1,
+                    floor: 2,
                 },
             )),
         };
@@ -88,5 +154,46 @@ mod tests {
             decode(&encode(&AcceptorState::default())),
             Ok(AcceptorState::default())
         );
+    }
+
+    /// The exact bytes of one record of each format are pinned: reordering a field or a
+    /// variant must not silently change what is on disk, and the previous format still reads.
+    #[test]
+    fn golden_records() {
+        let b = Ballot {
+            round: 4,
+            node: 2,
+            epoch: 7,
+        };
+        let s = AcceptorState {
+            promised: b,
+            accepted: Some((
+                b,
+                Register {
+                    value: -9,
+                    version: 2,
+                    clients: vec![counter_proto::ClientEntry {
+                        client: 3,
+                        seq: 4,
+                        outcome: counter_proto::Outcome::Value(-9),
+                        expires_ms: 5,
+                        sessionless: true,
+                    }],
+                    horizon: 1,
+                    floor: 6,
+                },
+            )),
+        };
+        let v3 = [3, 4, 2, 7, 1, 4, 2, 7, 17, 2, 1, 3, 4, 0, 17, 5, 1, 1, 6];
+        assert_eq!(encode(&s), v3);
+        assert_eq!(decode(&v3), Ok(s));
+        // Format 2: [2], promised, Some, ballot, value, version, one entry (client 3, seq 4,
+        // Value(-9), at_ms 5), horizon 1.
+        let v2 = [2, 4, 2, 7, 1, 4, 2, 7, 17, 2, 1, 3, 4, 0, 17, 5, 1];
+        let old = decode(&v2).expect("format 2 still reads");
+        let (_, r) = old.accepted.expect("accepted");
+        assert_eq!((r.value, r.version, r.horizon, r.floor), (-9, 2, 1, 0));
+        assert_eq!(r.clients[0].expires_ms, 5 + 3_600_000);
+        assert!(r.clients[0].sessionless);
     }
 }

@@ -121,6 +121,7 @@ pub fn parse_request_id(s: &str) -> Result<RequestId, ClientError> {
     Ok(RequestId {
         client: client.parse().map_err(|_| bad())?,
         seq: seq.parse().map_err(|_| bad())?,
+        expires_ms: 0,
     })
 }
 
@@ -196,7 +197,11 @@ mod tests {
     fn request_ids() {
         assert_eq!(
             parse_request_id("7:42").unwrap(),
-            RequestId { client: 7, seq: 42 }
+            RequestId {
+                client: 7,
+                seq: 42,
+                expires_ms: 0
+            }
         );
         for bad in ["", "7", "7:", ":1", "a:1", "1:-2", "1:2:3"] {
             assert!(parse_request_id(bad).is_err(), "{bad:?}");

@@ -83,6 +83,11 @@ impl Coordinator {
         })
     }
 
+    /// What registers keep of their clients' requests.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     /// Runs `cmd` on `key` (of `shard`, replicated on `replicas`) and waits at most `budget`.
     pub async fn submit(
         self: &Arc<Self>,
@@ -135,7 +140,12 @@ impl Coordinator {
                         return;
                     }
                     let q = e.get_mut();
-                    let n = q.len().min(MAX_BATCH);
+                    // At most MAX_BATCH commands, of at most `max_clients` request clients, so
+                    // that no command's entry is dropped by its own round.
+                    let n = counter_core::change::batch_len(
+                        q.iter().take(MAX_BATCH).map(|w| w.cmd),
+                        &self.limits,
+                    );
                     q.drain(..n).collect::<Vec<_>>()
                 }
                 dashmap::Entry::Vacant(_) => return,
@@ -234,7 +244,7 @@ impl Coordinator {
         deadline: Instant,
     ) -> Result<Vec<Outcome>, ClientError> {
         let ctx = Ctx {
-            now_ms: unix_ms(),
+            now_ms: counter_proto::unix_ms(),
             limits: self.limits,
         };
         let local = self
@@ -430,13 +440,6 @@ fn log_local(reply: Result<AcceptorReply, counter_storage::StorageError>) -> Opt
     reply
         .map_err(|e| tracing::error!(error = %e, "local acceptor failed"))
         .ok()
-}
-
-/// Milliseconds since the Unix epoch (0 if the clock is before it): ages client entries only.
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn failure(f: Failure) -> ClientError {

@@ -5,7 +5,7 @@ use counter_core::change::MAX_CLIENTS_LIMIT;
 use counter_core::AcceptorReply;
 use counter_proto::{
     validate_command, validate_key, validate_register, ClientError, Command, Msg, NodeId, Outcome,
-    ShardId, EXPIRED,
+    ShardId,
 };
 use counter_router::forward::{msg_name, DEFAULT_TIMEOUT_MS};
 use counter_router::{Cluster, Placement};
@@ -55,6 +55,16 @@ impl Node {
             } => {
                 if let Err(e) = validate_key(&key).and_then(|_| validate_command(&command)) {
                     return Msg::Error(e);
+                }
+                let ctx = counter_core::Ctx {
+                    now_ms: counter_proto::unix_ms(),
+                    limits: self.coordinator.limits(),
+                };
+                // Not applied by this attempt; on a retry, an earlier attempt (through a node
+                // whose clock agreed) may have been: `unavailable`, which a retrying client
+                // reports as unknown, never `invalid`.
+                if let Err(e) = counter_core::change::check_request(&command, &ctx) {
+                    return Msg::Error(ClientError::unavailable(e));
                 }
                 let shard = self.placement.shard_of(&key);
                 if !self.is_replica(shard) {
@@ -114,6 +124,11 @@ impl Node {
                 }
                 to_msg(self.store.accept(shard, &key, ballot, register, next).await)
             }
+            Msg::OpenSession { lifetime_ms } => counter_router::forward::session_opened(
+                &self.coordinator.limits(),
+                lifetime_ms,
+                counter_proto::unix_ms(),
+            ),
             other => Msg::Error(ClientError::invalid(format!(
                 "a node does not take {} messages",
                 msg_name(&other)
@@ -151,10 +166,11 @@ pub fn outcome_msg(outcome: Outcome, cmd: &Command) -> Msg {
         Outcome::AboveMax { value, would, max } => ClientError::rejected(format!(
             "above-max: the result {would} would be above the maximum {max}; the value stays {value}"
         )),
-        Outcome::Expired => ClientError::invalid(format!(
-            "{EXPIRED}: request {} is older than what this key remembers of its client; \
-             it was not applied now, an earlier attempt may have been, and it is never \
-             applied again",
+        Outcome::Expired => ClientError::expired(format!(
+            "request {} is older than what this key remembers of its session, or its session \
+             ended: not applied now and never will be, but an earlier attempt may have been \
+             (its outcome, and that of the session's earlier unanswered requests, is unknown); \
+             send new requests in a new session",
             cmd.request.unwrap_or_default()
         )),
     };

@@ -28,6 +28,8 @@ struct File {
     dedup_clients: Option<usize>,
     /// Seconds after which a client's entry in a key is dropped at the key's next change.
     dedup_idle_secs: Option<u64>,
+    /// How far apart the servers' clocks may be (seconds) without refusing a live session.
+    max_clock_skew_secs: Option<u64>,
     #[serde(rename = "node", default)]
     nodes: Vec<NodeEntry>,
 }
@@ -92,6 +94,9 @@ impl Cluster {
             idle_ms: file
                 .dedup_idle_secs
                 .map_or(defaults.idle_ms, |s| s.saturating_mul(1000)),
+            skew_ms: file
+                .max_clock_skew_secs
+                .map_or(defaults.skew_ms, |s| s.saturating_mul(1000)),
         };
         limits.validate().map_err(invalid)?;
         Ok(Cluster {
@@ -131,9 +136,17 @@ addr = "127.0.0.1:7103"
         assert_eq!(c.shards, DEFAULT_SHARDS);
         assert_eq!(c.addr(2), Some("127.0.0.1:7102"));
         assert_eq!(c.limits, Limits::default());
-        let tuned = format!("dedup_clients = 16\ndedup_idle_secs = 60\n{GOOD}");
+        let tuned =
+            format!("dedup_clients = 16\ndedup_idle_secs = 60\nmax_clock_skew_secs = 5\n{GOOD}");
         let limits = Cluster::parse("c", &tuned).unwrap().limits;
-        assert_eq!((limits.max_clients, limits.idle_ms), (16, 60_000));
+        assert_eq!(
+            (limits.max_clients, limits.idle_ms, limits.skew_ms),
+            (16, 60_000, 5_000)
+        );
+        // Sessions must outlast the margin they are renewed by: four times the skew.
+        let short = format!("dedup_idle_secs = 60\n{GOOD}");
+        let err = Cluster::parse("c", &short).unwrap_err().to_string();
+        assert!(err.contains("at least 240 s"), "{err}");
     }
 
     #[test]

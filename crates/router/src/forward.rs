@@ -53,6 +53,10 @@ impl Router {
                 Ok(reply) => reply,
                 Err(e) => Msg::Error(e),
             },
+            // A session's end is set by a server's clock (never the client's).
+            Msg::OpenSession { lifetime_ms } => {
+                session_opened(&self.cluster.limits, lifetime_ms, counter_proto::unix_ms())
+            }
             other => Msg::Error(ClientError::invalid(format!(
                 "a router only takes commands, not {}",
                 msg_name(&other)
@@ -117,17 +121,12 @@ impl Router {
                         tracing::info!(node, error = %e, "coordinator answered unknown; retrying the request");
                         unknown = Some(e);
                     }
-                    // "Not applied" or "expired" after an attempt that may have been applied. An
-                    // expired request never will be applied: retrying cannot tell more.
+                    // "Not applied" after an attempt that may have been applied: still unknown.
                     Ok(Msg::Error(e))
                         if unknown.is_some() && e.after_earlier_attempt().is_some() =>
                     {
-                        let earlier = e.after_earlier_attempt();
-                        if e.is_expired() {
-                            return Err(earlier.expect("checked"));
-                        }
                         tracing::debug!(node, error = %e, "retry not applied; retrying again");
-                        unknown = earlier;
+                        unknown = e.after_earlier_attempt();
                     }
                     Ok(reply) => {
                         self.down.remove(&node);
@@ -180,6 +179,16 @@ impl Router {
     }
 }
 
+/// The answer to `OpenSession` at `now_ms` by this server's clock: the session's end, and when
+/// the client should move to a new one.
+pub fn session_opened(limits: &counter_core::Limits, lifetime_ms: u64, now_ms: u64) -> Msg {
+    let life = limits.session_life(lifetime_ms);
+    Msg::Session {
+        expires_ms: now_ms.saturating_add(life),
+        renew_after_ms: limits.renew_after_ms(life),
+    }
+}
+
 /// A message's variant name, for error texts.
 pub fn msg_name(msg: &Msg) -> &'static str {
     match msg {
@@ -194,5 +203,7 @@ pub fn msg_name(msg: &Msg) -> &'static str {
         Msg::Reject { .. } => "Reject",
         Msg::Read { .. } => "Read",
         Msg::ReadReply { .. } => "ReadReply",
+        Msg::OpenSession { .. } => "OpenSession",
+        Msg::Session { .. } => "Session",
     }
 }

@@ -49,6 +49,8 @@ impl Rng {
 /// Fault and workload settings of a run.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// The preset it came from (`--setting` of `counter-sim`), for replay commands.
+    pub setting: &'static str,
     pub nodes: usize,
     pub clients: usize,
     pub keys: usize,
@@ -80,6 +82,15 @@ pub struct Config {
     /// node until it is answered. The history must be linearizable with every retried request
     /// counted once.
     pub request_ids: bool,
+    /// Exactly-once mode: a client stops resending a request this long after it first sent it
+    /// and reports its outcome unknown (the client library's deadline).
+    pub request_deadline: u64,
+    /// What registers keep of their clients, in simulated ticks for the times (the node's
+    /// rules, with small bounds so that sessions end and entries go within a run).
+    pub limits: Limits,
+    /// Each node's clock runs this many ticks ahead of true time, at most (drawn per node and
+    /// run): with `limits.skew_ms` or less, no live session may be refused.
+    pub clock_skew: u64,
     /// Planted bugs, for showing that the simulation catches them (see `tools/plant-bugs.sh`).
     pub mutation: Mutation,
 }
@@ -99,11 +110,15 @@ pub enum Mutation {
     ForgetRequestIds,
     /// A quiet read answers with the first replica's report instead of a majority's.
     QuietReadAnyReply,
+    /// Nodes answer an expired request as "not applied" (the first exactly-once design's
+    /// `invalid: request expired`), though an earlier attempt may have applied it.
+    ExpiredMeansNotApplied,
 }
 
 impl Config {
     pub fn cluster(nodes: usize) -> Config {
         Config {
+            setting: "cluster",
             nodes,
             clients: 4,
             keys: 2,
@@ -123,7 +138,74 @@ impl Config {
             coordinator_deadline: 1_000,
             phase_timeout: 120,
             request_ids: false,
+            // The client library's rule: a request's retries end well within the margin a
+            // session is renewed by (2 × skew before its end): deadline + coordinator
+            // deadline + two network delays <= skew, with clocks up to `skew` apart.
+            request_deadline: 4_500,
+            limits: Limits {
+                max_clients: 256,
+                idle_ms: 24_000,
+                skew_ms: 6_000,
+            },
+            clock_skew: 0,
             mutation: Mutation::None,
+        }
+    }
+
+    /// Exactly-once with sessions: many clients on one key, sessions that end and are renewed
+    /// within a run, node clocks apart by as much as the limits allow. No live client may be
+    /// refused (`Stats::expired` stays 0) and every history is linearizable.
+    pub fn sessions(nodes: usize) -> Config {
+        Config {
+            setting: "sessions",
+            clients: 8,
+            keys: 1,
+            ops_per_client: 20,
+            request_ids: true,
+            limits: Limits {
+                max_clients: 16,
+                ..Config::cluster(nodes).limits
+            },
+            clock_skew: 6_000,
+            ..Config::cluster(nodes)
+        }
+    }
+
+    /// A preset by name (`cluster`, `hostile`, `sessions`, `crowded`).
+    pub fn setting(name: &str, nodes: usize) -> Option<Config> {
+        Some(match name {
+            "cluster" => Config::cluster(nodes),
+            "hostile" => Config::hostile(nodes),
+            "sessions" => Config::sessions(nodes),
+            "crowded" => Config::crowded(nodes),
+            _ => return None,
+        })
+    }
+
+    /// True when no request may be answered expired: request ids in sessions, clocks within
+    /// the skew the limits allow, and keys that keep every session that writes them (each
+    /// client has at most two sessions with entries: the current one and the one before).
+    pub fn expects_no_expired(&self) -> bool {
+        self.request_ids
+            && self.clock_skew <= self.limits.skew_ms
+            && self.limits.max_clients >= 2 * self.clients
+    }
+
+    /// Like [`Config::sessions`], but a key keeps fewer clients than write it, and two
+    /// coordinators compete: entries are dropped while their requests are in doubt, so some
+    /// requests are answered expired (an unknown outcome), never "not applied".
+    pub fn crowded(nodes: usize) -> Config {
+        Config {
+            setting: "crowded",
+            clients: 4,
+            keys: 2,
+            ops_per_client: 10,
+            limits: Limits {
+                max_clients: 1,
+                ..Config::sessions(nodes).limits
+            },
+            coordinators: vec![1, 2],
+            ..Config::sessions(nodes)
         }
     }
 
@@ -133,6 +215,7 @@ impl Config {
     /// outcomes are unknown and histories stay quick to check.
     pub fn hostile(nodes: usize) -> Config {
         Config {
+            setting: "hostile",
             clients: 6,
             keys: 1,
             ops_per_client: 15,
@@ -189,6 +272,8 @@ enum Payload {
 enum Failed {
     NotApplied,
     Ambiguous,
+    /// The node's `expired`: not applied now, never will be; an earlier attempt may have been.
+    Expired,
 }
 
 #[derive(Clone, Debug)]
@@ -220,6 +305,9 @@ enum Event {
 
 /// Where client messages come from (clients are not nodes; they use ids above the nodes').
 const CLIENT_BASE: NodeId = 1_000;
+/// Simulated clocks read true time plus this (and the node's offset), so that a session's end
+/// is never near 0.
+const CLOCK_BASE: u64 = 1_000_000;
 
 struct Lead {
     decider: Decider,
@@ -235,6 +323,8 @@ struct Lead {
 struct SimNode {
     up: bool,
     epoch: u32,
+    /// How far this node's clock runs ahead of true time.
+    clock_offset: u64,
     /// Durable acceptor state.
     durable: BTreeMap<String, AcceptorState>,
     /// Volatile view (differs from durable only under `PromiseNotPersisted`).
@@ -245,14 +335,27 @@ struct SimNode {
     warm: BTreeMap<String, Warm>,
 }
 
+/// A client's session (the client library's): one request at a time.
+#[derive(Clone, Copy, Debug)]
+struct SimSession {
+    id: u64,
+    expires_ms: u64,
+    renew_at: u64,
+    seq: u64,
+}
+
 struct Client {
+    /// The session new requests go in (exactly-once mode).
+    session: Option<SimSession>,
+    sessions_opened: u64,
     done: usize,
     pending: Option<(u64, usize)>,
     next_req: u64,
     /// The key and command of the pending request (resent as is in exactly-once mode).
     current: Option<(String, Command)>,
-    /// How many times the pending request was sent.
+    /// How many times the pending request was sent, and when it was first.
     sends: u32,
+    first_sent: u64,
 }
 
 /// Counts of what happened in a run.
@@ -267,8 +370,11 @@ pub struct Stats {
     pub chosen_values: usize,
     /// Requests resent by their clients after an unknown outcome (exactly-once mode).
     pub resent: usize,
-    /// Requests refused as expired (the register forgot their client): must stay 0 here.
+    /// Requests answered expired (their session ended or their key forgot it): 0 unless a key
+    /// has more clients than it keeps, or the clocks are further apart than the limits allow.
     pub expired: usize,
+    /// Sessions the clients opened (exactly-once mode).
+    pub sessions: usize,
     /// Batches that started in phase 2, prepared by the round before (one round trip).
     pub warm_rounds: usize,
 }
@@ -313,6 +419,7 @@ pub fn run(seed: u64, cfg: &Config) -> Run {
                     SimNode {
                         up: true,
                         epoch: 1,
+                        clock_offset: 0,
                         ..SimNode::default()
                     },
                 )
@@ -321,17 +428,24 @@ pub fn run(seed: u64, cfg: &Config) -> Run {
         cut: BTreeSet::new(),
         clients: (0..cfg.clients)
             .map(|_| Client {
+                session: None,
+                sessions_opened: 0,
                 done: 0,
                 pending: None,
                 next_req: 1,
                 current: None,
                 sends: 0,
+                first_sent: 0,
             })
             .collect(),
         history: Vec::new(),
         stats: Stats::default(),
         trace: std::env::var_os("SIM_TRACE").is_some(),
     };
+    for id in 1..=cfg.nodes as NodeId {
+        let offset = sim.rng.range(0, cfg.clock_skew);
+        sim.nodes.get_mut(&id).expect("node").clock_offset = offset;
+    }
     for c in 0..cfg.clients {
         let at = sim.rng.range(0, 20);
         sim.schedule(at, Event::ClientNext(c));
@@ -371,6 +485,56 @@ impl Sim {
         self.clients
             .iter()
             .all(|c| c.done >= self.cfg.ops_per_client && c.pending.is_none())
+    }
+
+    /// A node's clock, in "milliseconds since the epoch" (ticks, from a base well above 0).
+    fn clock(&self, node: NodeId) -> u64 {
+        CLOCK_BASE + self.now + self.nodes[&node].clock_offset
+    }
+
+    fn ctx(&self, node: NodeId) -> Ctx {
+        Ctx {
+            now_ms: self.clock(node),
+            limits: self.cfg.limits,
+        }
+    }
+
+    /// The request id of client `c`'s next mutating request: in its session, or in a new one
+    /// (opened at a random live node, by that node's clock) once it is time to renew.
+    fn next_request(&mut self, c: usize) -> RequestId {
+        let now = self.now;
+        let renew = self.clients[c].session.is_none_or(|s| now >= s.renew_at);
+        if renew {
+            let live: Vec<NodeId> = self
+                .nodes
+                .iter()
+                .filter(|(_, n)| n.up)
+                .map(|(&id, _)| id)
+                .collect();
+            let opener = if live.is_empty() {
+                1
+            } else {
+                live[self.rng.range(0, live.len() as u64 - 1) as usize]
+            };
+            let life = self.cfg.limits.session_life(0);
+            let expires_ms = self.clock(opener) + life;
+            let cl = &mut self.clients[c];
+            cl.sessions_opened += 1;
+            cl.session = Some(SimSession {
+                id: ((c as u64) << 32) | cl.sessions_opened,
+                expires_ms,
+                renew_at: now + self.cfg.limits.renew_after_ms(life),
+                seq: 0,
+            });
+            self.stats.sessions += 1;
+        }
+        let s = self.clients[c].session.as_mut().expect("a session");
+        s.seq += 1;
+        RequestId {
+            client: s.id,
+            seq: s.seq,
+            expires_ms: s.expires_ms,
+        }
     }
 
     fn replicas(&self) -> Vec<NodeId> {
@@ -499,12 +663,10 @@ impl Sim {
         let req = self.clients[c].next_req;
         self.clients[c].next_req += 1;
         self.clients[c].done += 1;
+        let request = (self.cfg.request_ids && !op.is_read()).then(|| self.next_request(c));
         let cmd = Command {
             op,
-            request: (self.cfg.request_ids && !op.is_read()).then_some(RequestId {
-                client: c as u64,
-                seq: req,
-            }),
+            request,
             ..Command::default()
         };
         let index = self.history.len();
@@ -525,11 +687,22 @@ impl Sim {
         self.clients[c].pending = Some((req, index));
         self.clients[c].current = Some((key, cmd));
         self.clients[c].sends = 0;
+        self.clients[c].first_sent = self.now;
         self.dispatch(c, true);
     }
 
     /// The client sends its pending request again (same request id) after an unknown outcome.
     fn resend(&mut self, c: usize) {
+        let cl = &self.clients[c];
+        if self.now >= cl.first_sent.saturating_add(self.cfg.request_deadline) {
+            // The deadline passed: the outcome stays unknown (and open-ended: an attempt may
+            // still be applied later, so the history keeps no return time).
+            self.clients[c].pending = None;
+            self.stats.unknown += 1;
+            let pause = self.rng.range(1, 30);
+            self.schedule(pause, Event::ClientNext(c));
+            return;
+        }
         self.stats.resent += 1;
         self.dispatch(c, false);
     }
@@ -620,6 +793,20 @@ impl Sim {
                     );
                     return;
                 }
+                // The node's intake check of the request id, by its own clock: `unavailable`,
+                // not applied by this attempt (node.rs).
+                if counter_core::change::check_request(&cmd, &self.ctx(to)).is_err() {
+                    self.send(
+                        to,
+                        from,
+                        Payload::Response {
+                            client,
+                            req,
+                            result: Err(Failed::NotApplied),
+                        },
+                    );
+                    return;
+                }
                 let node = self.nodes.get_mut(&to).expect("node");
                 node.queues
                     .entry(key.clone())
@@ -701,21 +888,24 @@ impl Sim {
     fn start_lead(&mut self, node: NodeId, key: &str) {
         let replicas = self.replicas();
         let deadline = self.now + self.cfg.coordinator_deadline;
+        let ctx = self.ctx(node);
         let n = self.nodes.get_mut(&node).expect("node");
-        let Some(batch) = n.queues.remove(key).filter(|q| !q.is_empty()) else {
+        let Some(mut queue) = n.queues.remove(key).filter(|q| !q.is_empty()) else {
             return;
         };
+        // The node's batching: at most as many request clients as a register keeps.
+        let len = counter_core::change::batch_len(queue.iter().map(|q| q.2), &ctx.limits);
+        let rest = queue.split_off(len);
+        let batch = queue;
+        if !rest.is_empty() {
+            n.queues.insert(key.to_string(), rest);
+        }
         let seen = n
             .volatile
             .get(key)
             .map(|s| s.highest())
             .unwrap_or(Ballot::ZERO);
         let ops = batch.iter().map(|&(_, _, op)| op).collect();
-        // Simulated time stands for the clock: entries never go idle within a run.
-        let ctx = Ctx {
-            now_ms: self.now,
-            limits: Limits::default(),
-        };
         let decider = Decider::new(node, n.epoch, &replicas, ops, seen, ctx);
         let reads = batch.iter().all(|(_, _, cmd)| cmd.op.is_read());
         let mut lead = Lead {
@@ -826,12 +1016,15 @@ impl Sim {
                 }
                 let lead = self.finish_lead(node, key);
                 for (&(client, req), outcome) in lead.waiters.iter().zip(results) {
+                    // What the node answers (node.rs, outcome_msg): expired is its own kind.
                     let result = match outcome {
                         counter_proto::Outcome::Value(v) => Ok(v),
-                        counter_proto::Outcome::Expired => {
-                            self.stats.expired += 1;
-                            Err(Failed::Ambiguous)
+                        counter_proto::Outcome::Expired
+                            if self.cfg.mutation == Mutation::ExpiredMeansNotApplied =>
+                        {
+                            Err(Failed::NotApplied)
                         }
+                        counter_proto::Outcome::Expired => Err(Failed::Expired),
                         _ => Err(Failed::NotApplied),
                     };
                     self.respond(node, client, req, result);
@@ -914,7 +1107,11 @@ impl Sim {
         }
         self.clients[client].pending = None;
         let op = &mut self.history[index];
-        op.ret = self.now;
+        // An expired answer bounds nothing: another attempt may still be applied by a
+        // coordinator whose clock has not reached the session's end.
+        if result != Err(Failed::Expired) {
+            op.ret = self.now;
+        }
         op.outcome = match result {
             Ok(v) => {
                 self.stats.ok += 1;
@@ -926,6 +1123,13 @@ impl Sim {
             }
             Err(Failed::Ambiguous) => {
                 self.stats.unknown += 1;
+                Outcome::Unknown
+            }
+            Err(Failed::Expired) => {
+                // Its outcome is unknown, and the session is over: the next request opens a
+                // new one (the client library's rule).
+                self.stats.expired += 1;
+                self.clients[client].session = None;
                 Outcome::Unknown
             }
         };
@@ -963,7 +1167,47 @@ impl Sim {
     }
 }
 
-/// The command that replays a seed.
-pub fn replay_command(seed: u64, nodes: usize) -> String {
-    format!("cargo run --release -p counter-sim -- --nodes {nodes} --seed {seed} --verbose")
+/// The command that replays a seed of `cfg`.
+pub fn replay_command(seed: u64, cfg: &Config) -> String {
+    let mut flags = format!("--setting {} --nodes {}", cfg.setting, cfg.nodes);
+    let preset = Config::setting(cfg.setting, cfg.nodes);
+    if preset
+        .as_ref()
+        .is_some_and(|p| p.request_ids != cfg.request_ids)
+        && cfg.request_ids
+    {
+        flags += " --request-ids";
+    }
+    if preset
+        .as_ref()
+        .is_some_and(|p| p.clock_skew != cfg.clock_skew)
+    {
+        flags += &format!(" --clock-skew {}", cfg.clock_skew);
+    }
+    format!("cargo run --release -p counter-sim -- {flags} --seed {seed} --verbose")
+}
+
+impl Run {
+    /// What is wrong with this run of `cfg`, if anything: a history that is not linearizable,
+    /// or a live client refused (an expired answer where none may be).
+    pub fn problem(&self, cfg: &Config) -> Option<String> {
+        let replay = replay_command(self.seed, cfg);
+        match &self.verdict {
+            Verdict::Violation(cx) => {
+                return Some(format!(
+                    "seed {} ({} nodes, {}) is not linearizable; replay: {replay}\n{cx}",
+                    self.seed, cfg.nodes, cfg.setting
+                ))
+            }
+            Verdict::Linearizable | Verdict::Inconclusive { .. } => {}
+        }
+        if cfg.expects_no_expired() && self.stats.expired > 0 {
+            return Some(format!(
+                "seed {} ({} nodes, {}): {} requests of live sessions were answered expired; \
+                 replay: {replay}",
+                self.seed, cfg.nodes, cfg.setting, self.stats.expired
+            ));
+        }
+        None
+    }
 }

@@ -1,4 +1,6 @@
-//! One bench client: its connection to a router, its request ids, and one op with its retries.
+//! One bench client: its connection to a router, its session and request ids, and one op with
+//! its retries. A bench client runs one op at a time, so one session each (the rule of
+//! `counter-client`'s sessions: one request in flight per session).
 
 use crate::config::Kind;
 use crate::keys::Keys;
@@ -30,10 +32,10 @@ pub fn classify(result: Result<Msg, CallError>, after_unknown: bool) -> Outcome 
     match result {
         Ok(Msg::Value(value)) | Ok(Msg::Swapped { value, .. }) => Outcome::Ok(value),
         Ok(Msg::Error(e)) => match e.kind {
-            ErrorKind::Unknown => Outcome::Unknown(e.message),
-            // An expired request id is answered `invalid`; after a lost attempt, that (like
-            // `unavailable`) does not mean the earlier attempt was not applied.
-            ErrorKind::Unavailable | ErrorKind::Invalid if after_unknown => {
+            // `expired`: not applied now, but an earlier attempt may have been.
+            ErrorKind::Unknown | ErrorKind::Expired => Outcome::Unknown(e.message),
+            // After a lost attempt, "not applied" speaks for this attempt only.
+            ErrorKind::Unavailable if after_unknown => {
                 Outcome::Unknown(format!("an earlier attempt may have been applied; {e}"))
             }
             kind => Outcome::Failed(kind, e.message),
@@ -82,12 +84,19 @@ impl Link {
     }
 }
 
+/// The session a bench client's requests go in.
+#[derive(Clone, Copy, Debug)]
+struct Session {
+    client: u64,
+    expires_ms: u64,
+    renew_at: Instant,
+    seq: u64,
+}
+
 /// One simulated client of the store.
 pub struct Client {
     link: Link,
-    /// This client's id in request ids, and the last sequence number it used.
-    id: u64,
-    last_seq: u64,
+    session: Option<Session>,
     timeout: Duration,
 }
 
@@ -95,17 +104,42 @@ impl Client {
     pub fn new(link: Link, timeout: Duration) -> Client {
         Client {
             link,
-            id: rand::thread_rng().gen(),
-            last_seq: 0,
+            session: None,
             timeout,
         }
     }
 
-    /// A fresh request id: microseconds since the Unix epoch, strictly increasing.
-    fn next_request(&mut self) -> RequestId {
-        let id = RequestId::next(self.id, self.last_seq);
-        self.last_seq = id.seq;
-        id
+    /// The next request id of this client's session, opening a new session (at the router,
+    /// by its clock) when there is none or it is time to renew.
+    async fn next_request(&mut self) -> Result<RequestId, Outcome> {
+        let now = Instant::now();
+        if self.session.is_none_or(|s| now >= s.renew_at) {
+            let open = Msg::OpenSession { lifetime_ms: 0 };
+            let session = match self.link.call(open, self.timeout).await {
+                Ok(Msg::Session {
+                    expires_ms,
+                    renew_after_ms,
+                }) => Session {
+                    client: rand::thread_rng().gen(),
+                    expires_ms,
+                    renew_at: now + Duration::from_millis(renew_after_ms),
+                    seq: 0,
+                },
+                Ok(Msg::Error(e)) => return Err(Outcome::Failed(e.kind, e.message)),
+                other => {
+                    let why = format!("opening a session: {other:?}");
+                    return Err(Outcome::Failed(ErrorKind::Unavailable, why));
+                }
+            };
+            self.session = Some(session);
+        }
+        let s = self.session.as_mut().expect("opened above");
+        s.seq += 1;
+        Ok(RequestId {
+            client: s.client,
+            seq: s.seq,
+            expires_ms: s.expires_ms,
+        })
     }
 
     /// Runs one op on key `index` within the op timeout; an unknown outcome of a command that
@@ -124,7 +158,13 @@ impl Client {
             Kind::Decr => Op::Decr(1),
             Kind::Get => Op::Get,
         };
-        let request = (kind != Kind::Get && request_ids).then(|| self.next_request());
+        let request = match kind != Kind::Get && request_ids {
+            true => match self.next_request().await {
+                Ok(id) => Some(id),
+                Err(failed) => return (failed, 0),
+            },
+            false => None,
+        };
         let command = Command {
             op,
             min: None,
@@ -142,7 +182,11 @@ impl Client {
                 command,
                 timeout_ms: (ms / 10 * 9).max(1),
             };
-            let outcome = classify(self.link.call(msg, left).await, retries > 0);
+            let result = self.link.call(msg, left).await;
+            if matches!(&result, Ok(Msg::Error(e)) if e.kind == ErrorKind::Expired) {
+                self.session = None; // an expired session takes no more requests
+            }
+            let outcome = classify(result, retries > 0);
             let Outcome::Unknown(e) = &outcome else {
                 return (outcome, retries);
             };
@@ -196,9 +240,13 @@ mod tests {
             Outcome::Unknown(_)
         ));
         assert!(matches!(
-            classify(Ok(Msg::Error(ClientError::invalid("expired"))), true),
+            classify(Ok(Msg::Error(ClientError::expired("session ended"))), false),
             Outcome::Unknown(_)
         ));
+        assert_eq!(
+            classify(Ok(Msg::Error(ClientError::invalid("bad key"))), true),
+            Outcome::Failed(ErrorKind::Invalid, "bad key".into())
+        );
         assert!(matches!(
             classify(
                 Ok(Msg::Accepted {
@@ -209,20 +257,5 @@ mod tests {
             ),
             Outcome::Unknown(_)
         ));
-    }
-
-    #[test]
-    fn request_ids_increase_strictly() {
-        let pool = Arc::new(Pool::new(Duration::from_millis(10)));
-        let mut c = Client::new(
-            Link::new(pool, "127.0.0.1:1".into()),
-            Duration::from_secs(1),
-        );
-        let a = c.next_request();
-        let b = c.next_request();
-        assert_eq!(a.client, b.client);
-        assert!(b.seq > a.seq);
-        c.last_seq = u64::MAX / 2;
-        assert_eq!(c.next_request().seq, u64::MAX / 2 + 1);
     }
 }

@@ -203,7 +203,9 @@ pub async fn client_loop(
                 match error {
                     ErrorKind::Invalid => stats.counts.invalid += 1,
                     ErrorKind::Rejected => stats.counts.rejected += 1,
-                    ErrorKind::Unavailable | ErrorKind::Unknown => stats.counts.unavailable += 1,
+                    ErrorKind::Unavailable | ErrorKind::Unknown | ErrorKind::Expired => {
+                        stats.counts.unavailable += 1
+                    }
                 }
                 if kind != Kind::Get {
                     tally.change(delta, Applied::No);

@@ -33,6 +33,12 @@ struct Fake {
 
 impl Fake {
     fn handle(&self, msg: Msg) -> Msg {
+        if let Msg::OpenSession { .. } = msg {
+            return Msg::Session {
+                expires_ms: counter_proto::unix_ms() + 3_600_000,
+                renew_after_ms: 3_480_000,
+            };
+        }
         let Msg::Command { key, command, .. } = msg else {
             return Msg::Error(ClientError::invalid("commands only"));
         };

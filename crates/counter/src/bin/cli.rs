@@ -3,18 +3,11 @@
 
 use clap::Parser;
 use counter::command::{self, Parsed};
-use counter_net::{CallError, Pool};
-use counter_proto::{ClientError, ErrorKind, Msg, RequestId};
-use rand::Rng;
+use counter_client::{Answer, Client, Error, ErrorKind};
 use std::ffi::OsString;
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
-
-/// Most attempts of one command whose outcome was unknown (each with the same request id).
-const MAX_ATTEMPTS: u32 = 8;
-/// Longest pause between two attempts.
-const BACKOFF_MAX: Duration = Duration::from_millis(500);
+use std::time::Duration;
 
 /// Command-line client of the counter store.
 #[derive(Parser)]
@@ -41,104 +34,32 @@ struct Args {
     command: Vec<OsString>,
 }
 
-struct Client {
-    router: String,
-    pool: Pool,
-    timeout: Duration,
-    /// This process's client id, and the last sequence number it used.
-    client: u64,
-    last_seq: u64,
-    /// The request id came from --request-id: an earlier process may have sent it.
-    given_id: bool,
-}
-
-impl Client {
-    /// A fresh request id: microseconds since the Unix epoch, strictly increasing.
-    fn next_request(&mut self) -> RequestId {
-        let id = RequestId::next(self.client, self.last_seq);
-        self.last_seq = id.seq;
-        id
-    }
-
-    /// Runs one command, retrying an unknown outcome with the same request id (reads and
-    /// commands with an id are safe to retry) until the deadline.
-    async fn run(&self, cmd: Parsed) -> Result<Msg, ClientError> {
-        let deadline = Instant::now() + self.timeout;
-        let retry_safe = cmd.command.op.is_read() || cmd.command.request.is_some();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let left = deadline.saturating_duration_since(Instant::now());
-            let mut result = self.send(&cmd, left).await;
-            if let Err(e) = &result {
-                // An earlier attempt (ours, or another process's with the same --request-id)
-                // may have been applied. With --request-id on a first attempt, "request
-                // expired" stays `invalid` (its message says so); an expired request never
-                // will be applied, so retrying cannot tell more.
-                let earlier = attempt > 1 || (self.given_id && !e.is_expired());
-                if let Some(unknown) = e.after_earlier_attempt().filter(|_| earlier) {
-                    let last = e.is_expired();
-                    result = Err(unknown);
-                    if last {
-                        return result;
-                    }
-                }
-            }
-            match result {
-                Err(e) if e.kind == ErrorKind::Unknown && retry_safe && attempt < MAX_ATTEMPTS => {
-                    let cap = Duration::from_millis(20u64 << attempt.min(5)).min(BACKOFF_MAX);
-                    let pause = rand::thread_rng().gen_range(Duration::ZERO..=cap);
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left <= pause + Duration::from_millis(10) {
-                        return Err(e);
-                    }
-                    tracing::debug!(attempt, error = %e, "outcome unknown; retrying");
-                    tokio::time::sleep(pause).await;
-                }
-                other => return other,
-            }
+/// Runs one parsed command: with the caller's request id, or in a session of the client.
+async fn run(
+    client: &Client,
+    cmd: Parsed,
+    given: Option<counter_proto::RequestId>,
+) -> Result<Answer, Error> {
+    match given {
+        Some(id) if !cmd.command.op.is_read() => {
+            client.command_with_id(&cmd.key, cmd.command, id).await
         }
-    }
-
-    async fn send(&self, cmd: &Parsed, left: Duration) -> Result<Msg, ClientError> {
-        let ms = left.as_millis().min(u128::from(u32::MAX)) as u32;
-        // The router gets most of the budget so its own answer arrives before we give up.
-        let msg = Msg::Command {
-            key: cmd.key.clone(),
-            command: cmd.command,
-            timeout_ms: (ms / 10 * 9).max(1),
-        };
-        match self.pool.call(&self.router, msg, left).await {
-            Ok(Msg::Error(e)) => Err(e),
-            Ok(answer @ (Msg::Value(_) | Msg::Swapped { .. })) => Ok(answer),
-            Ok(other) => Err(ClientError::unknown(format!(
-                "unexpected answer from the router: {other:?}"
-            ))),
-            Err(CallError::NotSent(e)) => Err(ClientError::unavailable(format!(
-                "router {}: {e}",
-                self.router
-            ))),
-            Err(CallError::Lost(e)) => Err(ClientError::unknown(format!(
-                "router {}: {e}; the command may have been applied",
-                self.router
-            ))),
-        }
+        _ => client.command(&cmd.key, cmd.command).await,
     }
 }
 
 /// The line printed for an answer: the value, or for `cas` the value and whether it swapped.
-fn answer_line(msg: &Msg) -> String {
-    match msg {
-        Msg::Swapped {
+fn answer_line(answer: &Answer) -> String {
+    match answer {
+        Answer::Swapped {
             value,
             swapped: true,
         } => format!("{value} swapped"),
-        Msg::Swapped {
+        Answer::Swapped {
             value,
             swapped: false,
         } => format!("{value} unchanged"),
-        Msg::Value(v) => v.to_string(),
-        other => unreachable!("send() only passes answers on, not {other:?}"),
+        Answer::Value(v) => v.to_string(),
     }
 }
 
@@ -148,6 +69,7 @@ fn exit_code(kind: ErrorKind) -> u8 {
         ErrorKind::Unavailable => 3,
         ErrorKind::Unknown => 4,
         ErrorKind::Rejected => 5,
+        ErrorKind::Expired => 6,
     }
 }
 
@@ -155,14 +77,14 @@ fn exit_code(kind: ErrorKind) -> u8 {
 async fn main() -> ExitCode {
     counter::logging::init("warn");
     let args = Args::parse();
-    let mut client = Client {
-        router: args.router,
-        pool: Pool::new(Duration::from_millis(u64::from(args.timeout_ms))),
-        timeout: Duration::from_millis(u64::from(args.timeout_ms)),
-        client: rand::thread_rng().gen(),
-        last_seq: 0,
-        given_id: args.request_id.is_some(),
-    };
+    let timeout = Duration::from_millis(u64::from(args.timeout_ms));
+    let mut builder = Client::builder([args.router]).timeout(timeout);
+    if !args.command.is_empty() {
+        // One command: the shortest session the cluster grants, so that keys forget this
+        // process soon after it ends.
+        builder = builder.session_life(Duration::from_millis(1));
+    }
+    let client = builder.build();
     let given = match args.request_id.as_deref().map(command::parse_request_id) {
         Some(Err(e)) => {
             eprintln!("counter-cli: {e}");
@@ -179,12 +101,7 @@ async fn main() -> ExitCode {
     };
     if !args.command.is_empty() {
         let result = match command::parse(&args.command) {
-            Ok(mut cmd) => {
-                if !cmd.command.op.is_read() {
-                    cmd.command.request = Some(given.unwrap_or_else(|| client.next_request()));
-                }
-                client.run(cmd).await
-            }
+            Ok(cmd) => run(&client, cmd, given).await,
             Err(e) => Err(e),
         };
         return match result {
@@ -217,12 +134,7 @@ async fn main() -> ExitCode {
             line.pop();
         }
         let answer = match command::parse_line(&line) {
-            Ok(mut cmd) => {
-                if !cmd.command.op.is_read() {
-                    cmd.command.request = Some(client.next_request());
-                }
-                client.run(cmd).await
-            }
+            Ok(cmd) => run(&client, cmd, None).await,
             Err(e) => Err(e),
         };
         let out = match answer {

@@ -1,0 +1,407 @@
+//! `counter-client`: the client library of the counter store.
+//!
+//! A [`Client`] talks to one or more `counter-router`s. It owns what makes retries safe:
+//!
+//! - **Sessions.** Every mutating command carries a request id `(client, seq, expires_ms)` of a
+//!   *session*: a random client id, a sequence number counting 1, 2, 3, ... and the session's
+//!   end, handed out by a router (`OpenSession`) by the router's clock, so this machine's clock
+//!   never matters. A session carries one request at a time: a `Client` keeps a small pool of
+//!   them, one per request in flight, and moves to a new session well before one ends.
+//! - **Retries.** An `unknown` outcome (lost connection, no decision in time) of a read or of a
+//!   command with a request id is sent again with the same id, with randomized exponential
+//!   backoff, until the deadline: the key's register remembers the request, so it is applied at
+//!   most once.
+//! - **Typed errors.** [`Error::kind`] is one of [`ErrorKind`]: `Invalid` (never applied),
+//!   `Unavailable` (definitely not applied), `Unknown` (may or may not have been applied),
+//!   `Rejected` (a bound refused it, nothing changed), `Expired` (the session ended or the
+//!   request is too old to be recognised: its outcome is unknown).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), counter_client::Error> {
+//! let client = counter_client::Client::connect("127.0.0.1:7100").await?;
+//! let views = client.incr("page_views", 1).await?;
+//! let stock = client.decr_bounded("stock:sku-123", 1, Some(0), None).await?;
+//! println!("{views} views, {stock} left");
+//! # Ok(())
+//! # }
+//! ```
+
+use counter_net::{CallError, Pool};
+use counter_proto::{Command, Msg, Op, RequestId};
+use rand::Rng;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub use counter_proto::{ClientError as Error, ErrorKind};
+
+/// Most attempts of one command whose outcome was unknown (each with the same request id).
+const MAX_ATTEMPTS: u32 = 8;
+/// Longest pause between two attempts.
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// What a command answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// The counter's value after the command (or read).
+    Value(i64),
+    /// A compare-and-set: the value held afterwards, and whether it swapped.
+    Swapped { value: i64, swapped: bool },
+}
+
+/// How to build a [`Client`].
+///
+/// ```
+/// let builder = counter_client::Client::builder(["127.0.0.1:7100", "127.0.0.1:7200"])
+///     .timeout(std::time::Duration::from_secs(5));
+/// # drop(builder);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Builder {
+    routers: Vec<String>,
+    timeout: Duration,
+    session_ms: u64,
+}
+
+impl Builder {
+    /// How long one command may take, retries included (default 10 s).
+    pub fn timeout(mut self, timeout: Duration) -> Builder {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The session life to ask for (default: the longest the cluster allows). A short-lived
+    /// process asks for a short one, so that keys forget it sooner.
+    pub fn session_life(mut self, life: Duration) -> Builder {
+        self.session_ms = life.as_millis().min(u128::from(u64::MAX)) as u64;
+        self
+    }
+
+    /// A client; no connection is made until the first command.
+    pub fn build(self) -> Client {
+        Client {
+            routers: self.routers,
+            pool: Pool::new(self.timeout.min(Duration::from_secs(2))),
+            timeout: self.timeout,
+            session_ms: self.session_ms,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// A session with one request at a time (see the crate's doc).
+#[derive(Clone, Copy, Debug)]
+struct Session {
+    client: u64,
+    expires_ms: u64,
+    /// When to stop using it for new requests (this process's monotonic clock).
+    renew_at: Instant,
+    /// The last sequence number used.
+    seq: u64,
+}
+
+/// A connection to the counter store through its routers. Share it between tasks (`Arc`):
+/// each command in flight uses a session of its own.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), counter_client::Error> {
+/// let client = counter_client::Client::connect("127.0.0.1:7100").await?;
+/// assert_eq!(client.set("k", 5).await?, 5);
+/// assert_eq!(client.cas("k", 5, 7).await?, (7, true));
+/// assert_eq!(client.get("k").await?, 7);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Client {
+    routers: Vec<String>,
+    pool: Pool,
+    timeout: Duration,
+    session_ms: u64,
+    /// Sessions not in use, ready for the next request.
+    idle: Mutex<Vec<Session>>,
+}
+
+impl Client {
+    /// A builder for a client of these routers (tried in order when one cannot be reached).
+    pub fn builder<I, S>(routers: I) -> Builder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Builder {
+            routers: routers.into_iter().map(Into::into).collect(),
+            timeout: Duration::from_secs(10),
+            session_ms: 0,
+        }
+    }
+
+    /// A client of one router, with the default settings, after checking that the router
+    /// answers (it opens the first session).
+    pub async fn connect(router: impl Into<String>) -> Result<Client, Error> {
+        let client = Client::builder([router.into()]).build();
+        let session = client.open_session().await?;
+        client.release(session);
+        Ok(client)
+    }
+
+    /// Adds `n` (> 0) to `key`; the new value.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: counter_client::Client) -> Result<(), counter_client::Error> {
+    /// let v = client.incr("page_views", 1).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn incr(&self, key: &str, n: u64) -> Result<i64, Error> {
+        self.incr_bounded(key, n, None, None).await
+    }
+
+    /// Subtracts `n` (> 0) from `key`; the new value.
+    pub async fn decr(&self, key: &str, n: u64) -> Result<i64, Error> {
+        self.decr_bounded(key, n, None, None).await
+    }
+
+    /// Adds `n` only if the result stays within `min..=max`; else [`ErrorKind::Rejected`] and
+    /// nothing changes.
+    pub async fn incr_bounded(
+        &self,
+        key: &str,
+        n: u64,
+        min: Option<i64>,
+        max: Option<i64>,
+    ) -> Result<i64, Error> {
+        value(self.command(key, bounded(Op::Incr(n), min, max)).await?)
+    }
+
+    /// Subtracts `n` only if the result stays within `min..=max` (e.g. stock never below 0);
+    /// else [`ErrorKind::Rejected`] and nothing changes.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: counter_client::Client) -> Result<(), counter_client::Error> {
+    /// match client.decr_bounded("stock:sku-1", 1, Some(0), None).await {
+    ///     Ok(left) => println!("sold, {left} left"),
+    ///     Err(e) if e.kind == counter_client::ErrorKind::Rejected => println!("sold out"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn decr_bounded(
+        &self,
+        key: &str,
+        n: u64,
+        min: Option<i64>,
+        max: Option<i64>,
+    ) -> Result<i64, Error> {
+        value(self.command(key, bounded(Op::Decr(n), min, max)).await?)
+    }
+
+    /// The current value (0 for a key never written).
+    pub async fn get(&self, key: &str) -> Result<i64, Error> {
+        value(self.command(key, Op::Get.into()).await?)
+    }
+
+    /// Sets `key` to `v`; returns `v`.
+    pub async fn set(&self, key: &str, v: i64) -> Result<i64, Error> {
+        value(self.command(key, Op::Set(v).into()).await?)
+    }
+
+    /// Sets `key` to 0; returns 0.
+    pub async fn reset(&self, key: &str) -> Result<i64, Error> {
+        value(self.command(key, Op::Reset.into()).await?)
+    }
+
+    /// Sets `key` to `new` if it holds `expected`: the value held afterwards and whether it
+    /// swapped.
+    pub async fn cas(&self, key: &str, expected: i64, new: i64) -> Result<(i64, bool), Error> {
+        match self.command(key, Op::Cas { expected, new }.into()).await? {
+            Answer::Swapped { value, swapped } => Ok((value, swapped)),
+            Answer::Value(v) => Err(Error::unknown(format!(
+                "a compare-and-set was answered with a plain value {v}"
+            ))),
+        }
+    }
+
+    /// Runs any command (its `request` is filled in from a session for a mutating one).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: counter_client::Client) -> Result<(), counter_client::Error> {
+    /// use counter_proto::{Command, Op};
+    /// let answer = client.command("k", Command::from(Op::Incr(2))).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn command(&self, key: &str, mut command: Command) -> Result<Answer, Error> {
+        counter_proto::validate_key(key)?;
+        counter_proto::validate_command(&command)?;
+        if command.op.is_read() {
+            command.request = None;
+            return self.run(key, command, false).await;
+        }
+        let mut session = self.take_session().await?;
+        session.seq += 1;
+        command.request = Some(RequestId {
+            client: session.client,
+            seq: session.seq,
+            expires_ms: session.expires_ms,
+        });
+        let result = self.run(key, command, false).await;
+        // An expired session takes no more requests; any other outcome leaves it usable (an
+        // abandoned attempt with a lower number is refused once a later one is applied).
+        if !matches!(&result, Err(e) if e.kind == ErrorKind::Expired) {
+            self.release(session);
+        }
+        result
+    }
+
+    /// Runs a command whose request id the caller chose (`counter-cli --request-id`): an
+    /// earlier process may have sent it, so "not applied by this attempt" is reported as
+    /// unknown.
+    pub async fn command_with_id(
+        &self,
+        key: &str,
+        command: Command,
+        id: RequestId,
+    ) -> Result<Answer, Error> {
+        counter_proto::validate_key(key)?;
+        counter_proto::validate_command(&command)?;
+        let command = Command {
+            request: Some(id),
+            ..command
+        };
+        self.run(key, command, true).await
+    }
+
+    /// A session ready for a request: an idle one, or a new one.
+    async fn take_session(&self) -> Result<Session, Error> {
+        let now = Instant::now();
+        let reuse = {
+            let mut idle = self.idle.lock().expect("session pool");
+            idle.retain(|s| s.renew_at > now);
+            idle.pop()
+        };
+        match reuse {
+            Some(s) => Ok(s),
+            None => self.open_session().await,
+        }
+    }
+
+    fn release(&self, session: Session) {
+        self.idle.lock().expect("session pool").push(session);
+    }
+
+    async fn open_session(&self) -> Result<Session, Error> {
+        let asked = Instant::now();
+        let msg = Msg::OpenSession {
+            lifetime_ms: self.session_ms,
+        };
+        match self.call(msg, self.timeout).await {
+            Ok(Msg::Session {
+                expires_ms,
+                renew_after_ms,
+            }) => Ok(Session {
+                client: rand::thread_rng().gen(),
+                expires_ms,
+                renew_at: asked + Duration::from_millis(renew_after_ms),
+                seq: 0,
+            }),
+            Ok(Msg::Error(e)) => Err(e),
+            Ok(other) => Err(Error::unavailable(format!(
+                "opening a session: unexpected answer {other:?}"
+            ))),
+            // Opening a session changes nothing: whatever happened, nothing was applied.
+            Err(e) => Err(Error::unavailable(format!("opening a session: {e}"))),
+        }
+    }
+
+    /// Sends `command` until it is decided, retrying an unknown outcome with the same request
+    /// id (reads and commands with an id are safe to retry) until the deadline. `given`: the
+    /// id came from the caller, and an earlier process may have sent it.
+    async fn run(&self, key: &str, command: Command, given: bool) -> Result<Answer, Error> {
+        let deadline = Instant::now() + self.timeout;
+        let retry_safe = command.op.is_read() || command.request.is_some();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut result = self.send(key, command, left).await;
+            if let Err(e) = &result {
+                // An earlier attempt (ours, or another process's with the same id) may have
+                // been applied: "not applied by this attempt" does not tell more.
+                if attempt > 1 || given {
+                    if let Some(unknown) = e.after_earlier_attempt() {
+                        result = Err(unknown);
+                    }
+                }
+            }
+            match result {
+                Err(e) if e.kind == ErrorKind::Unknown && retry_safe && attempt < MAX_ATTEMPTS => {
+                    let cap = Duration::from_millis(20u64 << attempt.min(5)).min(BACKOFF_MAX);
+                    let pause = rand::thread_rng().gen_range(Duration::ZERO..=cap);
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left <= pause + Duration::from_millis(10) {
+                        return Err(e);
+                    }
+                    tracing::debug!(attempt, error = %e, "outcome unknown; retrying");
+                    tokio::time::sleep(pause).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn send(&self, key: &str, command: Command, left: Duration) -> Result<Answer, Error> {
+        let ms = left.as_millis().min(u128::from(u32::MAX)) as u32;
+        // The router gets most of the budget so its own answer arrives before we give up.
+        let msg = Msg::Command {
+            key: key.to_string(),
+            command,
+            timeout_ms: (ms / 10 * 9).max(1),
+        };
+        match self.call(msg, left).await {
+            Ok(Msg::Error(e)) => Err(e),
+            Ok(Msg::Value(v)) => Ok(Answer::Value(v)),
+            Ok(Msg::Swapped { value, swapped }) => Ok(Answer::Swapped { value, swapped }),
+            Ok(other) => Err(Error::unknown(format!(
+                "unexpected answer from the router: {other:?}"
+            ))),
+            Err(CallError::NotSent(e)) => Err(Error::unavailable(e)),
+            Err(CallError::Lost(e)) => Err(Error::unknown(format!(
+                "{e}; the command may have been applied"
+            ))),
+        }
+    }
+
+    /// Sends `msg` to the first router that takes it (failing over only while nothing was
+    /// sent).
+    async fn call(&self, msg: Msg, left: Duration) -> Result<Msg, CallError> {
+        let mut last = CallError::NotSent("no router given".into());
+        for router in &self.routers {
+            match self.pool.call(router, msg.clone(), left).await {
+                Err(CallError::NotSent(e)) => {
+                    last = CallError::NotSent(format!("router {router}: {e}"));
+                }
+                Err(CallError::Lost(e)) => {
+                    return Err(CallError::Lost(format!("router {router}: {e}")))
+                }
+                ok => return ok,
+            }
+        }
+        Err(last)
+    }
+}
+
+fn bounded(op: Op, min: Option<i64>, max: Option<i64>) -> Command {
+    Command {
+        op,
+        min,
+        max,
+        request: None,
+    }
+}
+
+fn value(answer: Answer) -> Result<i64, Error> {
+    match answer {
+        Answer::Value(v) => Ok(v),
+        Answer::Swapped { value, .. } => Ok(value),
+    }
+}
