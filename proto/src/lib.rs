@@ -15,6 +15,9 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+pub mod identity;
+pub use identity::DataState;
+
 /// Version of the wire protocol. Bumped on any incompatible change of [`Msg`].
 pub const PROTOCOL_VERSION: u16 = 2;
 
@@ -319,6 +322,20 @@ pub enum Msg {
     Read { shard: ShardId, key: String },
     /// Answer to `Read`: the durably accepted ballot and value, if any.
     ReadReply { accepted: Option<(Ballot, i64)> },
+    /// A node asks another who it is and what its data dir holds (before creating an empty
+    /// data dir: see [`identity`]). Appended, like every later variant: the variants before
+    /// keep their encoding, so [`PROTOCOL_VERSION`] is unchanged; a node of an older build
+    /// cannot decode it and closes the connection, which the asker counts as no answer.
+    Identify,
+    /// Answer to `Identify`: the cluster the node's data dir belongs to (for an empty data
+    /// dir: the one its cluster file describes), its id, the configuration version it runs
+    /// and how far its data dir is.
+    Identity {
+        cluster_id: u64,
+        node: NodeId,
+        config_version: u64,
+        state: DataState,
+    },
 }
 
 /// One message with the id that pairs a reply with its request (0 for connection-level errors).
@@ -528,6 +545,40 @@ mod tests {
         let mut buf = Vec::new();
         encode_frame(&sample(), &mut buf).unwrap();
         assert_eq!(decode_frame(&buf).unwrap(), sample());
+    }
+
+    #[test]
+    fn identity_messages_are_appended_and_round_trip() {
+        for msg in [
+            Msg::Identify,
+            Msg::Identity {
+                cluster_id: u64::MAX - 3,
+                node: 2,
+                config_version: 1,
+                state: DataState::Created,
+            },
+        ] {
+            let frame = Frame { id: 9, msg };
+            let mut buf = Vec::new();
+            encode_frame(&frame, &mut buf).unwrap();
+            assert_eq!(decode_frame(&buf).unwrap(), frame);
+        }
+        // Variant indexes are the encoding: the old ones must not move (postcard: version,
+        // frame id, then the variant index as a varint).
+        let index = |msg: Msg| {
+            let mut buf = Vec::new();
+            encode_frame(&Frame { id: 1, msg }, &mut buf).unwrap();
+            buf[2]
+        };
+        assert_eq!(
+            index(Msg::Read {
+                shard: 0,
+                key: "k".into()
+            }),
+            9
+        );
+        assert_eq!(index(Msg::ReadReply { accepted: None }), 10);
+        assert_eq!(index(Msg::Identify), 11);
     }
 
     #[test]

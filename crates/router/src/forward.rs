@@ -194,5 +194,7 @@ pub fn msg_name(msg: &Msg) -> &'static str {
         Msg::Reject { .. } => "Reject",
         Msg::Read { .. } => "Read",
         Msg::ReadReply { .. } => "ReadReply",
+        Msg::Identify => "Identify",
+        Msg::Identity { .. } => "Identity",
     }
 }
