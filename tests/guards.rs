@@ -6,6 +6,8 @@
 mod common;
 
 use common::{free_port, LocalCluster, CLI, NODE, ROUTER};
+use counter_proto::{ClientError, DataState, Msg};
+use counter_storage::ClusterConfig;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -233,6 +235,21 @@ fn edited_members_and_foreign_data_dirs_are_refused_and_restarts_work() {
 /// Processes killed when the test ends, however it ends.
 struct Procs(Vec<Child>);
 
+impl Procs {
+    /// Panics with its log if node `i + 1` (the `i`th process) has exited.
+    fn all_running(&mut self, log: &dyn Fn(&str) -> PathBuf) {
+        for (i, child) in self.0.iter_mut().enumerate() {
+            if let Some(status) = child.try_wait().unwrap() {
+                let name = format!("node-{}", i + 1);
+                panic!(
+                    "{name} exited with {status}:\n{}",
+                    std::fs::read_to_string(log(&name)).unwrap_or_default()
+                );
+            }
+        }
+    }
+}
+
 impl Drop for Procs {
     fn drop(&mut self) {
         for child in &mut self.0 {
@@ -242,9 +259,44 @@ impl Drop for Procs {
     }
 }
 
-/// A new cluster whose third member starts well after the first two: they wait for it, and it
-/// joins (a member that serves before a slower one has created its data dir would make that
-/// one refuse as if its disk had been lost).
+/// Answers `Identify` at `addr` as member `id` of cluster `cluster_id` whose data dir is
+/// empty, until dropped: a member that is up and new but has not created its data dir yet.
+struct NewMember(tokio::runtime::Runtime);
+
+impl NewMember {
+    fn start(addr: &str, id: u32, cluster_id: u64) -> NewMember {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(addr.to_string()))
+            .unwrap();
+        rt.spawn(counter_net::serve(
+            listener,
+            counter_net::ServerConfig::default(),
+            move |msg| async move {
+                match msg {
+                    Msg::Identify => Msg::Identity {
+                        cluster_id,
+                        node: id,
+                        config_version: 1,
+                        state: DataState::Empty,
+                    },
+                    _ => Msg::Error(ClientError::unavailable("starting")),
+                }
+            },
+        ));
+        NewMember(rt)
+    }
+
+    /// Stops answering and frees the address.
+    fn stop(self) {
+        self.0.shutdown_timeout(Duration::from_secs(5));
+    }
+}
+
+/// A new cluster whose third member is up (answering that it is new) while the first two
+/// create their data dirs, but creates its own only later. The first two must not serve
+/// before it has: it would hear "serving" and refuse as if its disk had been lost. And alone,
+/// a member of a new cluster gives up after the bootstrap timeout, writing nothing.
 #[test]
 fn a_new_cluster_waits_for_a_late_member_and_needs_every_member_once() {
     binary_has_guards();
@@ -258,6 +310,8 @@ fn a_new_cluster_waits_for_a_late_member_and_needs_every_member_once() {
     }
     let file = tmp.path().join("cluster.toml");
     std::fs::write(&file, text).unwrap();
+    let cluster_id =
+        ClusterConfig::bootstrap(3, 8, (1..=3).zip(addrs.iter().cloned()).collect()).cluster_id();
     let dir = |id: u32| tmp.path().join(format!("node-{id}"));
     let log = |name: &str| tmp.path().join(format!("{name}.log"));
 
@@ -282,6 +336,7 @@ fn a_new_cluster_waits_for_a_late_member_and_needs_every_member_once() {
         "a start that gave up created its data dir"
     );
 
+    let late = NewMember::start(&addrs[2], 3, cluster_id);
     let mut procs = Procs(Vec::new());
     for id in [1, 2] {
         procs.0.push(spawn_node(
@@ -292,22 +347,31 @@ fn a_new_cluster_waits_for_a_late_member_and_needs_every_member_once() {
             &[],
         ));
     }
-    std::thread::sleep(Duration::from_millis(1500));
+    // Nodes 1 and 2 hear that node 3 is new, create their data dirs, and wait for it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(dir(1).exists() && dir(2).exists()) {
+        procs.all_running(&log);
+        assert!(
+            Instant::now() < deadline,
+            "nodes 1 and 2 never created their data dirs"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    late.stop();
     procs
         .0
         .push(spawn_node(3, &file, &dir(3), &log("node-3"), &[]));
     let router = format!("127.0.0.1:{}", free_port());
-    procs.0.push(
-        Command::new(ROUTER)
-            .arg("--cluster")
-            .arg(&file)
-            .arg("--listen")
-            .arg(&router)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log("router")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let _router = Procs(vec![Command::new(ROUTER)
+        .arg("--cluster")
+        .arg(&file)
+        .arg("--listen")
+        .arg(&router)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log("router")).unwrap())
+        .spawn()
+        .unwrap()]);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let out = Command::new(CLI)
@@ -318,15 +382,7 @@ fn a_new_cluster_waits_for_a_late_member_and_needs_every_member_once() {
             assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
             break;
         }
-        for (i, child) in procs.0.iter_mut().enumerate().take(3) {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "node {} exited with {status}:\n{}",
-                    i + 1,
-                    std::fs::read_to_string(log(&format!("node-{}", i + 1))).unwrap()
-                );
-            }
-        }
+        procs.all_running(&log);
         assert!(
             Instant::now() < deadline,
             "the new cluster never served: {}",

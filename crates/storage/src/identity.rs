@@ -87,7 +87,11 @@ impl ClusterConfig {
             ));
         }
         if self.shards != now.shards {
-            changes.push(format!("shards {} -> {}", self.shards, now.shards));
+            // (Worded as the earlier shard-count refusal, which scripts may match.)
+            changes.push(format!(
+                "created for {} shards but the cluster file says {}",
+                self.shards, now.shards
+            ));
         }
         for (id, addr) in &now.members {
             match self.members.get(id) {
@@ -173,7 +177,7 @@ mod tests {
             a.changes(&b),
             [
                 "replication 3 -> 1",
-                "shards 64 -> 8",
+                "created for 64 shards but the cluster file says 8",
                 "node 2 addr h:2 -> x:2",
                 "node 4 (h:4) added",
                 "node 3 (h:3) removed"

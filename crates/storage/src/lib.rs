@@ -1038,7 +1038,7 @@ mod tests {
         refused_untouched(
             dir.path(),
             &Identity::new(3, config(&[1, 2, 3], 8)),
-            "shards 4 -> 8",
+            "created for 4 shards but the cluster file says 8",
         );
         assert_eq!(Store::open_node(dir.path(), &me).unwrap().epoch(), 2);
     }
