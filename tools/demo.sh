@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-$PWD/data}
-BIN=$PWD/target/release
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/release
 ROUTER=127.0.0.1:7100
 
 stop() {

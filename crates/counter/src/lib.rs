@@ -8,8 +8,11 @@
 //!   one queue per key so concurrent operations ride one round.
 //! - [`command`]: parsing the CLI's commands (CLI.md), shared by `counter-cli` and tests.
 //! - [`logging`]: tracing set-up for the binaries.
+//! - [`bootstrap`]: the start-up check that keeps a node whose disk was lost from starting
+//!   empty under its old id (asks the other members before creating a data dir).
 //! - `bin/`: `counter-node`, `counter-router`, `counter-cli`.
 
+pub mod bootstrap;
 pub mod command;
 pub mod coordinator;
 pub mod logging;

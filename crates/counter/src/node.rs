@@ -129,6 +129,19 @@ impl Node {
                 lifetime_ms,
                 counter_proto::unix_ms(),
             ),
+            // Another member checks, before creating its empty data dir, that it is not one
+            // whose disk was lost (`bootstrap`): this node serves, so it says so.
+            Msg::Identify => match self.store.identity() {
+                Some(identity) => Msg::Identity {
+                    cluster_id: identity.cluster_id,
+                    node: self.id,
+                    config_version: identity.config.version,
+                    state: self.store.data_state(),
+                },
+                None => Msg::Error(ClientError::unavailable(
+                    "this node's data dir records no identity",
+                )),
+            },
             other => Msg::Error(ClientError::invalid(format!(
                 "a node does not take {} messages",
                 msg_name(&other)

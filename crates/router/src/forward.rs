@@ -205,5 +205,7 @@ pub fn msg_name(msg: &Msg) -> &'static str {
         Msg::ReadReply { .. } => "ReadReply",
         Msg::OpenSession { .. } => "OpenSession",
         Msg::Session { .. } => "Session",
+        Msg::Identify => "Identify",
+        Msg::Identity { .. } => "Identity",
     }
 }

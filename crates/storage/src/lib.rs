@@ -3,9 +3,20 @@
 //! # Layout on disk
 //!
 //! One RocksDB database per node. Column family `meta` holds the shard count the data dir was
-//! created with, the on-disk format version and the node's incarnation counter (its ballot
-//! epoch). Column families `shard-00000` .. hold one record per key: a format byte followed by
-//! the postcard encoding of [`AcceptorState`].
+//! created with, the on-disk format version, the node's incarnation counter (its ballot
+//! epoch), and who the data dir belongs to: the cluster id, the node id, the configuration it
+//! was created with (replication, shards, members, configuration version; see [`identity`])
+//! and how far its creation went ([`DataState`]: created, or serving). Column families
+//! `shard-00000` .. hold one record per key: a format byte followed by the postcard encoding
+//! of [`AcceptorState`].
+//!
+//! # Guards
+//!
+//! [`Store::open_node`] reads the `meta` column family read-only first ([`inspect`]) and refuses
+//! (writing nothing) a data dir of another node id or one created with another configuration
+//! than the cluster file's. A data dir of an earlier build, which recorded no identity, adopts
+//! the cluster file's (logged). Whether an *empty* data dir may be created at all is decided
+//! before, by asking the other members (`counter-node`'s bootstrap check).
 //!
 //! # Durability
 //!
@@ -29,7 +40,7 @@
 //! cache may hold data the disk does not, and only a restart from the durable state is safe.
 
 use counter_core::{AcceptorReply, AcceptorState};
-use counter_proto::{Ballot, Register, ShardId};
+use counter_proto::{Ballot, DataState, NodeId, Register, ShardId};
 use dashmap::DashMap;
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 use std::path::{Path, PathBuf};
@@ -39,10 +50,21 @@ use tokio::sync::oneshot;
 
 /// The record encoding of shard column families lives in `counter-core` (pure, fuzzed).
 pub use counter_core::record::{self, encode as encode_state, FORMAT_VERSION};
+pub mod identity;
+pub use identity::{ClusterConfig, Identity, BOOTSTRAP_CONFIG_VERSION};
+
 const META_CF: &str = "meta";
 const META_SHARDS: &[u8] = b"shards";
 const META_FORMAT: &[u8] = b"format";
 const META_EPOCH: &[u8] = b"epoch";
+/// The cluster id (postcard u64), written with the three below in one batch.
+const META_CLUSTER: &[u8] = b"cluster_id";
+/// The node id the data dir belongs to (postcard u32).
+const META_NODE: &[u8] = b"node";
+/// The configuration it was created with (postcard [`ClusterConfig`]).
+const META_CONFIG: &[u8] = b"config";
+/// [`DataState::Created`] until the node first serves, then [`DataState::Serving`].
+const META_STATE: &[u8] = b"state";
 /// Most keys whose synced state is kept in memory.
 pub const CACHED_KEYS: usize = 500_000;
 
@@ -75,6 +97,27 @@ pub enum StorageError {
         "data dir {dir} uses on-disk format {found}, this build reads format {FORMAT_VERSION}"
     )]
     FormatMismatch { dir: PathBuf, found: u8 },
+    #[error(
+        "data dir {dir} belongs to node {recorded}, not node {given}: refusing to start \
+         (a data dir holds one node's promises and acceptances). Start node {recorded} on it \
+         (--id {recorded}), and node {given} on the data dir it last ran with"
+    )]
+    WrongNode {
+        dir: PathBuf,
+        recorded: NodeId,
+        given: NodeId,
+    },
+    #[error(
+        "the cluster file differs from the configuration data dir {dir} was created with ({}): \
+         refusing to start. Members, replication and shards cannot be changed by editing the \
+         cluster file (keys would move to replicas that never saw them); restore the original \
+         cluster file. Online membership changes (`cluster add-node/remove-node/replace-node` \
+         admin commands) are planned, not yet available",
+        changes.join("; ")
+    )]
+    ConfigChanged { dir: PathBuf, changes: Vec<String> },
+    #[error("{0}")]
+    Io(String),
     #[error("corrupt record: {0}")]
     Corrupt(String),
     #[error("shard {0} is not stored here")]
@@ -92,6 +135,155 @@ pub fn decode_state(bytes: &[u8]) -> Result<AcceptorState, StorageError> {
 
 fn shard_cf(shard: ShardId) -> String {
     format!("shard-{shard:05}")
+}
+
+/// What a data dir holds, as far as who it belongs to is concerned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DirContents {
+    /// No database, or one that never recorded its shard count (a first start that stopped
+    /// before it finished creating it): it has never served.
+    Empty,
+    /// Created by an earlier build, which recorded the shard count but no identity.
+    Legacy { shards: u32 },
+    /// Created by this build.
+    Identified {
+        identity: Identity,
+        state: DataState,
+    },
+}
+
+/// Reads what `dir` holds without writing to it (RocksDB opened read-only, its `meta` column
+/// family only; no database is created where there is none).
+pub fn inspect(dir: &Path) -> Result<DirContents, StorageError> {
+    match std::fs::metadata(dir.join("CURRENT")) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DirContents::Empty),
+        Err(e) => {
+            return Err(StorageError::Io(format!(
+                "cannot read data dir {}: {e}",
+                dir.display()
+            )))
+        }
+    }
+    let opts = Options::default();
+    let cfs = DB::list_cf(&opts, dir)?;
+    if !cfs.iter().any(|cf| cf == META_CF) {
+        return Err(StorageError::Corrupt(format!(
+            "{} has no meta column family",
+            dir.display()
+        )));
+    }
+    let db = DB::open_cf_for_read_only(&opts, dir, [META_CF], false)?;
+    read_meta(&db, dir)
+}
+
+/// [`inspect`]s `dir` and checks it may be opened as `expected` (see [`Store::open_node`]).
+/// Writes nothing.
+pub fn check(dir: &Path, expected: &Identity) -> Result<DirContents, StorageError> {
+    let contents = inspect(dir)?;
+    check_contents(dir, &contents, expected)?;
+    Ok(contents)
+}
+
+fn check_contents(
+    dir: &Path,
+    contents: &DirContents,
+    expected: &Identity,
+) -> Result<(), StorageError> {
+    match contents {
+        DirContents::Empty => Ok(()),
+        DirContents::Legacy { .. } => check_shards(dir, contents, expected.config.shards),
+        DirContents::Identified { identity, .. } => {
+            if identity.node != expected.node {
+                return Err(StorageError::WrongNode {
+                    dir: dir.to_path_buf(),
+                    recorded: identity.node,
+                    given: expected.node,
+                });
+            }
+            let changes = identity.config.changes(&expected.config);
+            if !changes.is_empty() {
+                return Err(StorageError::ConfigChanged {
+                    dir: dir.to_path_buf(),
+                    changes,
+                });
+            }
+            Ok(())
+        }
+    }
+}
+
+fn check_shards(dir: &Path, contents: &DirContents, shards: u32) -> Result<(), StorageError> {
+    let on_disk = match contents {
+        DirContents::Empty => return Ok(()),
+        DirContents::Legacy { shards } => *shards,
+        DirContents::Identified { identity, .. } => identity.config.shards,
+    };
+    if on_disk != shards {
+        return Err(StorageError::ShardMismatch {
+            dir: dir.to_path_buf(),
+            on_disk,
+            configured: shards,
+        });
+    }
+    Ok(())
+}
+
+/// The `meta` column family's account of who the data dir belongs to.
+fn read_meta(db: &DB, dir: &Path) -> Result<DirContents, StorageError> {
+    let meta = db.cf_handle(META_CF).ok_or_else(|| {
+        StorageError::Corrupt(format!("{} has no meta column family", dir.display()))
+    })?;
+    fn get<T: serde::de::DeserializeOwned>(
+        db: &DB,
+        meta: &impl rocksdb::AsColumnFamilyRef,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
+        match db.get_cf(meta, key)? {
+            None => Ok(None),
+            Some(bytes) => postcard::from_bytes(&bytes).map(Some).map_err(|e| {
+                StorageError::Corrupt(format!("meta {}: {e}", String::from_utf8_lossy(key)))
+            }),
+        }
+    }
+    let Some(shards) = get::<u32>(db, &meta, META_SHARDS)? else {
+        return Ok(DirContents::Empty);
+    };
+    let format = db.get_cf(&meta, META_FORMAT)?.unwrap_or_default();
+    if format != [FORMAT_VERSION] {
+        return Err(StorageError::FormatMismatch {
+            dir: dir.to_path_buf(),
+            found: format.first().copied().unwrap_or(0),
+        });
+    }
+    let Some(cluster_id) = get::<u64>(db, &meta, META_CLUSTER)? else {
+        return Ok(DirContents::Legacy { shards });
+    };
+    let missing = |what: &str| {
+        StorageError::Corrupt(format!(
+            "{} records a cluster id but no {what}",
+            dir.display()
+        ))
+    };
+    let node = get::<NodeId>(db, &meta, META_NODE)?.ok_or_else(|| missing("node id"))?;
+    let config =
+        get::<ClusterConfig>(db, &meta, META_CONFIG)?.ok_or_else(|| missing("configuration"))?;
+    let state = get::<DataState>(db, &meta, META_STATE)?.ok_or_else(|| missing("state"))?;
+    if config.shards != shards {
+        return Err(StorageError::Corrupt(format!(
+            "{} records {shards} shards and a configuration of {}",
+            dir.display(),
+            config.shards
+        )));
+    }
+    Ok(DirContents::Identified {
+        identity: Identity {
+            cluster_id,
+            node,
+            config,
+        },
+        state,
+    })
 }
 
 /// A pending change: the state, and which write produced it.
@@ -115,6 +307,9 @@ pub struct Store {
     cf_names: Arc<[String]>,
     shards: u32,
     epoch: u32,
+    /// Who the data dir belongs to (`None` when opened with [`Store::open`]).
+    identity: Option<Identity>,
+    state: DataState,
     /// Changes written to the batch queue and not yet synced, keyed by (shard, key).
     pending: Arc<DashMap<(ShardId, Vec<u8>), Pending>>,
     /// Synced states of recently used keys (see "Caching").
@@ -138,8 +333,32 @@ impl Drop for Store {
 
 impl Store {
     /// Opens (or creates) the data dir for a cluster of `shards` shards, and bumps and syncs the
-    /// node's incarnation counter ([`Store::epoch`]).
+    /// node's incarnation counter ([`Store::epoch`]). Checks the shard count only, records no
+    /// identity: for tests and benchmarks; `counter-node` uses [`Store::open_node`].
     pub fn open(dir: &Path, shards: u32) -> Result<Store, StorageError> {
+        Self::open_with(dir, shards, None)
+    }
+
+    /// Opens the data dir of node `expected.node` of the cluster the cluster file describes,
+    /// after checking read-only, before anything is written, that it is this node's and was
+    /// created with this configuration ([`inspect`], [`check`]); else refuses with
+    /// [`StorageError::WrongNode`], [`StorageError::ConfigChanged`] or
+    /// [`StorageError::ShardMismatch`], the data dir untouched.
+    ///
+    /// An empty data dir is created in state [`DataState::Created`] (call
+    /// [`Store::mark_serving`] before serving); one of an earlier build (no identity recorded)
+    /// adopts `expected` in state [`DataState::Serving`]. The caller decides whether an empty
+    /// data dir may be created at all (a wiped disk of an existing member must not be).
+    pub fn open_node(dir: &Path, expected: &Identity) -> Result<Store, StorageError> {
+        check(dir, expected)?;
+        Self::open_with(dir, expected.config.shards, Some(expected))
+    }
+
+    fn open_with(
+        dir: &Path,
+        shards: u32,
+        expected: Option<&Identity>,
+    ) -> Result<Store, StorageError> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -163,35 +382,76 @@ impl Store {
         })?;
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
-        match db.get_cf(&meta, META_SHARDS)? {
-            Some(bytes) => {
-                let on_disk: u32 = postcard::from_bytes(&bytes)
-                    .map_err(|e| StorageError::Corrupt(format!("shard count: {e}")))?;
-                if on_disk != shards {
-                    return Err(StorageError::ShardMismatch {
-                        dir: dir.to_path_buf(),
-                        on_disk,
-                        configured: shards,
-                    });
-                }
-                let format = db.get_cf(&meta, META_FORMAT)?.unwrap_or_default();
-                if format != [FORMAT_VERSION] {
-                    return Err(StorageError::FormatMismatch {
-                        dir: dir.to_path_buf(),
-                        found: format.first().copied().unwrap_or(0),
-                    });
-                }
-            }
-            None => {
-                let mut batch = WriteBatch::default();
+        // Checked again now that we hold the database's lock (another process may have
+        // created it since `inspect`).
+        let contents = read_meta(&db, dir)?;
+        match expected {
+            Some(expected) => check_contents(dir, &contents, expected)?,
+            None => check_shards(dir, &contents, shards)?,
+        }
+        let mut batch = WriteBatch::default();
+        if contents == DirContents::Empty {
+            batch.put_cf(
+                &meta,
+                META_SHARDS,
+                postcard::to_stdvec(&shards).expect("u32"),
+            );
+            batch.put_cf(&meta, META_FORMAT, [FORMAT_VERSION]);
+        }
+        let (identity, state) = match (contents, expected) {
+            (DirContents::Identified { identity, state }, _) => (Some(identity), state),
+            (DirContents::Legacy { .. }, None) => (None, DataState::Serving),
+            (DirContents::Empty, None) => (None, DataState::Serving),
+            (old, Some(expected)) => {
+                // New, or of an earlier build: record who it belongs to. A legacy data dir
+                // may have served; a new one has not yet.
+                let state = if old == DirContents::Empty {
+                    tracing::info!(
+                        dir = %dir.display(),
+                        cluster_id = %format!("{:016x}", expected.cluster_id),
+                        node = expected.node,
+                        "creating the data dir"
+                    );
+                    DataState::Created
+                } else {
+                    tracing::info!(
+                        dir = %dir.display(),
+                        cluster_id = %format!("{:016x}", expected.cluster_id),
+                        node = expected.node,
+                        members = ?expected.config.members,
+                        replication = expected.config.replication,
+                        shards = expected.config.shards,
+                        "data dir of an earlier build (no cluster identity recorded): \
+                         adopting the cluster file's"
+                    );
+                    DataState::Serving
+                };
+                let postcard = |e: postcard::Error| StorageError::Corrupt(e.to_string());
                 batch.put_cf(
                     &meta,
-                    META_SHARDS,
-                    postcard::to_stdvec(&shards).expect("u32"),
+                    META_CLUSTER,
+                    postcard::to_stdvec(&expected.cluster_id).map_err(postcard)?,
                 );
-                batch.put_cf(&meta, META_FORMAT, [FORMAT_VERSION]);
-                db.write_opt(batch, &sync)?;
+                batch.put_cf(
+                    &meta,
+                    META_NODE,
+                    postcard::to_stdvec(&expected.node).map_err(postcard)?,
+                );
+                batch.put_cf(
+                    &meta,
+                    META_CONFIG,
+                    postcard::to_stdvec(&expected.config).map_err(postcard)?,
+                );
+                batch.put_cf(
+                    &meta,
+                    META_STATE,
+                    postcard::to_stdvec(&state).map_err(postcard)?,
+                );
+                (Some(expected.clone()), state)
             }
+        };
+        if !batch.is_empty() {
+            db.write_opt(batch, &sync)?;
         }
         for shard in 0..shards {
             if db.cf_handle(&shard_cf(shard)).is_none() {
@@ -233,12 +493,14 @@ impl Store {
             .name("committer".into())
             .spawn(move || committer.run())
             .map_err(|e| StorageError::Corrupt(format!("cannot start committer thread: {e}")))?;
-        tracing::info!(dir = %dir.display(), shards, epoch, "storage opened");
+        tracing::info!(dir = %dir.display(), shards, epoch, %state, "storage opened");
         Ok(Store {
             db,
             cf_names,
             shards,
             epoch,
+            identity,
+            state,
             pending,
             synced,
             next_gen: AtomicU64::new(1),
@@ -254,6 +516,38 @@ impl Store {
 
     pub fn shards(&self) -> u32 {
         self.shards
+    }
+
+    /// Who the data dir belongs to (`None` if opened with [`Store::open`]).
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
+    }
+
+    /// [`DataState::Created`] until [`Store::mark_serving`], then [`DataState::Serving`].
+    pub fn data_state(&self) -> DataState {
+        self.state
+    }
+
+    /// Records (synced) that the node is about to serve: from now on its data dir may hold
+    /// promises and acceptances, and an empty data dir under its id is a lost one.
+    pub fn mark_serving(&mut self) -> Result<(), StorageError> {
+        if self.state == DataState::Serving {
+            return Ok(());
+        }
+        let meta = self
+            .db
+            .cf_handle(META_CF)
+            .ok_or_else(|| StorageError::Corrupt("the meta column family disappeared".into()))?;
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        self.db.put_cf_opt(
+            &meta,
+            META_STATE,
+            postcard::to_stdvec(&DataState::Serving).expect("an enum"),
+            &sync,
+        )?;
+        self.state = DataState::Serving;
+        Ok(())
     }
 
     /// The current acceptor state of a key: pending (not yet synced) changes included.
@@ -607,6 +901,188 @@ mod tests {
 
     fn tasks_done(store: Arc<Store>) -> Store {
         Arc::try_unwrap(store).unwrap_or_else(|_| panic!("no task holds the store"))
+    }
+
+    fn config(members: &[u32], shards: u32) -> ClusterConfig {
+        ClusterConfig::bootstrap(
+            3,
+            shards,
+            members
+                .iter()
+                .map(|&i| (i, format!("127.0.0.1:{}", 7100 + i)))
+                .collect(),
+        )
+    }
+
+    /// Every file under `dir` with its length and modification time.
+    fn snapshot(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let m = e.metadata().unwrap();
+                (e.path(), m.len(), m.modified().unwrap())
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// Refused with `expected_error`, and the data dir is exactly as before: no file created,
+    /// grown or touched (the epoch is not bumped, no identity is adopted).
+    fn refused_untouched(dir: &Path, expected: &Identity, expected_error: &str) -> String {
+        let before = snapshot(dir);
+        let meta_before = inspect(dir).unwrap();
+        let err = Store::open_node(dir, expected)
+            .err()
+            .expect("must refuse")
+            .to_string();
+        assert!(err.contains(expected_error), "{err}");
+        assert_eq!(
+            snapshot(dir),
+            before,
+            "a refused open wrote to the data dir"
+        );
+        assert_eq!(inspect(dir).unwrap(), meta_before);
+        err
+    }
+
+    #[tokio::test]
+    async fn a_new_data_dir_records_its_identity_created_then_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = Identity::new(2, config(&[1, 2, 3], 4));
+        assert_eq!(inspect(dir.path()).unwrap(), DirContents::Empty);
+        let mut store = Store::open_node(dir.path(), &me).unwrap();
+        assert_eq!(store.identity(), Some(&me));
+        assert_eq!(store.data_state(), DataState::Created);
+        assert_eq!(store.epoch(), 1);
+        drop(store);
+        // A restart before it served is still `Created` (it waits for its peers again).
+        store = Store::open_node(dir.path(), &me).unwrap();
+        assert_eq!(store.data_state(), DataState::Created);
+        store.mark_serving().unwrap();
+        drop(store);
+        assert_eq!(
+            inspect(dir.path()).unwrap(),
+            DirContents::Identified {
+                identity: me.clone(),
+                state: DataState::Serving
+            }
+        );
+        let store = Store::open_node(dir.path(), &me).unwrap();
+        assert_eq!(store.data_state(), DataState::Serving);
+        assert_eq!(store.epoch(), 3);
+    }
+
+    #[test]
+    fn inspecting_a_missing_data_dir_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("node-1");
+        assert_eq!(inspect(&missing).unwrap(), DirContents::Empty);
+        assert!(!missing.exists());
+    }
+
+    #[test]
+    fn another_node_id_is_refused_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = Identity::new(1, config(&[1, 2, 3], 4));
+        drop(Store::open_node(dir.path(), &me).unwrap());
+        let other = Identity::new(2, me.config.clone());
+        let err = refused_untouched(dir.path(), &other, "belongs to node 1, not node 2");
+        assert!(!err.contains('\n'), "one line: {err}");
+        // Still node 1's, and the refusal did not bump its epoch.
+        assert_eq!(Store::open_node(dir.path(), &me).unwrap().epoch(), 2);
+    }
+
+    #[test]
+    fn a_changed_member_list_is_refused_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = Identity::new(1, config(&[1, 2, 3], 4));
+        drop(Store::open_node(dir.path(), &me).unwrap());
+        let err = refused_untouched(
+            dir.path(),
+            &Identity::new(1, config(&[1, 2, 3, 4], 4)),
+            "node 4 (127.0.0.1:7104) added",
+        );
+        assert!(
+            err.contains("restore the original cluster file") && err.contains("not yet available"),
+            "{err}"
+        );
+        refused_untouched(
+            dir.path(),
+            &Identity::new(1, config(&[1, 2], 4)),
+            "node 3 (127.0.0.1:7103) removed",
+        );
+        let mut moved = config(&[1, 2, 3], 4);
+        moved.members.insert(2, "10.0.0.2:7101".into());
+        refused_untouched(
+            dir.path(),
+            &Identity::new(1, moved),
+            "node 2 addr 127.0.0.1:7102 -> 10.0.0.2:7101",
+        );
+        let mut replication = config(&[1, 2, 3], 4);
+        replication.replication = 1;
+        refused_untouched(
+            dir.path(),
+            &Identity::new(1, replication),
+            "replication 3 -> 1",
+        );
+        assert_eq!(Store::open_node(dir.path(), &me).unwrap().epoch(), 2);
+    }
+
+    #[test]
+    fn changed_shards_are_refused_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = Identity::new(3, config(&[1, 2, 3], 4));
+        drop(Store::open_node(dir.path(), &me).unwrap());
+        refused_untouched(
+            dir.path(),
+            &Identity::new(3, config(&[1, 2, 3], 8)),
+            "created for 4 shards but the cluster file says 8",
+        );
+        assert_eq!(Store::open_node(dir.path(), &me).unwrap().epoch(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_data_dir_of_an_earlier_build_adopts_the_cluster_file_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        // What the previous build did: shards and format, no identity.
+        let legacy = Store::open(dir.path(), 4).unwrap();
+        legacy.prepare(1, "k", b(3, 1)).await.unwrap();
+        legacy
+            .accept(1, "k", b(3, 1), Register::new(7, 1), None)
+            .await
+            .unwrap();
+        drop(legacy);
+        assert_eq!(
+            inspect(dir.path()).unwrap(),
+            DirContents::Legacy { shards: 4 }
+        );
+        // Its shard count is still checked, before anything is written.
+        refused_untouched(
+            dir.path(),
+            &Identity::new(1, config(&[1, 2, 3], 8)),
+            "created for 4 shards but the cluster file says 8",
+        );
+        let me = Identity::new(1, config(&[1, 2, 3], 4));
+        let store = Store::open_node(dir.path(), &me).unwrap();
+        // It may have served: no waiting for peers.
+        assert_eq!(store.data_state(), DataState::Serving);
+        assert_eq!(store.identity(), Some(&me));
+        assert_eq!(store.epoch(), 2, "the epoch goes on from the old one");
+        assert_eq!(store.read_durable(1, "k").unwrap(), Some((b(3, 1), 7)));
+        drop(store);
+        // Adopted for good: now the guards hold.
+        refused_untouched(
+            dir.path(),
+            &Identity::new(2, me.config.clone()),
+            "belongs to node 1",
+        );
+        refused_untouched(
+            dir.path(),
+            &Identity::new(1, config(&[1, 2, 3, 4], 4)),
+            "node 4 (127.0.0.1:7104) added",
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `counter-node --id <ID> --cluster <FILE> --data-dir <DIR> [--listen <HOST:PORT>]`
+//! `counter-node --id <ID> --cluster <FILE> --data-dir <DIR> [--listen <HOST:PORT>]
+//! [--bootstrap-timeout-secs <SECS>]`
 
 /// mimalloc instead of glibc's malloc: in a profile of 64 clients on 10,000 keys, glibc's
 /// malloc and free took about a tenth of all CPU (BENCHMARKS.md).
@@ -6,17 +7,42 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
+use counter::bootstrap::{Asker, Phase, StartError, Starting};
 use counter::node::Node;
 use counter_net::{serve, ServerConfig};
+use counter_proto::DataState;
 use counter_router::Cluster;
-use counter_storage::Store;
+use counter_storage::{ClusterConfig, DirContents, Identity, StorageError, Store};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Exit status of a refused start (EX_CONFIG): starting again does not help until the
+/// operator acts, so a supervisor should not retry it (systemd: RestartPreventExitStatus=78).
+const REFUSED: u8 = 78;
+
+const GUARDS: &str = "\
+Guards: counter-node refuses to start (exit status 78, one line on stderr, nothing written to
+the data dir) when
+  - the data dir belongs to another node id than --id;
+  - the cluster file's members, replication or shards differ from the configuration the data
+    dir was created with. Membership changes by editing the cluster file are not supported:
+    restore the original file (`cluster add-node/remove-node/replace-node` admin commands are
+    planned, not yet available);
+  - the data dir is empty but another member has served with this node as a member: its disk
+    was lost or wiped, and starting it empty could lose acknowledged counts. Restore the data
+    dir it last ran with; never start it empty under its old id.
+Creating a new cluster needs every member once: a node creates its empty data dir only after
+every other member has answered that it has not served yet, and serves only after every member
+has created its own. They wait for each other up to --bootstrap-timeout-secs, then exit 1 (an
+empty data dir is left untouched; a created one resumes waiting at the next start). A node
+whose data dir exists starts without its peers. A data dir of an earlier build (no identity
+recorded) adopts the cluster file's at its first start.";
 
 /// A storage node of the counter store.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, after_help = GUARDS)]
 struct Args {
     /// This node's id in the cluster file.
     #[arg(long)]
@@ -30,6 +56,10 @@ struct Args {
     /// Address to bind (default: this node's addr in the cluster file).
     #[arg(long)]
     listen: Option<String>,
+    /// How long a node of a new cluster waits for the other members (see Guards), then
+    /// exits 1.
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    bootstrap_timeout_secs: u64,
 }
 
 #[tokio::main]
@@ -48,31 +78,114 @@ async fn main() -> ExitCode {
         ));
     };
     let listen = args.listen.clone().unwrap_or_else(|| addr.to_string());
-    if let Err(e) = std::fs::create_dir_all(&args.data_dir) {
-        return fail(format!("cannot create {}: {e}", args.data_dir.display()));
-    }
-    let store = match Store::open(&args.data_dir, cluster.shards) {
-        Ok(s) => Arc::new(s),
-        Err(e) => return fail(e),
+    let me = Identity::new(
+        args.id,
+        ClusterConfig::bootstrap(
+            cluster.replication as u32,
+            cluster.shards,
+            cluster.nodes.clone(),
+        ),
+    );
+    // Read-only: a data dir of another node or another configuration is refused untouched.
+    let state = match counter_storage::check(&args.data_dir, &me) {
+        Ok(DirContents::Empty) => DataState::Empty,
+        Ok(DirContents::Legacy { .. }) => DataState::Serving,
+        Ok(DirContents::Identified { state, .. }) => state,
+        Err(e) => return exit(storage_error(e)),
     };
     let listener = match tokio::net::TcpListener::bind(&listen).await {
         Ok(l) => l,
         Err(e) => return fail(format!("cannot listen on {listen}: {e}")),
     };
+    // Listening from here on: other members starting a new cluster ask this one who it is.
+    let handler = Starting::new(args.id, me.cluster_id, state);
+    let server = {
+        let handler = handler.clone();
+        tokio::spawn(serve(listener, ServerConfig::default(), move |msg| {
+            handler.clone().handle(msg)
+        }))
+    };
+    let start = start(&args, &cluster, &me, state, &handler);
+    let store = tokio::select! {
+        started = start => match started {
+            Ok(store) => store,
+            Err(e) => return exit(e),
+        },
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down before serving");
+            return ExitCode::SUCCESS;
+        }
+    };
     let node = Node::new(args.id, &cluster, store.clone());
+    handler.serve(node);
     tracing::info!(
         id = args.id,
         %listen,
         epoch = store.epoch(),
         shards = cluster.shards,
         replication = cluster.replication,
+        cluster_id = %format!("{:016x}", me.cluster_id),
         "counter-node serving"
     );
     tokio::select! {
-        _ = serve(listener, ServerConfig::default(), move |msg| node.clone().handle(msg)) => {}
+        _ = server => {}
         _ = shutdown_signal() => tracing::info!("shutting down"),
     }
     ExitCode::SUCCESS
+}
+
+/// Opens the data dir, creating it only as the bootstrap rules allow (`counter::bootstrap`).
+async fn start(
+    args: &Args,
+    cluster: &Cluster,
+    me: &Identity,
+    state: DataState,
+    handler: &Starting,
+) -> Result<Arc<Store>, StartError> {
+    let deadline = Instant::now() + Duration::from_secs(args.bootstrap_timeout_secs);
+    let mut peers = cluster.nodes.clone();
+    peers.remove(&args.id);
+    let asker = Asker {
+        me: args.id,
+        cluster_id: me.cluster_id,
+        dir: &args.data_dir,
+    };
+    if state == DataState::Empty {
+        asker
+            .wait(Phase::Create, &peers, deadline, args.bootstrap_timeout_secs)
+            .await?;
+        std::fs::create_dir_all(&args.data_dir).map_err(|e| {
+            StartError::Failed(format!("cannot create {}: {e}", args.data_dir.display()))
+        })?;
+    }
+    let mut store = Store::open_node(&args.data_dir, me).map_err(storage_error)?;
+    if store.data_state() == DataState::Created {
+        handler.set_state(DataState::Created);
+        asker
+            .wait(Phase::Serve, &peers, deadline, args.bootstrap_timeout_secs)
+            .await?;
+        store.mark_serving().map_err(storage_error)?;
+    }
+    Ok(Arc::new(store))
+}
+
+fn storage_error(e: StorageError) -> StartError {
+    match e {
+        StorageError::WrongNode { .. }
+        | StorageError::ConfigChanged { .. }
+        | StorageError::ShardMismatch { .. } => StartError::Refused(e.to_string()),
+        e => StartError::Failed(e.to_string()),
+    }
+}
+
+fn exit(e: StartError) -> ExitCode {
+    match e {
+        StartError::Refused(message) => {
+            eprintln!("counter-node: {message}");
+            ExitCode::from(REFUSED)
+        }
+        StartError::Failed(message) => fail(message),
+    }
 }
 
 async fn shutdown_signal() {
@@ -85,7 +198,6 @@ async fn shutdown_signal() {
 }
 
 fn fail(e: impl std::fmt::Display) -> ExitCode {
-    tracing::error!("{e}");
     eprintln!("counter-node: {e}");
     ExitCode::FAILURE
 }
