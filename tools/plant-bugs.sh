@@ -29,7 +29,7 @@ open(path, "w").write(text.replace(old, new, 1))
 PY
   if "$@" >/tmp/plant-bug.log 2>&1; then
     report "$name" "$layer" "MISSED"; failed=1
-  elif evidence=$(grep -m1 -oE '[a-z_:]+ --- FAILED|NOT LINEARIZABLE: seed [0-9]+' /tmp/plant-bug.log); then
+  elif evidence=$(grep -m1 -oE '[a-z_:]+ --- FAILED|FAILED: seed [0-9]+' /tmp/plant-bug.log); then
     report "$name" "$layer" "caught: ${evidence% --- FAILED}"
   else
     # Failing to build is not catching the bug.
@@ -49,29 +49,51 @@ sim_bug() {
 
 source_bug "accept does not check the promise" crates/core/src/acceptor.rs \
   "if ballot >= self.highest() {" "if ballot >= Ballot::ZERO {" \
-  "core unit tests" cargo test -q -p counter-core
+  "core unit tests" cargo test -q --release -p counter-core
 source_bug "accept does not check the promise" crates/core/src/acceptor.rs \
   "if ballot >= self.highest() {" "if ballot >= Ballot::ZERO {" \
   "simulation (counter-sim)" cargo run -q --release -p counter-sim -- --seeds 300
 source_bug "proposer takes a register not the highest-ballot" crates/core/src/proposer.rs \
   "self.best.as_ref().is_none_or(|(best, _)| b > *best)" "self.best.as_ref().is_none_or(|(best, _)| b < *best)" \
-  "core unit tests" cargo test -q -p counter-core
+  "core unit tests" cargo test -q --release -p counter-core
 source_bug "proposer takes a register not the highest-ballot" crates/core/src/proposer.rs \
   "self.best.as_ref().is_none_or(|(best, _)| b > *best)" "self.best.as_ref().is_none_or(|(best, _)| b < *best)" \
   "simulation (counter-sim)" cargo run -q --release -p counter-sim -- --seeds 300
 source_bug "stale replies complete a quorum" crates/core/src/proposer.rs \
   "        ballot == self.ballot
             && self.replicas.contains(&from)" "        self.replicas.contains(&from)" \
-  "core unit tests" cargo test -q -p counter-core
+  "core unit tests" cargo test -q --release -p counter-core
 sim_bug "promise not persisted before replying" promise-not-persisted
 sim_bug "read answered from one replica" read-one-replica
 sim_bug "retry after an ambiguous failure" retry-ambiguous
 sim_bug "quiet read answered on one replica's report" quiet-read-any-reply
 sim_bug "retries without deduplication" forget-request-ids --request-ids
-source_bug "a forgotten client's old request applied again" crates/core/src/change.rs \
-  "Err(_) if request.seq <= reg.horizon" "Err(_) if request.seq < reg.horizon" \
-  "core unit tests" cargo test -q -p counter-core
+sim_bug "expired answered as not applied (first design)" expired-means-not-applied --setting crowded
+source_bug "a forgotten request without a session applied again" crates/core/src/change.rs \
+  "Err(_) if sessionless && request.seq <= reg.horizon" "Err(_) if sessionless && request.seq < reg.horizon" \
+  "core unit tests" cargo test -q --release -p counter-core
+source_bug "a forgotten session's request applied again" crates/core/src/change.rs \
+  "Err(_) if !sessionless && request.expires_ms <= reg.floor" "Err(_) if !sessionless && request.expires_ms < reg.floor" \
+  "core unit tests" cargo test -q --release -p counter-core
+source_bug "a forgotten session's request applied again" crates/core/src/change.rs \
+  "Err(_) if !sessionless && request.expires_ms <= reg.floor" "Err(_) if !sessionless && request.expires_ms < reg.floor" \
+  "simulation (counter-sim)" cargo run -q --release -p counter-sim -- --setting crowded --seeds 2000
+source_bug "a dropped entry does not raise the floor" crates/core/src/change.rs \
+  "floor = floor.max(e.expires_ms);" "" \
+  "core unit tests" cargo test -q --release -p counter-core
+source_bug "a dropped entry does not raise the floor" crates/core/src/change.rs \
+  "floor = floor.max(e.expires_ms);" "" \
+  "simulation (counter-sim)" cargo run -q --release -p counter-sim -- --setting crowded --seeds 2000
+source_bug "a batch drops its own entries" crates/core/src/change.rs \
+  ".filter(|(_, e)| !keep.contains(&e.client))" ".filter(|(_, _e)| true)" \
+  "core unit tests" cargo test -q --release -p counter-core
+source_bug "an ended session takes new requests" crates/core/src/change.rs \
+  "if !sessionless && request.expires_ms <= ctx.now_ms {" "if !sessionless && request.expires_ms < ctx.now_ms / 2 {" \
+  "core unit tests" cargo test -q --release -p counter-core
 source_bug "a replayed request applied again" crates/core/src/change.rs \
-  "Ok(i) if request.seq == reg.clients[i].seq => return reg.clients[i].outcome," "" \
-  "core unit tests" cargo test -q -p counter-core
+  "Ok(i) if request.seq == reg.clients[i].seq => return (reg.clients[i].outcome, false)," "" \
+  "core unit tests" cargo test -q --release -p counter-core
+source_bug "the quiet read tallies replies by value" crates/core/src/read.rs \
+  "find(|(b, _, _)| *b == ballot)" "find(|(_, v, _)| *v == value)" \
+  "core unit tests" cargo test -q --release -p counter-core
 exit $failed
