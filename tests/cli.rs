@@ -1,4 +1,4 @@
-//! The command-line contract (CLI.md) against a real cluster: exit codes, pipe mode, bad input
+//! The command-line contract (docs/CLI.md) against a real cluster: exit codes, pipe mode, bad input
 //! that changes nothing, and servers that keep serving after garbage.
 
 mod common;

@@ -25,7 +25,7 @@ pub const PROTOCOL_VERSION: u16 = 3;
 /// register and a little framing; 64 KiB leaves room while bounding what a peer can make us buffer.
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
 
-/// Longest key, in bytes of UTF-8 (CLI.md).
+/// Longest key, in bytes of UTF-8 (docs/CLI.md).
 pub const MAX_KEY_LEN: usize = 1024;
 
 /// Identifies a storage node in the cluster file.
@@ -232,7 +232,7 @@ impl From<Op> for Command {
     }
 }
 
-/// What a client can be told when an operation did not succeed (ARCHITECTURE.md, "Errors").
+/// What a client can be told when an operation did not succeed (docs/ARCHITECTURE.md, "Errors and exit statuses").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ErrorKind {
     /// Bad input: never applied.
@@ -357,8 +357,8 @@ pub enum Msg {
     Read { shard: ShardId, key: String },
     /// Answer to `Read`: the durably accepted ballot and value, if any.
     ReadReply { accepted: Option<(Ballot, i64)> },
-    /// Client to router or node: start a session of at most `lifetime_ms` (capped by the
-    /// cluster's `dedup_idle_secs`).
+    /// Client to router or node: start a session, asking for `lifetime_ms` (0: the longest).
+    /// The server grants between 4 × the clock skew allowed and `dedup_idle_secs`.
     OpenSession { lifetime_ms: u64 },
     /// Answer to `OpenSession`: when the session ends, by the server's clock (ms since the Unix
     /// epoch), and how long after receiving this the client stops sending new requests in it
@@ -379,6 +379,16 @@ pub enum Msg {
         node: NodeId,
         config_version: u64,
         state: DataState,
+    },
+    /// A client asks a router (or node) where keys live, to send commands straight to a
+    /// replica of each key (`counter-client`'s direct mode).
+    GetPlacement,
+    /// Answer to `GetPlacement`: the cluster's shards, replication and members (id, address);
+    /// placement is computed from them exactly as the router does.
+    Placement {
+        shards: u32,
+        replication: u32,
+        nodes: Vec<(NodeId, String)>,
     },
 }
 
@@ -445,7 +455,7 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame, DecodeError> {
     Ok(frame)
 }
 
-/// Checks a key against CLI.md's rule: 1..=1024 bytes of UTF-8 (UTF-8 is the type's own promise).
+/// Checks a key against docs/CLI.md's rule: 1..=1024 bytes of UTF-8 (UTF-8 is the type's own promise).
 pub fn validate_key(key: &str) -> Result<(), ClientError> {
     if key.is_empty() {
         return Err(ClientError::invalid("empty key"));
@@ -748,6 +758,15 @@ mod tests {
                     state: DataState::Created,
                 },
                 "03010e01020301",
+            ),
+            (Msg::GetPlacement, "03010f"),
+            (
+                Msg::Placement {
+                    shards: 8,
+                    replication: 3,
+                    nodes: vec![(1, "a:1".into())],
+                },
+                "0301100803010103613a31",
             ),
         ]
     }

@@ -11,6 +11,10 @@
 //!   command with a request id is sent again with the same id, with randomized exponential
 //!   backoff, until the deadline: the key's register remembers the request, so it is applied at
 //!   most once.
+//! - **Direct mode** ([`Builder::direct`]): the client fetches the cluster's placement from a
+//!   router once and sends each command straight to a replica of its key, which coordinates it
+//!   (one network hop less); a replica that cannot be reached is skipped, and when none of the
+//!   key's replicas can be, the command goes through a router.
 //! - **Typed errors.** [`Error::kind`] is one of [`ErrorKind`]: `Invalid` (never applied),
 //!   `Unavailable` (definitely not applied), `Unknown` (may or may not have been applied),
 //!   `Rejected` (a bound refused it, nothing changed), `Expired` (the session ended or the
@@ -28,9 +32,11 @@
 
 use counter_net::{CallError, Pool};
 use counter_proto::{Command, Msg, Op, RequestId};
+use counter_router::{Cluster, Placement};
 use rand::Rng;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use tokio::sync::OnceCell;
 
 pub use counter_proto::{ClientError as Error, ErrorKind};
 
@@ -60,9 +66,17 @@ pub struct Builder {
     routers: Vec<String>,
     timeout: Duration,
     session_ms: u64,
+    direct: bool,
 }
 
 impl Builder {
+    /// Sends each command straight to a replica of its key instead of through a router (see
+    /// the crate's doc); the routers are still asked for the placement and used as a fallback.
+    pub fn direct(mut self, direct: bool) -> Builder {
+        self.direct = direct;
+        self
+    }
+
     /// How long one command may take, retries included (default 10 s).
     pub fn timeout(mut self, timeout: Duration) -> Builder {
         self.timeout = timeout;
@@ -84,8 +98,16 @@ impl Builder {
             timeout: self.timeout,
             session_ms: self.session_ms,
             idle: Mutex::new(Vec::new()),
+            direct: self.direct,
+            placement: OnceCell::new(),
         }
     }
+}
+
+/// Where keys live, for direct mode.
+struct Direct {
+    placement: Placement,
+    cluster: Cluster,
 }
 
 /// A session with one request at a time (see the crate's doc).
@@ -118,6 +140,9 @@ pub struct Client {
     session_ms: u64,
     /// Sessions not in use, ready for the next request.
     idle: Mutex<Vec<Session>>,
+    direct: bool,
+    /// Direct mode's placement, fetched once (`None`: it could not be, so use the routers).
+    placement: OnceCell<Option<Direct>>,
 }
 
 impl Client {
@@ -131,6 +156,7 @@ impl Client {
             routers: routers.into_iter().map(Into::into).collect(),
             timeout: Duration::from_secs(10),
             session_ms: 0,
+            direct: false,
         }
     }
 
@@ -357,7 +383,11 @@ impl Client {
             command,
             timeout_ms: (ms / 10 * 9).max(1),
         };
-        match self.call(msg, left).await {
+        let result = match self.direct_to(key).await {
+            Some(replicas) => self.call_replicas(&replicas, msg, left).await,
+            None => self.call(msg, left).await,
+        };
+        match result {
             Ok(Msg::Error(e)) => Err(e),
             Ok(Msg::Value(v)) => Ok(Answer::Value(v)),
             Ok(Msg::Swapped { value, swapped }) => Ok(Answer::Swapped { value, swapped }),
@@ -369,6 +399,73 @@ impl Client {
                 "{e}; the command may have been applied"
             ))),
         }
+    }
+
+    /// In direct mode, the addresses of `key`'s replicas, coordinator preference first.
+    async fn direct_to(&self, key: &str) -> Option<Vec<String>> {
+        if !self.direct {
+            return None;
+        }
+        let direct = self
+            .placement
+            .get_or_init(|| async {
+                match self.call(Msg::GetPlacement, self.timeout).await {
+                    Ok(Msg::Placement {
+                        shards,
+                        replication,
+                        nodes,
+                    }) => match Cluster::from_placement(shards, replication, nodes) {
+                        Ok(cluster) => Some(Direct {
+                            placement: Placement::new(&cluster),
+                            cluster,
+                        }),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "bad placement; using the routers");
+                            None
+                        }
+                    },
+                    other => {
+                        tracing::warn!(answer = ?other, "no placement; using the routers");
+                        None
+                    }
+                }
+            })
+            .await
+            .as_ref()?;
+        let shard = direct.placement.shard_of(key);
+        let replicas = direct.placement.replicas(shard);
+        Some(
+            replicas
+                .iter()
+                .filter_map(|&n| direct.cluster.addr(n).map(str::to_string))
+                .collect(),
+        )
+    }
+
+    /// Sends `msg` to the first of the key's replicas that takes it; when none can be reached
+    /// (nothing was sent), through a router. A replica that answers it is not one (its cluster
+    /// file differs from the router's) sends the command through a router too.
+    async fn call_replicas(
+        &self,
+        replicas: &[String],
+        msg: Msg,
+        left: Duration,
+    ) -> Result<Msg, CallError> {
+        for addr in replicas {
+            match self.pool.call(addr, msg.clone(), left).await {
+                Err(CallError::NotSent(e)) => {
+                    tracing::debug!(%addr, error = %e, "replica unreachable; trying the next");
+                }
+                Ok(Msg::Error(e))
+                    if e.kind == ErrorKind::Unavailable && e.message.contains("not a replica") =>
+                {
+                    tracing::warn!(%addr, error = %e, "placement differs; using a router");
+                    break;
+                }
+                other => return other,
+            }
+        }
+        self.call(msg, left).await
     }
 
     /// Sends `msg` to the first router that takes it (failing over only while nothing was

@@ -288,7 +288,7 @@ mod tests {
 
     #[test]
     fn takes_the_register_accepted_under_the_highest_ballot() {
-        // Values are chosen so that "largest value" (article pitfall 1) picks differently.
+        // Values are chosen so that "largest value" (a pitfall of the sample this project started from: comparing values, not ballots) picks differently.
         let mut r = Round::new(b(9, 1), &[1, 2, 3, 4, 5]);
         r.on_promise(1, b(9, 1), Some((b(2, 2), reg(50, 8))));
         r.on_promise(2, b(9, 1), Some((b(7, 3), reg(2, 9))));
@@ -298,7 +298,7 @@ mod tests {
 
     #[test]
     fn a_zero_register_under_the_highest_ballot_wins() {
-        // A reset to 0 is a real accepted value (article pitfall 2).
+        // A reset to 0 is a real accepted value (the same sample treated 0 as "nothing accepted").
         let mut r = Round::new(b(9, 1), &REPLICAS);
         r.on_promise(1, b(9, 1), Some((b(3, 2), reg(0, 4))));
         let step = r.on_promise(2, b(9, 1), Some((b(2, 3), reg(17, 3))));

@@ -1,4 +1,4 @@
-//! The CLI's commands (CLI.md, and docs/CLI.md for the additions):
+//! The CLI's commands (docs/CLI.md: the v1 contract and its additions):
 //!
 //! ```text
 //! incr KEY [DELTA] [--min M] [--max M]     decr KEY [DELTA] [--min M] [--max M]

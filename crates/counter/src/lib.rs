@@ -6,7 +6,7 @@
 //!   the coordinator of the keys routed to it ([`coordinator`]).
 //! - [`coordinator`]: runs single-slot Paxos rounds (`counter-core`) over the key's replicas,
 //!   one queue per key so concurrent operations ride one round.
-//! - [`command`]: parsing the CLI's commands (CLI.md), shared by `counter-cli` and tests.
+//! - [`command`]: parsing the CLI's commands (docs/CLI.md), shared by `counter-cli` and tests.
 //! - [`logging`]: tracing set-up for the binaries.
 //! - [`bootstrap`]: the start-up check that keeps a node whose disk was lost from starting
 //!   empty under its old id (asks the other members before creating a data dir).

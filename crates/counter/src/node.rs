@@ -15,6 +15,8 @@ use std::time::Duration;
 
 pub struct Node {
     id: NodeId,
+    /// The answer to `GetPlacement` (the cluster file's shards, replication and members).
+    placement_msg: Msg,
     placement: Placement,
     /// Replica set of every shard (shared with rounds without copying).
     replicas: Vec<Arc<[NodeId]>>,
@@ -32,6 +34,7 @@ impl Node {
             Coordinator::new(id, store.clone(), cluster.nodes.clone(), cluster.limits);
         Arc::new(Node {
             id,
+            placement_msg: cluster.placement_msg(),
             placement,
             replicas,
             store,
@@ -131,6 +134,7 @@ impl Node {
             ),
             // Another member checks, before creating its empty data dir, that it is not one
             // whose disk was lost (`bootstrap`): this node serves, so it says so.
+            Msg::GetPlacement => self.placement_msg.clone(),
             Msg::Identify => match self.store.identity() {
                 Some(identity) => Msg::Identity {
                     cluster_id: identity.cluster_id,

@@ -26,7 +26,8 @@ struct File {
     shards: Option<u32>,
     /// Most clients whose last request each key remembers (exactly-once retries).
     dedup_clients: Option<usize>,
-    /// Seconds after which a client's entry in a key is dropped at the key's next change.
+    /// Longest session life in seconds, and how long an entry of a request id without a
+    /// session is kept (`counter-core`'s `change` module).
     dedup_idle_secs: Option<u64>,
     /// How far apart the servers' clocks may be (seconds) without refusing a live session.
     max_clock_skew_secs: Option<u64>,
@@ -109,6 +110,39 @@ impl Cluster {
 
     pub fn addr(&self, node: NodeId) -> Option<&str> {
         self.nodes.get(&node).map(String::as_str)
+    }
+
+    /// The answer to `GetPlacement`: what a client needs to place keys as the router does.
+    pub fn placement_msg(&self) -> counter_proto::Msg {
+        counter_proto::Msg::Placement {
+            shards: self.shards,
+            replication: self.replication as u32,
+            nodes: self.nodes.iter().map(|(&id, a)| (id, a.clone())).collect(),
+        }
+    }
+
+    /// A cluster description from a `Placement` answer (default limits: a client does not
+    /// need them), checked as a cluster file is.
+    pub fn from_placement(
+        shards: u32,
+        replication: u32,
+        nodes: Vec<(NodeId, String)>,
+    ) -> Result<Cluster, ConfigError> {
+        let invalid = |m: String| ConfigError::Invalid("placement answer".into(), m);
+        let nodes: BTreeMap<NodeId, String> = nodes.into_iter().collect();
+        let r = replication as usize;
+        if nodes.is_empty() || r == 0 || r > nodes.len() || shards == 0 {
+            return Err(invalid(format!(
+                "{} nodes, replication {r}, {shards} shards",
+                nodes.len()
+            )));
+        }
+        Ok(Cluster {
+            replication: r,
+            shards,
+            nodes,
+            limits: Limits::default(),
+        })
     }
 }
 

@@ -57,6 +57,7 @@ impl Router {
             Msg::OpenSession { lifetime_ms } => {
                 session_opened(&self.cluster.limits, lifetime_ms, counter_proto::unix_ms())
             }
+            Msg::GetPlacement => self.cluster.placement_msg(),
             other => Msg::Error(ClientError::invalid(format!(
                 "a router only takes commands, not {}",
                 msg_name(&other)
@@ -207,5 +208,7 @@ pub fn msg_name(msg: &Msg) -> &'static str {
         Msg::Session { .. } => "Session",
         Msg::Identify => "Identify",
         Msg::Identity { .. } => "Identity",
+        Msg::GetPlacement => "GetPlacement",
+        Msg::Placement { .. } => "Placement",
     }
 }

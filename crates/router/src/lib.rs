@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //!
-//! - [`cluster`]: the cluster file (CLI.md): nodes, replication, shard count.
+//! - [`cluster`]: the cluster file (docs/CLI.md): nodes, replication, shard count.
 //! - [`placement`]: `shard = xxh3(key) % shards`; shards onto nodes with consistent hashing
 //!   (the `hashring` crate, virtual nodes); a shard's replicas are the first R distinct nodes
 //!   clockwise from the shard's point.

@@ -250,7 +250,9 @@ fn read_meta(db: &DB, dir: &Path) -> Result<DirContents, StorageError> {
         return Ok(DirContents::Empty);
     };
     let format = db.get_cf(&meta, META_FORMAT)?.unwrap_or_default();
-    if format != [FORMAT_VERSION] {
+    // Format 2 (before client sessions) still reads: its records are converted as they are
+    // read (`counter_core::record`), and opening the dir marks it format 3.
+    if format != [FORMAT_VERSION] && format != [2] {
         return Err(StorageError::FormatMismatch {
             dir: dir.to_path_buf(),
             found: format.first().copied().unwrap_or(0),
@@ -396,8 +398,10 @@ impl Store {
                 META_SHARDS,
                 postcard::to_stdvec(&shards).expect("u32"),
             );
-            batch.put_cf(&meta, META_FORMAT, [FORMAT_VERSION]);
         }
+        // New records are written in this format from now on (an older build then refuses
+        // the dir instead of misreading them).
+        batch.put_cf(&meta, META_FORMAT, [FORMAT_VERSION]);
         let (identity, state) = match (contents, expected) {
             (DirContents::Identified { identity, state }, _) => (Some(identity), state),
             (DirContents::Legacy { .. }, None) => (None, DataState::Serving),
@@ -833,6 +837,51 @@ mod tests {
         let err = Store::open(dir.path(), 8).err().expect("must refuse");
         let msg = err.to_string();
         assert!(msg.contains("4 shards") && msg.contains("says 8"), "{msg}");
+    }
+
+    /// A data dir of the build before client sessions (meta format 2, records of format 2)
+    /// opens, reads its records converted, and is marked format 3.
+    #[test]
+    fn a_format_2_data_dir_opens_and_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path(), 2).unwrap());
+        {
+            let db = DB::open_cf(
+                &Options::default(),
+                dir.path(),
+                [META_CF, &shard_cf(0), &shard_cf(1)],
+            )
+            .unwrap();
+            let meta = db.cf_handle(META_CF).unwrap();
+            db.put_cf(&meta, META_FORMAT, [2]).unwrap();
+            // Promised and accepted (4.2.7), value -9, one client entry applied at 5 ms.
+            let v2 = [2, 4, 2, 7, 1, 4, 2, 7, 17, 2, 1, 3, 4, 0, 17, 5, 1];
+            db.put_cf(&db.cf_handle(&shard_cf(1)).unwrap(), b"old", v2)
+                .unwrap();
+        }
+        let store = Store::open(dir.path(), 2).unwrap();
+        let state = store.peek(1, "old").unwrap();
+        let (_, register) = state.accepted.expect("accepted");
+        assert_eq!((register.value, register.horizon), (-9, 1));
+        assert!(register.clients[0].sessionless);
+        drop(store);
+        let db = DB::open_cf(
+            &Options::default(),
+            dir.path(),
+            [META_CF, &shard_cf(0), &shard_cf(1)],
+        )
+        .unwrap();
+        let meta = db.cf_handle(META_CF).unwrap();
+        assert_eq!(
+            db.get_cf(&meta, META_FORMAT).unwrap().unwrap(),
+            [FORMAT_VERSION]
+        );
+        db.put_cf(&meta, META_FORMAT, [1]).unwrap();
+        drop(db);
+        let err = Store::open(dir.path(), 2)
+            .err()
+            .expect("format 1 is refused");
+        assert!(err.to_string().contains("format 1"), "{err}");
     }
 
     #[tokio::test]

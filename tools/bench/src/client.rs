@@ -93,9 +93,48 @@ struct Session {
     seq: u64,
 }
 
+/// Where keys live (`--direct`): the placement the routers use, and the nodes' addresses.
+pub struct Direct {
+    placement: counter_router::Placement,
+    cluster: counter_router::Cluster,
+}
+
+impl Direct {
+    /// Asks `router` for the cluster's placement.
+    pub async fn fetch(router: &str, timeout: Duration) -> Result<Direct, String> {
+        let pool = Pool::new(timeout);
+        match pool.call(router, Msg::GetPlacement, timeout).await {
+            Ok(Msg::Placement {
+                shards,
+                replication,
+                nodes,
+            }) => {
+                let cluster = counter_router::Cluster::from_placement(shards, replication, nodes)
+                    .map_err(|e| e.to_string())?;
+                Ok(Direct {
+                    placement: counter_router::Placement::new(&cluster),
+                    cluster,
+                })
+            }
+            other => Err(format!("router {router} gave no placement: {other:?}")),
+        }
+    }
+
+    /// The addresses of the replicas of `key`, coordinator preference first.
+    fn replicas(&self, key: &str) -> impl Iterator<Item = &str> + '_ {
+        let shard = self.placement.shard_of(key);
+        self.placement
+            .replicas(shard)
+            .iter()
+            .filter_map(|&n| self.cluster.addr(n))
+    }
+}
+
 /// One simulated client of the store.
 pub struct Client {
     link: Link,
+    /// `--direct`: the placement, and the connections to the nodes.
+    direct: Option<(Arc<Direct>, Arc<Pool>)>,
     session: Option<Session>,
     timeout: Duration,
 }
@@ -104,9 +143,28 @@ impl Client {
     pub fn new(link: Link, timeout: Duration) -> Client {
         Client {
             link,
+            direct: None,
             session: None,
             timeout,
         }
+    }
+
+    /// Sends ops straight to a replica of their key, over `pool`'s connections to the nodes.
+    pub fn go_direct(&mut self, direct: Arc<Direct>, pool: Arc<Pool>) {
+        self.direct = Some((direct, pool));
+    }
+
+    /// Sends one command: to the first reachable replica of its key (direct), else the router.
+    async fn call(&mut self, key: &str, msg: Msg, left: Duration) -> Result<Msg, CallError> {
+        if let Some((direct, pool)) = &self.direct {
+            for addr in direct.replicas(key) {
+                match pool.call(addr, msg.clone(), left).await {
+                    Err(CallError::NotSent(_)) => continue,
+                    other => return other,
+                }
+            }
+        }
+        self.link.call(msg, left).await
     }
 
     /// The next request id of this client's session, opening a new session (at the router,
@@ -177,12 +235,13 @@ impl Client {
             let left = deadline.saturating_duration_since(Instant::now());
             let ms = left.as_millis().min(u128::from(u32::MAX)) as u32;
             // The router gets most of the budget so that its answer arrives before we give up.
+            let key = keys.name(index);
             let msg = Msg::Command {
-                key: keys.name(index),
+                key: key.clone(),
                 command,
                 timeout_ms: (ms / 10 * 9).max(1),
             };
-            let result = self.link.call(msg, left).await;
+            let result = self.call(&key, msg, left).await;
             if matches!(&result, Ok(Msg::Error(e)) if e.kind == ErrorKind::Expired) {
                 self.session = None; // an expired session takes no more requests
             }

@@ -54,6 +54,11 @@ pub struct Args {
     /// keys at 0 (verification assumes that).
     #[arg(long)]
     pub key_prefix: Option<String>,
+    /// Send each op straight to a replica of its key, which coordinates it (placement fetched
+    /// from the first router; one hop less), instead of through the routers. `--conns`
+    /// connections per node.
+    #[arg(long)]
+    pub direct: bool,
     /// Send increments and decrements without request ids (an unknown outcome is then not
     /// retried): measures what exactly-once costs.
     #[arg(long)]

@@ -108,6 +108,7 @@ async fn bench(args: Args, prefix: String, seed: u64) -> ExitCode {
         key_prefix: prefix.clone(),
         seed,
         threads: args.threads,
+        direct: args.direct,
     };
     eprintln!("counter-bench: {}", config.line());
 
@@ -117,14 +118,28 @@ async fn bench(args: Args, prefix: String, seed: u64) -> ExitCode {
         .collect();
     let mut links = BTreeSet::new();
     let mut clients = Vec::with_capacity(args.clients as usize);
+    let direct = match args.direct {
+        true => match client::Direct::fetch(&args.routers[0], timeout).await {
+            Ok(d) => Some(Arc::new(d)),
+            Err(e) => {
+                eprintln!("counter-bench: --direct: {e}");
+                return ExitCode::from(3);
+            }
+        },
+        false => None,
+    };
     for j in 0..args.clients as usize {
         let router = j % args.routers.len();
         let pool = (j / args.routers.len()) % pools.len();
         links.insert((router, pool));
-        clients.push(Client::new(
+        let mut c = Client::new(
             Link::new(pools[pool].clone(), args.routers[router].clone()),
             timeout,
-        ));
+        );
+        if let Some(d) = &direct {
+            c.go_direct(d.clone(), pools[pool].clone());
+        }
+        clients.push(c);
     }
     // Connect before the clock starts, so that the first ops do not pay for it.
     let connects: Vec<_> = links

@@ -28,13 +28,20 @@ pub struct Config {
     pub key_prefix: String,
     pub seed: u64,
     pub threads: u32,
+    /// Ops sent straight to a replica of their key (placement-aware), not through a router.
+    pub direct: bool,
 }
 
 impl Config {
     /// The configuration in one line.
     pub fn line(&self) -> String {
         let mut s = format!(
-            "{} router(s) x {} conns, {} clients, {} keys {}, mix {}, ",
+            "{}{} router(s) x {} conns, {} clients, {} keys {}, mix {}, ",
+            if self.direct {
+                "direct to replicas (placement from) "
+            } else {
+                ""
+            },
             self.routers.len(),
             self.conns_per_router,
             self.clients,
@@ -292,6 +299,7 @@ mod tests {
             key_prefix: "bench-x-".into(),
             seed: 5,
             threads: 2,
+            direct: false,
         }
     }
 

@@ -1,5 +1,5 @@
 //! `counter-cli --router <HOST:PORT> [--timeout-ms <MS>] [--request-id <CLIENT:SEQ>] [<COMMAND> ...]`
-//! (CLI.md, docs/CLI.md).
+//! (docs/CLI.md).
 
 use clap::Parser;
 use counter::command::{self, Parsed};
