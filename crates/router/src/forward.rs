@@ -207,5 +207,9 @@ pub fn msg_name(msg: &Msg) -> &'static str {
         Msg::Session { .. } => "Session",
         Msg::Identify => "Identify",
         Msg::Identity { .. } => "Identity",
+        Msg::Status => "Status",
+        Msg::ClusterStatus(_) => "ClusterStatus",
+        Msg::NodeStatus => "NodeStatus",
+        Msg::NodeStatusReply(_) => "NodeStatusReply",
     }
 }
