@@ -42,6 +42,14 @@ impl Router {
         &self.placement
     }
 
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     /// Answers one message from a client.
     pub async fn handle(&self, msg: Msg) -> Msg {
         match msg {
@@ -57,6 +65,7 @@ impl Router {
             Msg::OpenSession { lifetime_ms } => {
                 session_opened(&self.cluster.limits, lifetime_ms, counter_proto::unix_ms())
             }
+            Msg::Status => Msg::ClusterStatus(self.status().await),
             other => Msg::Error(ClientError::invalid(format!(
                 "a router only takes commands, not {}",
                 msg_name(&other)
