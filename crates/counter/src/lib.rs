@@ -12,8 +12,10 @@
 //!   empty under its old id (asks the other members before creating a data dir).
 //! - [`status`]: a node's answer to `NodeStatus` (`counter-cli cluster status`): it asks its
 //!   peers whether they are up and reports whether it reaches a majority of each of its shards.
+//! - [`admin`]: `counter-cli cluster status`: parsing it and showing the router's answer.
 //! - `bin/`: `counter-node`, `counter-router`, `counter-cli`.
 
+pub mod admin;
 pub mod bootstrap;
 pub mod command;
 pub mod coordinator;
