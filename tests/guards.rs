@@ -358,10 +358,6 @@ fn a_new_cluster_waits_for_a_late_member_and_needs_every_member_once() {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(500));
-    late.stop();
-    procs
-        .0
-        .push(spawn_node(3, &file, &dir(3), &log("node-3"), &[]));
     let router = format!("127.0.0.1:{}", free_port());
     let _router = Procs(vec![Command::new(ROUTER)
         .arg("--cluster")
@@ -372,6 +368,38 @@ fn a_new_cluster_waits_for_a_late_member_and_needs_every_member_once() {
         .stderr(std::fs::File::create(log("router")).unwrap())
         .spawn()
         .unwrap()]);
+    // Meanwhile `cluster status` shows why the cluster does not serve: nodes 1 and 2 are
+    // reachable, their data dirs created, not open yet (no epoch), not ready.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = Command::new(CLI)
+            .args(["--router", &router, "cluster", "status", "--json"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let waiting = (0..2).all(|i| {
+            let n = &v["nodes"][i];
+            n["reachable"] == true && n["state"] == "created"
+        });
+        if waiting {
+            assert_eq!(out.status.code(), Some(3), "{v}");
+            assert_eq!(v["nodes_ready"], 0, "{v}");
+            assert_eq!(v["shards_available"], 0, "{v}");
+            for i in 0..2 {
+                assert_eq!(v["nodes"][i]["epoch"], serde_json::Value::Null, "{v}");
+                assert_eq!(v["nodes"][i]["ready"], false, "{v}");
+            }
+            // Node 3 (a stand-in answering only Identify) has no status to give.
+            assert_eq!(v["nodes"][2]["reachable"], false, "{v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "status while waiting: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    late.stop();
+    procs
+        .0
+        .push(spawn_node(3, &file, &dir(3), &log("node-3"), &[]));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let out = Command::new(CLI)

@@ -9,6 +9,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Version of the configuration a cluster file describes: the bootstrap configuration.
+/// (Online membership changes, when they exist, will bump it.)
+pub const BOOTSTRAP_CONFIG_VERSION: u64 = 1;
+
 /// How far a node's data dir is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum DataState {

@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 pub mod identity;
-pub use identity::DataState;
+pub mod status;
+pub use identity::{DataState, BOOTSTRAP_CONFIG_VERSION};
+pub use status::{ClusterStatus, MemberStatus, NodeStatus, ShardMove};
 
 /// Version of the wire protocol. Bumped on any incompatible change of [`Msg`].
 pub const PROTOCOL_VERSION: u16 = 3;
@@ -390,6 +392,15 @@ pub enum Msg {
         replication: u32,
         nodes: Vec<(NodeId, String)>,
     },
+    /// Client to router: how is the cluster? (`counter-cli cluster status`; see [`status`]).
+    Status,
+    /// Answer to `Status`: every member's report or the error reaching it, and which shards
+    /// can be served.
+    ClusterStatus(ClusterStatus),
+    /// Router to node: report yourself (the node asks its peers first, briefly).
+    NodeStatus,
+    /// Answer to `NodeStatus`.
+    NodeStatusReply(NodeStatus),
 }
 
 /// One message with the id that pairs a reply with its request (0 for connection-level errors).
@@ -635,6 +646,10 @@ mod tests {
         );
         assert_eq!(index(Msg::ReadReply { accepted: None }), 10);
         assert_eq!(index(Msg::Identify), 13);
+        // The status messages come after every older variant.
+        assert_eq!(index(Msg::GetPlacement), 15);
+        assert_eq!(index(Msg::Status), 17);
+        assert_eq!(index(Msg::NodeStatusReply(sample_node_status())), 20);
     }
 
     /// One message of every variant, with its exact bytes: reordering a variant or a field,
@@ -768,7 +783,68 @@ mod tests {
                 },
                 "0301100803010103613a31",
             ),
+            (Msg::Status, "030111"),
+            (
+                Msg::ClusterStatus(sample_cluster_status()),
+                "0301120176010305020101020203683a31000203683a31010102010304050306017602010300010303683a32010178040104010101010102010177",
+            ),
+            (Msg::NodeStatus, "030113"),
+            (
+                Msg::NodeStatusReply(sample_node_status()),
+                "0301140203683a3101010201030405030601760201030001",
+            ),
         ]
+    }
+
+    fn sample_node_status() -> NodeStatus {
+        NodeStatus {
+            node: 2,
+            listen: "h:1".into(),
+            cluster_id: 1,
+            config_version: 1,
+            state: DataState::Serving,
+            epoch: Some(3),
+            shards: 4,
+            shards_total: 5,
+            replication: 3,
+            uptime_secs: 6,
+            version: "v".into(),
+            peers_up: vec![1, 3],
+            shards_without_quorum: 0,
+            ready: true,
+        }
+    }
+
+    fn sample_cluster_status() -> ClusterStatus {
+        ClusterStatus {
+            router_version: "v".into(),
+            config_version: 1,
+            replication: 3,
+            shards: 5,
+            nodes: 2,
+            nodes_reachable: 1,
+            nodes_ready: 1,
+            members: vec![
+                MemberStatus {
+                    node: 2,
+                    addr: "h:1".into(),
+                    status: Ok(sample_node_status()),
+                },
+                MemberStatus {
+                    node: 3,
+                    addr: "h:2".into(),
+                    status: Err("x".into()),
+                },
+            ],
+            shards_available: 4,
+            unavailable_shards: vec![4],
+            moves: vec![ShardMove {
+                shard: 1,
+                from: vec![1],
+                to: vec![2],
+            }],
+            warnings: vec!["w".into()],
+        }
     }
 
     #[test]

@@ -234,8 +234,25 @@ impl LocalCluster {
         }
     }
 
+    /// Waits until every node serves and reaches its peers (`cluster status`), and a command
+    /// succeeds. A command alone is not enough: a new cluster's last node may still be
+    /// starting (waiting for the others) after the router can serve through the first two,
+    /// and a command sent straight to it would be refused.
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (code, out, err) = self.cli(&["cluster", "status", "--json"]);
+            let ready = serde_json::from_str::<serde_json::Value>(&out)
+                .is_ok_and(|v| v["nodes_ready"] == v["nodes_total"]);
+            if code == 0 && ready {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster never became ready: {out} {err}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         loop {
             let (code, _, err) = self.cli(&["get", "__ready__"]);
             if code == 0 {

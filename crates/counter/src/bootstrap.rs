@@ -30,9 +30,11 @@
 //! restart after a crash works with every peer down.
 //!
 //! While it checks, the node already listens, and answers only `Identify` (other members check
-//! too); everything else gets `unavailable` until it serves ([`Starting`]).
+//! too) and `NodeStatus` (`cluster status`); everything else gets `unavailable` until it
+//! serves ([`Starting`]).
 
 use crate::node::Node;
+use crate::status::Reporter;
 use counter_net::{CallError, Pool};
 use counter_proto::{ClientError, DataState, Msg, NodeId};
 use counter_router::forward::msg_name;
@@ -231,15 +233,23 @@ pub struct Starting {
     cluster_id: u64,
     state: Mutex<DataState>,
     node: OnceLock<Arc<Node>>,
+    /// Answers `NodeStatus` while starting (`cluster status` shows a starting node too).
+    reporter: Arc<Reporter>,
 }
 
 impl Starting {
-    pub fn new(id: NodeId, cluster_id: u64, state: DataState) -> Arc<Starting> {
+    pub fn new(
+        id: NodeId,
+        cluster_id: u64,
+        state: DataState,
+        reporter: Arc<Reporter>,
+    ) -> Arc<Starting> {
         Arc::new(Starting {
             id,
             cluster_id,
             state: Mutex::new(state),
             node: OnceLock::new(),
+            reporter,
         })
     }
 
@@ -264,6 +274,14 @@ impl Starting {
                 config_version: BOOTSTRAP_CONFIG_VERSION,
                 state: *self.state.lock().expect("state lock"),
             },
+            Msg::NodeStatus => {
+                let state = *self.state.lock().expect("state lock");
+                Msg::NodeStatusReply(
+                    self.reporter
+                        .report(state, BOOTSTRAP_CONFIG_VERSION, None)
+                        .await,
+                )
+            }
             other => Msg::Error(ClientError::unavailable(format!(
                 "node {} is starting (waiting for the other members of a new cluster); \
                  it does not take {} messages yet",

@@ -10,10 +10,15 @@
 //! - [`logging`]: tracing set-up for the binaries.
 //! - [`bootstrap`]: the start-up check that keeps a node whose disk was lost from starting
 //!   empty under its old id (asks the other members before creating a data dir).
+//! - [`status`]: a node's answer to `NodeStatus` (`counter-cli cluster status`): it asks its
+//!   peers whether they are up and reports whether it reaches a majority of each of its shards.
+//! - [`admin`]: `counter-cli cluster status`: parsing it and showing the router's answer.
 //! - `bin/`: `counter-node`, `counter-router`, `counter-cli`.
 
+pub mod admin;
 pub mod bootstrap;
 pub mod command;
 pub mod coordinator;
 pub mod logging;
 pub mod node;
+pub mod status;

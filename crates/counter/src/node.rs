@@ -1,6 +1,7 @@
 //! A storage node: acceptor of its shards, coordinator of the keys routed to it.
 
 use crate::coordinator::Coordinator;
+use crate::status::Reporter;
 use counter_core::change::MAX_CLIENTS_LIMIT;
 use counter_core::AcceptorReply;
 use counter_proto::{
@@ -22,11 +23,19 @@ pub struct Node {
     replicas: Vec<Arc<[NodeId]>>,
     store: Arc<Store>,
     coordinator: Arc<Coordinator>,
+    /// Answers `NodeStatus`.
+    reporter: Arc<Reporter>,
 }
 
 impl Node {
-    pub fn new(id: NodeId, cluster: &Cluster, store: Arc<Store>) -> Arc<Node> {
-        let placement = Placement::new(cluster);
+    /// Node `id` of `cluster`, serving from `store`; `reporter` knows its placement.
+    pub fn new(
+        id: NodeId,
+        cluster: &Cluster,
+        store: Arc<Store>,
+        reporter: Arc<Reporter>,
+    ) -> Arc<Node> {
+        let placement = reporter.placement().clone();
         let replicas = (0..placement.shards())
             .map(|s| Arc::from(placement.replicas(s)))
             .collect();
@@ -39,6 +48,7 @@ impl Node {
             replicas,
             store,
             coordinator,
+            reporter,
         })
     }
 
@@ -146,6 +156,23 @@ impl Node {
                     "this node's data dir records no identity",
                 )),
             },
+            Msg::NodeStatus => {
+                let config_version = self
+                    .store
+                    .identity()
+                    .map_or(counter_proto::BOOTSTRAP_CONFIG_VERSION, |i| {
+                        i.config.version
+                    });
+                Msg::NodeStatusReply(
+                    self.reporter
+                        .report(
+                            self.store.data_state(),
+                            config_version,
+                            Some(self.store.epoch()),
+                        )
+                        .await,
+                )
+            }
             other => Msg::Error(ClientError::invalid(format!(
                 "a node does not take {} messages",
                 msg_name(&other)

@@ -42,6 +42,14 @@ impl Router {
         &self.placement
     }
 
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     /// Answers one message from a client.
     pub async fn handle(&self, msg: Msg) -> Msg {
         match msg {
@@ -58,6 +66,7 @@ impl Router {
                 session_opened(&self.cluster.limits, lifetime_ms, counter_proto::unix_ms())
             }
             Msg::GetPlacement => self.cluster.placement_msg(),
+            Msg::Status => Msg::ClusterStatus(self.status().await),
             other => Msg::Error(ClientError::invalid(format!(
                 "a router only takes commands, not {}",
                 msg_name(&other)
@@ -210,5 +219,9 @@ pub fn msg_name(msg: &Msg) -> &'static str {
         Msg::Identity { .. } => "Identity",
         Msg::GetPlacement => "GetPlacement",
         Msg::Placement { .. } => "Placement",
+        Msg::Status => "Status",
+        Msg::ClusterStatus(_) => "ClusterStatus",
+        Msg::NodeStatus => "NodeStatus",
+        Msg::NodeStatusReply(_) => "NodeStatusReply",
     }
 }

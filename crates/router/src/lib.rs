@@ -8,10 +8,12 @@
 //!   clockwise from the shard's point.
 //! - [`forward`]: the stateless router: send a command to the key's first reachable replica,
 //!   fail over only while nothing has been sent.
+//! - [`status`]: `cluster status`: every member's report, and which shards can be served.
 
 pub mod cluster;
 pub mod forward;
 pub mod placement;
+pub mod status;
 
 pub use cluster::{Cluster, ConfigError};
 pub use forward::Router;

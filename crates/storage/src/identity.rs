@@ -28,9 +28,9 @@ use counter_proto::NodeId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Version of the configuration a cluster file describes: the bootstrap configuration.
-/// (Online membership changes, when they exist, will bump it.)
-pub const BOOTSTRAP_CONFIG_VERSION: u64 = 1;
+/// Version of the configuration a cluster file describes (defined in `counter-proto`, which
+/// routers share without RocksDB).
+pub use counter_proto::BOOTSTRAP_CONFIG_VERSION;
 
 /// What decides placement: the members and how keys are spread over them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,8 +2,10 @@
 //! (docs/CLI.md).
 
 use clap::Parser;
+use counter::admin::{self, Admin};
 use counter::command::{self, Parsed};
 use counter_client::{Answer, Client, Error, ErrorKind};
+use counter_proto::Msg;
 use std::ffi::OsString;
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
@@ -16,7 +18,9 @@ use std::time::Duration;
     about,
     after_help = "Commands: incr KEY [DELTA] [--min M] [--max M] | decr KEY [DELTA] [--min M] \
 [--max M] | get KEY | reset KEY | set KEY VALUE | cas KEY EXPECTED NEW\n\
-With no command, reads one command per line from stdin and answers each with one line."
+With no command, reads one command per line from stdin and answers each with one line.\n\
+Admin (command line only): cluster status [--json]: every node's reachability, readiness, \
+epoch and shards, and how many shards can be served; exit status 0 if all, 3 if not."
 )]
 struct Args {
     /// A router's address.
@@ -73,11 +77,61 @@ fn exit_code(kind: ErrorKind) -> u8 {
     }
 }
 
+/// `cluster status [--json]`: asks the router, prints its answer; 0 if every shard can be
+/// served, 3 if not or if the router cannot be asked.
+async fn cluster_status(router: &str, timeout: Duration, json: bool) -> ExitCode {
+    let pool = counter_net::Pool::new(timeout);
+    let status = match pool.call(router, Msg::Status, timeout).await {
+        Ok(Msg::ClusterStatus(status)) => status,
+        Ok(Msg::Error(e)) => {
+            eprintln!("counter-cli: router {router} answered {e}");
+            return ExitCode::from(exit_code(e.kind));
+        }
+        Ok(other) => {
+            eprintln!(
+                "counter-cli: unavailable: router {router} answered {} to a status request",
+                counter_router::forward::msg_name(&other)
+            );
+            return ExitCode::from(exit_code(ErrorKind::Unavailable));
+        }
+        Err(e) => {
+            // A router of an earlier build cannot decode the request: it closes the connection.
+            let hint = match &e {
+                counter_net::CallError::Lost(m) if m.contains("closed") => {
+                    " (is it of an earlier build, without cluster status?)"
+                }
+                _ => "",
+            };
+            eprintln!("counter-cli: unavailable: router {router}: {e}{hint}");
+            return ExitCode::from(exit_code(ErrorKind::Unavailable));
+        }
+    };
+    if json {
+        println!("{}", admin::json(router, &status));
+    } else {
+        print!("{}", admin::table(&status));
+    }
+    ExitCode::from(admin::exit_status(&status))
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     counter::logging::init("warn");
     let args = Args::parse();
     let timeout = Duration::from_millis(u64::from(args.timeout_ms));
+    if let Some(admin) = admin::parse(&args.command) {
+        if args.request_id.is_some() {
+            eprintln!("counter-cli: invalid: --request-id names a key command, not cluster status");
+            return ExitCode::from(exit_code(ErrorKind::Invalid));
+        }
+        return match admin {
+            Ok(Admin::Status { json }) => cluster_status(&args.router, timeout, json).await,
+            Err(e) => {
+                eprintln!("counter-cli: {e}");
+                ExitCode::from(exit_code(e.kind))
+            }
+        };
+    }
     let mut builder = Client::builder([args.router]).timeout(timeout);
     if !args.command.is_empty() {
         // One command: the shortest session the cluster grants, so that keys forget this

@@ -9,9 +9,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;
 use counter::bootstrap::{Asker, Phase, StartError, Starting};
 use counter::node::Node;
+use counter::status::Reporter;
 use counter_net::{serve, ServerConfig};
 use counter_proto::DataState;
-use counter_router::Cluster;
+use counter_router::{Cluster, Placement};
 use counter_storage::{ClusterConfig, DirContents, Identity, StorageError, Store};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,6 +65,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let started = Instant::now();
     counter::logging::init("info");
     let args = Args::parse();
     let cluster = match Cluster::load(&args.cluster) {
@@ -98,7 +100,15 @@ async fn main() -> ExitCode {
         Err(e) => return fail(format!("cannot listen on {listen}: {e}")),
     };
     // Listening from here on: other members starting a new cluster ask this one who it is.
-    let handler = Starting::new(args.id, me.cluster_id, state);
+    let reporter = Arc::new(Reporter::new(
+        args.id,
+        listen.clone(),
+        me.cluster_id,
+        &cluster,
+        Placement::new(&cluster),
+        started,
+    ));
+    let handler = Starting::new(args.id, me.cluster_id, state, reporter.clone());
     let server = {
         let handler = handler.clone();
         tokio::spawn(serve(listener, ServerConfig::default(), move |msg| {
@@ -116,7 +126,7 @@ async fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    let node = Node::new(args.id, &cluster, store.clone());
+    let node = Node::new(args.id, &cluster, store.clone(), reporter);
     handler.serve(node);
     tracing::info!(
         id = args.id,
