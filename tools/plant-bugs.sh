@@ -79,16 +79,19 @@ source_bug "a forgotten session's request applied again" crates/core/src/change.
   "Err(_) if !sessionless && request.expires_ms <= reg.floor" "Err(_) if !sessionless && request.expires_ms < reg.floor" \
   "simulation (counter-sim)" cargo run -q --release -p counter-sim -- --setting crowded --seeds 2000
 source_bug "a dropped entry does not raise the floor" crates/core/src/change.rs \
-  "floor = floor.max(e.expires_ms);" "" \
+  "false => floor = floor.max(e.expires_ms)," "false => {}" \
   "core unit tests" cargo test -q --release -p counter-core
 source_bug "a dropped entry does not raise the floor" crates/core/src/change.rs \
-  "floor = floor.max(e.expires_ms);" "" \
+  "false => floor = floor.max(e.expires_ms)," "false => {}" \
   "simulation (counter-sim)" cargo run -q --release -p counter-sim -- --setting crowded --seeds 2000
 source_bug "a batch drops its own entries" crates/core/src/change.rs \
-  ".filter(|(_, e)| !keep.contains(&e.client))" ".filter(|(_, _e)| true)" \
+  "let kept = |e: &ClientEntry| keep.binary_search(&e.client).is_ok();" "let kept = |_e: &ClientEntry| false;" \
   "core unit tests" cargo test -q --release -p counter-core
 source_bug "an ended session takes new requests" crates/core/src/change.rs \
   "if !sessionless && request.expires_ms <= ctx.now_ms {" "if !sessionless && request.expires_ms < ctx.now_ms / 2 {" \
+  "core unit tests" cargo test -q --release -p counter-core
+source_bug "a client id reused in another session matches its entry" crates/core/src/change.rs \
+  "Ok(i) if other_session(&reg.clients[i]) => return (Outcome::Expired, false)," "" \
   "core unit tests" cargo test -q --release -p counter-core
 source_bug "a replayed request applied again" crates/core/src/change.rs \
   "Ok(i) if request.seq == reg.clients[i].seq => return (reg.clients[i].outcome, false)," "" \

@@ -179,9 +179,10 @@ pub enum Outcome {
     BelowMin { value: i64, would: i64, min: i64 },
     /// Refused, nothing changed: the result `would` be above `max`.
     AboveMax { value: i64, would: i64, max: i64 },
-    /// Not applied by this attempt and never will be: the request is older than what the
-    /// register remembers of its session, or its session expired; an earlier attempt may have
-    /// applied it, so its outcome is unknown. Never stored.
+    /// Not applied by this attempt: the request is older than what the register remembers of
+    /// its session, or of another session, or its session ended. An earlier attempt may have
+    /// applied it (or, still queued at a coordinator whose clock is behind, may yet), so its
+    /// outcome is unknown. Never stored.
     Expired,
 }
 
@@ -245,10 +246,10 @@ pub enum ErrorKind {
     Unknown,
     /// Refused by a condition of the command (a bound): nothing changed.
     Rejected,
-    /// The request's session expired (or the request is older than what its key remembers):
-    /// not applied by this attempt and never will be, but an earlier attempt may have been, so
-    /// its outcome, and that of every unanswered earlier request of the session, is unknown.
-    /// Open a new session for new requests.
+    /// The request's session ended (or the request is older than what its key remembers): not
+    /// applied by this attempt, but an earlier attempt may have been (or still be, if queued at
+    /// a coordinator whose clock is behind), so its outcome, and that of every unanswered
+    /// earlier request of the session, is unknown. Open a new session for new requests.
     Expired,
 }
 
@@ -541,8 +542,10 @@ pub fn validate_command(command: &Command) -> Result<(), ClientError> {
         if id.seq == 0 {
             return Err(ClientError::invalid("request sequence numbers start at 1"));
         }
+        // `unavailable`, not `invalid`: a retry through a node whose clock is a little behind
+        // the one that took the first attempt must not read as "never applied".
         if id.expires_ms == 0 && id.seq > max_request_seq() {
-            return Err(ClientError::invalid(format!(
+            return Err(ClientError::unavailable(format!(
                 "request sequence {} is more than a day ahead of this node's clock \
                  (use microseconds since the Unix epoch)",
                 id.seq

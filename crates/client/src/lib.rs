@@ -297,12 +297,14 @@ impl Client {
         self.run(key, command, true).await
     }
 
-    /// A session ready for a request: an idle one, or a new one.
+    /// A session ready for a request: an idle one whose renewal time comes after this
+    /// request's whole deadline (so that no attempt of it reaches a server after the session's
+    /// end, even one whose clock is ahead by the skew allowed), or a new one.
     async fn take_session(&self) -> Result<Session, Error> {
-        let now = Instant::now();
+        let latest = Instant::now() + self.timeout;
         let reuse = {
             let mut idle = self.idle.lock().expect("session pool");
-            idle.retain(|s| s.renew_at > now);
+            idle.retain(|s| s.renew_at > latest);
             idle.pop()
         };
         match reuse {
@@ -320,7 +322,26 @@ impl Client {
         let msg = Msg::OpenSession {
             lifetime_ms: self.session_ms,
         };
-        match self.call(msg, self.timeout).await {
+        let mut answer = self.call(msg.clone(), self.timeout).await;
+        // Direct mode outlives the routers: the nodes open sessions too.
+        if let (Err(CallError::NotSent(_)), Some(Some(direct))) = (&answer, self.placement.get()) {
+            for addr in direct.cluster.nodes.values() {
+                answer = self.pool.call(addr, msg.clone(), self.timeout).await;
+                if !matches!(answer, Err(CallError::NotSent(_))) {
+                    break;
+                }
+            }
+        }
+        if matches!(&answer, Ok(Msg::Session { renew_after_ms, .. })
+            if Duration::from_millis(*renew_after_ms) <= self.timeout)
+        {
+            tracing::warn!(
+                timeout_ms = self.timeout.as_millis() as u64,
+                "the cluster's sessions are renewed sooner than this client's timeout: a \
+                 request retried that long may be answered expired"
+            );
+        }
+        match answer {
             Ok(Msg::Session {
                 expires_ms,
                 renew_after_ms,

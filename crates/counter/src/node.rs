@@ -73,11 +73,11 @@ impl Node {
                     now_ms: counter_proto::unix_ms(),
                     limits: self.coordinator.limits(),
                 };
-                // Not applied by this attempt; on a retry, an earlier attempt (through a node
-                // whose clock agreed) may have been: `unavailable`, which a retrying client
-                // reports as unknown, never `invalid`.
+                // Not applied by this attempt, but an earlier one (through a node whose clock
+                // agreed, or before the limits changed) may have been: `expired`, so the
+                // client reports the outcome unknown and leaves the session, never `invalid`.
                 if let Err(e) = counter_core::change::check_request(&command, &ctx) {
-                    return Msg::Error(ClientError::unavailable(e));
+                    return Msg::Error(ClientError::expired(e));
                 }
                 let shard = self.placement.shard_of(&key);
                 if !self.is_replica(shard) {
@@ -212,9 +212,9 @@ pub fn outcome_msg(outcome: Outcome, cmd: &Command) -> Msg {
         )),
         Outcome::Expired => ClientError::expired(format!(
             "request {} is older than what this key remembers of its session, or its session \
-             ended: not applied now and never will be, but an earlier attempt may have been \
-             (its outcome, and that of the session's earlier unanswered requests, is unknown); \
-             send new requests in a new session",
+             ended: not applied by this attempt, but an earlier attempt may have been or may \
+             yet be (its outcome, and that of the session's earlier unanswered requests, is \
+             unknown); send new requests in a new session",
             cmd.request.unwrap_or_default()
         )),
     };

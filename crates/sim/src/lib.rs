@@ -83,7 +83,8 @@ pub struct Config {
     /// counted once.
     pub request_ids: bool,
     /// Exactly-once mode: a client stops resending a request this long after it first sent it
-    /// and reports its outcome unknown (the client library's deadline).
+    /// and reports its outcome unknown (the client library's timeout); a session takes a new
+    /// request only if this deadline ends before the session's renewal time (its rule).
     pub request_deadline: u64,
     /// What registers keep of their clients, in simulated ticks for the times (the node's
     /// rules, with small bounds so that sessions end and entries go within a run).
@@ -503,7 +504,12 @@ impl Sim {
     /// (opened at a random live node, by that node's clock) once it is time to renew.
     fn next_request(&mut self, c: usize) -> RequestId {
         let now = self.now;
-        let renew = self.clients[c].session.is_none_or(|s| now >= s.renew_at);
+        // The client library's rule: a session takes a new request only if the request's
+        // whole deadline ends before the session's renewal time.
+        let deadline = self.cfg.request_deadline;
+        let renew = self.clients[c]
+            .session
+            .is_none_or(|s| now.saturating_add(deadline) >= s.renew_at);
         if renew {
             let live: Vec<NodeId> = self
                 .nodes
@@ -793,8 +799,8 @@ impl Sim {
                     );
                     return;
                 }
-                // The node's intake check of the request id, by its own clock: `unavailable`,
-                // not applied by this attempt (node.rs).
+                // The node's intake check of the request id, by its own clock: `expired`
+                // (node.rs).
                 if counter_core::change::check_request(&cmd, &self.ctx(to)).is_err() {
                     self.send(
                         to,
@@ -802,7 +808,7 @@ impl Sim {
                         Payload::Response {
                             client,
                             req,
-                            result: Err(Failed::NotApplied),
+                            result: Err(Failed::Expired),
                         },
                     );
                     return;

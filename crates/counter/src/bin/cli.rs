@@ -134,9 +134,10 @@ async fn main() -> ExitCode {
     }
     let mut builder = Client::builder([args.router]).timeout(timeout);
     if !args.command.is_empty() {
-        // One command: the shortest session the cluster grants, so that keys forget this
-        // process soon after it ends.
-        builder = builder.session_life(Duration::from_millis(1));
+        // One command: a short session (the cluster grants at least 4 x its clock skew), so
+        // that keys forget this process soon after it ends; long enough for the command's
+        // retries to end before it is renewed.
+        builder = builder.session_life(timeout * 2);
     }
     let client = builder.build();
     let given = match args.request_id.as_deref().map(command::parse_request_id) {
