@@ -31,14 +31,14 @@
 //! ```
 
 use counter_net::{CallError, Pool};
-use counter_proto::{Command, Msg, Op, RequestId};
+use counter_proto::Msg;
 use counter_router::{Cluster, Placement};
 use rand::Rng;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
-pub use counter_proto::{ClientError as Error, ErrorKind};
+pub use counter_proto::{ClientError as Error, Command, ErrorKind, Op, RequestId};
 
 /// Most attempts of one command whose outcome was unknown (each with the same request id).
 const MAX_ATTEMPTS: u32 = 8;
@@ -72,12 +72,23 @@ pub struct Builder {
 impl Builder {
     /// Sends each command straight to a replica of its key instead of through a router (see
     /// the crate's doc); the routers are still asked for the placement and used as a fallback.
+    ///
+    /// ```
+    /// let client = counter_client::Client::builder(["127.0.0.1:7100"]).direct(true).build();
+    /// # drop(client);
+    /// ```
     pub fn direct(mut self, direct: bool) -> Builder {
         self.direct = direct;
         self
     }
 
     /// How long one command may take, retries included (default 10 s).
+    ///
+    /// ```
+    /// let b = counter_client::Client::builder(["127.0.0.1:7100"]);
+    /// let client = b.timeout(std::time::Duration::from_secs(2)).build();
+    /// # drop(client);
+    /// ```
     pub fn timeout(mut self, timeout: Duration) -> Builder {
         self.timeout = timeout;
         self
@@ -85,12 +96,24 @@ impl Builder {
 
     /// The session life to ask for (default: the longest the cluster allows). A short-lived
     /// process asks for a short one, so that keys forget it sooner.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = counter_client::Client::builder(["127.0.0.1:7100"]);
+    /// let one_shot = b.session_life(Duration::from_secs(300)).build();
+    /// # drop(one_shot);
+    /// ```
     pub fn session_life(mut self, life: Duration) -> Builder {
         self.session_ms = life.as_millis().min(u128::from(u64::MAX)) as u64;
         self
     }
 
     /// A client; no connection is made until the first command.
+    ///
+    /// ```
+    /// let client = counter_client::Client::builder(["127.0.0.1:7100"]).build();
+    /// # drop(client);
+    /// ```
     pub fn build(self) -> Client {
         Client {
             routers: self.routers,
@@ -147,6 +170,11 @@ pub struct Client {
 
 impl Client {
     /// A builder for a client of these routers (tried in order when one cannot be reached).
+    ///
+    /// ```
+    /// let client = counter_client::Client::builder(["127.0.0.1:7100"]).build();
+    /// # drop(client);
+    /// ```
     pub fn builder<I, S>(routers: I) -> Builder
     where
         I: IntoIterator<Item = S>,
@@ -162,6 +190,13 @@ impl Client {
 
     /// A client of one router, with the default settings, after checking that the router
     /// answers (it opens the first session).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), counter_client::Error> {
+    /// let client = counter_client::Client::connect("127.0.0.1:7100").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn connect(router: impl Into<String>) -> Result<Client, Error> {
         let client = Client::builder([router.into()]).build();
         let session = client.open_session().await?;
@@ -182,12 +217,27 @@ impl Client {
     }
 
     /// Subtracts `n` (> 0) from `key`; the new value.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: counter_client::Client) -> Result<(), counter_client::Error> {
+    /// let left = client.decr("stock:sku-1", 2).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn decr(&self, key: &str, n: u64) -> Result<i64, Error> {
         self.decr_bounded(key, n, None, None).await
     }
 
     /// Adds `n` only if the result stays within `min..=max`; else [`ErrorKind::Rejected`] and
     /// nothing changes.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: counter_client::Client) -> Result<(), counter_client::Error> {
+    /// // A quota: at most 100 per tenant.
+    /// let used = client.incr_bounded("quota:tenant-9", 1, None, Some(100)).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn incr_bounded(
         &self,
         key: &str,
@@ -222,22 +272,50 @@ impl Client {
     }
 
     /// The current value (0 for a key never written).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: counter_client::Client) -> Result<(), counter_client::Error> {
+    /// let views = client.get("page_views").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn get(&self, key: &str) -> Result<i64, Error> {
         value(self.command(key, Op::Get.into()).await?)
     }
 
     /// Sets `key` to `v`; returns `v`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: counter_client::Client) -> Result<(), counter_client::Error> {
+    /// assert_eq!(client.set("stock:sku-1", 40).await?, 40);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn set(&self, key: &str, v: i64) -> Result<i64, Error> {
         value(self.command(key, Op::Set(v).into()).await?)
     }
 
     /// Sets `key` to 0; returns 0.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: counter_client::Client) -> Result<(), counter_client::Error> {
+    /// assert_eq!(client.reset("page_views").await?, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn reset(&self, key: &str) -> Result<i64, Error> {
         value(self.command(key, Op::Reset.into()).await?)
     }
 
     /// Sets `key` to `new` if it holds `expected`: the value held afterwards and whether it
     /// swapped.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: counter_client::Client) -> Result<(), counter_client::Error> {
+    /// let (now, swapped) = client.cas("lock", 0, 1).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn cas(&self, key: &str, expected: i64, new: i64) -> Result<(i64, bool), Error> {
         match self.command(key, Op::Cas { expected, new }.into()).await? {
             Answer::Swapped { value, swapped } => Ok((value, swapped)),
@@ -251,7 +329,7 @@ impl Client {
     ///
     /// ```no_run
     /// # async fn demo(client: counter_client::Client) -> Result<(), counter_client::Error> {
-    /// use counter_proto::{Command, Op};
+    /// use counter_client::{Command, Op};
     /// let answer = client.command("k", Command::from(Op::Incr(2))).await?;
     /// # Ok(())
     /// # }
@@ -282,6 +360,16 @@ impl Client {
     /// Runs a command whose request id the caller chose (`counter-cli --request-id`): an
     /// earlier process may have sent it, so "not applied by this attempt" is reported as
     /// unknown.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: counter_client::Client) -> Result<(), counter_client::Error> {
+    /// use counter_client::{Command, Op, RequestId};
+    /// // Retried across processes with the same id: applied at most once.
+    /// let id = RequestId { client: 42, seq: 1_764_000_000_000_000, expires_ms: 0 };
+    /// let answer = client.command_with_id("payments", Op::Incr(250).into(), id).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn command_with_id(
         &self,
         key: &str,
