@@ -9,7 +9,7 @@
 mod common;
 
 use common::{Answer, LocalCluster};
-use counter_router::{Cluster, Placement};
+use counter_cluster::{Cluster, Placement};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

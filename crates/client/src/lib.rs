@@ -30,9 +30,9 @@
 //! # }
 //! ```
 
+use counter_cluster::{Cluster, Placement};
 use counter_net::{CallError, Pool};
 use counter_proto::Msg;
-use counter_router::{Cluster, Placement};
 use rand::Rng;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

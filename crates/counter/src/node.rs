@@ -2,6 +2,7 @@
 
 use crate::coordinator::Coordinator;
 use crate::status::Reporter;
+use counter_cluster::{Cluster, Placement};
 use counter_core::change::MAX_CLIENTS_LIMIT;
 use counter_core::AcceptorReply;
 use counter_proto::{
@@ -9,7 +10,6 @@ use counter_proto::{
     ShardId,
 };
 use counter_router::forward::{msg_name, DEFAULT_TIMEOUT_MS};
-use counter_router::{Cluster, Placement};
 use counter_storage::Store;
 use std::sync::Arc;
 use std::time::Duration;

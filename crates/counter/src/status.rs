@@ -3,10 +3,10 @@
 //! majority of the replicas of each of its shards, which it finds out by asking every peer
 //! `Identify` when asked (a question that writes nothing), with a short timeout.
 
+use counter_cluster::{Cluster, Placement};
 use counter_net::Pool;
 use counter_proto::{DataState, Msg, NodeId, NodeStatus};
 use counter_router::status::{peer_is_up, shards_without_quorum, PEER_TIMEOUT};
-use counter_router::{Cluster, Placement};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 

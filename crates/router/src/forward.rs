@@ -1,8 +1,7 @@
 //! The router: forwards client commands to a key's coordinator, failing over only while that
 //! is safe.
 
-use crate::cluster::Cluster;
-use crate::placement::Placement;
+use counter_cluster::{Cluster, Placement};
 use counter_net::{CallError, Pool};
 use counter_proto::{
     validate_command, validate_key, ClientError, Command, ErrorKind, Msg, NodeId, ShardId,

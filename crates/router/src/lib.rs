@@ -1,20 +1,17 @@
-//! Where keys live, and getting a client's command to them.
+//! Getting a client's command to its key's replicas.
 //!
 //! # Layout
 //!
-//! - [`cluster`]: the cluster file (docs/CLI.md): nodes, replication, shard count.
-//! - [`placement`]: `shard = xxh3(key) % shards`; shards onto nodes with consistent hashing
-//!   (the `hashring` crate, virtual nodes); a shard's replicas are the first R distinct nodes
-//!   clockwise from the shard's point.
 //! - [`forward`]: the stateless router: send a command to the key's first reachable replica,
 //!   fail over only while nothing has been sent.
 //! - [`status`]: `cluster status`: every member's report, and which shards can be served.
+//!
+//! The cluster file and placement live in `counter-cluster` (the node and clients use them
+//! without this crate); they are re-exported here, so `counter_router::{cluster, placement}`
+//! and `counter_router::{Cluster, Placement, ...}` still name them.
 
-pub mod cluster;
 pub mod forward;
-pub mod placement;
 pub mod status;
 
-pub use cluster::{Cluster, ConfigError};
+pub use counter_cluster::{cluster, placement, shard_of, Cluster, ConfigError, Placement};
 pub use forward::Router;
-pub use placement::{shard_of, Placement};

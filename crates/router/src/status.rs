@@ -1,9 +1,8 @@
 //! `cluster status`: the router asks every member for its report and judges which shards can
 //! be served (the rules are in `counter_proto::status`).
 
-use crate::cluster::Cluster;
 use crate::forward::{msg_name, Router};
-use crate::placement::Placement;
+use counter_cluster::{Cluster, Placement};
 use counter_proto::status::MAX_LISTED_SHARDS;
 use counter_proto::{
     encode_frame, ClusterStatus, DataState, Frame, MemberStatus, Msg, NodeId,

@@ -95,8 +95,8 @@ struct Session {
 
 /// Where keys live (`--direct`): the placement the routers use, and the nodes' addresses.
 pub struct Direct {
-    placement: counter_router::Placement,
-    cluster: counter_router::Cluster,
+    placement: counter_cluster::Placement,
+    cluster: counter_cluster::Cluster,
 }
 
 impl Direct {
@@ -109,10 +109,10 @@ impl Direct {
                 replication,
                 nodes,
             }) => {
-                let cluster = counter_router::Cluster::from_placement(shards, replication, nodes)
+                let cluster = counter_cluster::Cluster::from_placement(shards, replication, nodes)
                     .map_err(|e| e.to_string())?;
                 Ok(Direct {
-                    placement: counter_router::Placement::new(&cluster),
+                    placement: counter_cluster::Placement::new(&cluster),
                     cluster,
                 })
             }

@@ -6,8 +6,9 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
+use counter_cluster::Cluster;
 use counter_net::{serve, ServerConfig};
-use counter_router::{Cluster, Router};
+use counter_router::Router;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -1,0 +1,211 @@
+//! What a run simulates: fault and workload settings ([`Config`], its presets), planted bugs
+//! ([`Mutation`]), and the command that replays a seed of a setting.
+
+use counter_core::Limits;
+use counter_proto::NodeId;
+
+/// Fault and workload settings of a run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The preset it came from (`--setting` of `counter-sim`), for replay commands.
+    pub setting: &'static str,
+    pub nodes: usize,
+    pub clients: usize,
+    pub keys: usize,
+    pub ops_per_client: usize,
+    /// Message loss, duplication (per mille).
+    pub loss: u64,
+    pub duplicate: u64,
+    /// Message delay range in ticks (reordering comes from it).
+    pub min_delay: u64,
+    pub max_delay: u64,
+    /// Per mille chance, at each fault tick, of crashing a node / cutting one off.
+    pub crash: u64,
+    pub partition: u64,
+    /// Ticks between fault decisions.
+    pub fault_every: u64,
+    /// Nodes clients send to (coordinators); empty: any live node.
+    pub coordinators: Vec<NodeId>,
+    /// Nodes that may crash; empty: any.
+    pub crashable: Vec<NodeId>,
+    /// How long a crashed node stays down, in ticks.
+    pub restart_min: u64,
+    pub restart_max: u64,
+    /// A client's timeout and a coordinator's deadline per batch.
+    pub client_timeout: u64,
+    pub coordinator_deadline: u64,
+    pub phase_timeout: u64,
+    /// Exactly-once mode: mutating commands carry request ids, and a client whose outcome is
+    /// unknown (timeout, ambiguous failure) sends the same request again through another live
+    /// node until it is answered. The history must be linearizable with every retried request
+    /// counted once.
+    pub request_ids: bool,
+    /// Exactly-once mode: a client stops resending a request this long after it first sent it
+    /// and reports its outcome unknown (the client library's timeout); a session takes a new
+    /// request only if this deadline ends before the session's renewal time (its rule).
+    pub request_deadline: u64,
+    /// What registers keep of their clients, in simulated ticks for the times (the node's
+    /// rules, with small bounds so that sessions end and entries go within a run).
+    pub limits: Limits,
+    /// Each node's clock runs this many ticks ahead of true time, at most (drawn per node and
+    /// run): with `limits.skew_ms` or less, no live session may be refused.
+    pub clock_skew: u64,
+    /// Planted bugs, for showing that the simulation catches them (see `tools/plant-bugs.sh`).
+    pub mutation: Mutation,
+}
+
+/// Bugs that can be planted in the simulated cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mutation {
+    None,
+    /// Acceptors reply to a Prepare without persisting the promise (lost on crash).
+    PromiseNotPersisted,
+    /// Coordinators retry an ambiguous batch from scratch (applying it again).
+    RetryAmbiguous,
+    /// Reads answered from the coordinator's own acceptor, without a round.
+    ReadOneReplica,
+    /// Coordinators drop the request ids of the commands they run (no deduplication), while
+    /// clients keep retrying unknown outcomes.
+    ForgetRequestIds,
+    /// A quiet read answers with the first replica's report instead of a majority's.
+    QuietReadAnyReply,
+    /// Nodes answer an expired request as "not applied" (the first exactly-once design's
+    /// `invalid: request expired`), though an earlier attempt may have applied it.
+    ExpiredMeansNotApplied,
+}
+
+impl Config {
+    pub fn cluster(nodes: usize) -> Config {
+        Config {
+            setting: "cluster",
+            nodes,
+            clients: 4,
+            keys: 2,
+            ops_per_client: 25,
+            loss: 50,
+            duplicate: 30,
+            min_delay: 1,
+            max_delay: 40,
+            crash: 120,
+            partition: 120,
+            fault_every: 60,
+            restart_min: 50,
+            restart_max: 600,
+            coordinators: Vec::new(),
+            crashable: Vec::new(),
+            client_timeout: 1_500,
+            coordinator_deadline: 1_000,
+            phase_timeout: 120,
+            request_ids: false,
+            // The client library's rule: a request's retries end well within the margin a
+            // session is renewed by (2 × skew before its end): deadline + coordinator
+            // deadline + two network delays <= skew, with clocks up to `skew` apart.
+            request_deadline: 4_500,
+            limits: Limits {
+                max_clients: 256,
+                idle_ms: 24_000,
+                skew_ms: 6_000,
+            },
+            clock_skew: 0,
+            mutation: Mutation::None,
+        }
+    }
+
+    /// Exactly-once with sessions: many clients on one key, sessions that end and are renewed
+    /// within a run, node clocks apart by as much as the limits allow. No live client may be
+    /// refused (`Stats::expired` stays 0) and every history is linearizable.
+    pub fn sessions(nodes: usize) -> Config {
+        Config {
+            setting: "sessions",
+            clients: 8,
+            keys: 1,
+            ops_per_client: 20,
+            request_ids: true,
+            limits: Limits {
+                max_clients: 16,
+                ..Config::cluster(nodes).limits
+            },
+            clock_skew: 6_000,
+            ..Config::cluster(nodes)
+        }
+    }
+
+    /// A preset by name (`cluster`, `hostile`, `sessions`, `crowded`).
+    pub fn setting(name: &str, nodes: usize) -> Option<Config> {
+        Some(match name {
+            "cluster" => Config::cluster(nodes),
+            "hostile" => Config::hostile(nodes),
+            "sessions" => Config::sessions(nodes),
+            "crowded" => Config::crowded(nodes),
+            _ => return None,
+        })
+    }
+
+    /// True when no request may be answered expired: request ids in sessions, clocks within
+    /// the skew the limits allow, and keys that keep every session that writes them (each
+    /// client has at most two sessions with entries: the current one and the one before).
+    pub fn expects_no_expired(&self) -> bool {
+        self.request_ids
+            && self.clock_skew <= self.limits.skew_ms
+            && self.limits.max_clients >= 2 * self.clients
+    }
+
+    /// Like [`Config::sessions`], but a key keeps fewer clients than write it, and two
+    /// coordinators compete: entries are dropped while their requests are in doubt, so some
+    /// requests are answered expired (an unknown outcome), never "not applied".
+    pub fn crowded(nodes: usize) -> Config {
+        Config {
+            setting: "crowded",
+            clients: 4,
+            keys: 2,
+            ops_per_client: 10,
+            limits: Limits {
+                max_clients: 1,
+                ..Config::sessions(nodes).limits
+            },
+            coordinators: vec![1, 2],
+            ..Config::sessions(nodes)
+        }
+    }
+
+    /// Two coordinators competing on one key while the other nodes (pure acceptors) crash
+    /// often and restart quickly: the setting that exposes bugs needing a crash between a
+    /// reply and the next message (planted-bug runs). Coordinators do not crash here, so few
+    /// outcomes are unknown and histories stay quick to check.
+    pub fn hostile(nodes: usize) -> Config {
+        Config {
+            setting: "hostile",
+            clients: 6,
+            keys: 1,
+            ops_per_client: 15,
+            crash: 500,
+            partition: 100,
+            fault_every: 15,
+            restart_min: 5,
+            restart_max: 60,
+            coordinators: vec![1, 2],
+            crashable: (3..=nodes as NodeId).collect(),
+            ..Config::cluster(nodes)
+        }
+    }
+}
+
+/// The command that replays a seed of `cfg`.
+pub fn replay_command(seed: u64, cfg: &Config) -> String {
+    let mut flags = format!("--setting {} --nodes {}", cfg.setting, cfg.nodes);
+    let preset = Config::setting(cfg.setting, cfg.nodes);
+    if preset
+        .as_ref()
+        .is_some_and(|p| p.request_ids != cfg.request_ids)
+        && cfg.request_ids
+    {
+        flags += " --request-ids";
+    }
+    if preset
+        .as_ref()
+        .is_some_and(|p| p.clock_skew != cfg.clock_skew)
+    {
+        flags += &format!(" --clock-skew {}", cfg.clock_skew);
+    }
+    format!("cargo run --release -p counter-sim -- {flags} --seed {seed} --verbose")
+}

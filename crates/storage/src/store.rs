@@ -1,0 +1,524 @@
+//! [`Store`]: opening a data dir (checked, identity recorded, epoch bumped), reading acceptor
+//! state (pending changes, then the cache of synced states, then RocksDB), and changing it
+//! through the committer, replying only once the change is durable.
+
+use crate::committer::{Committer, Pending, WriteReq};
+use crate::meta::{
+    check, check_contents, check_shards, read_meta, shard_cf, DirContents, META_CF, META_CLUSTER,
+    META_CONFIG, META_EPOCH, META_FORMAT, META_NODE, META_SHARDS, META_STATE,
+};
+use crate::{decode_state, make_room, record, Identity, StorageError, CACHED_KEYS, FORMAT_VERSION};
+use counter_core::{AcceptorReply, AcceptorState};
+use counter_proto::{Ballot, DataState, Register, ShardId};
+use dashmap::DashMap;
+use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use tokio::sync::oneshot;
+
+/// The acceptor store of one node.
+pub struct Store {
+    db: Arc<DB>,
+    cf_names: Arc<[String]>,
+    shards: u32,
+    epoch: u32,
+    /// Who the data dir belongs to (`None` when opened with [`Store::open`]).
+    identity: Option<Identity>,
+    state: DataState,
+    /// Changes written to the batch queue and not yet synced, keyed by (shard, key).
+    pending: Arc<DashMap<(ShardId, Vec<u8>), Pending>>,
+    /// Synced states of recently used keys (see "Caching").
+    synced: Arc<DashMap<(ShardId, Vec<u8>), AcceptorState>>,
+    next_gen: AtomicU64,
+    /// The committer's queue; `None` once the store is being dropped.
+    tx: Option<mpsc::Sender<WriteReq>>,
+    committer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Store {
+    /// Stops the committer after it has synced what was queued, so that the database is closed
+    /// (and its lock released) when `drop` returns.
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(thread) = self.committer.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the data dir for a cluster of `shards` shards, and bumps and syncs the
+    /// node's incarnation counter ([`Store::epoch`]). Checks the shard count only, records no
+    /// identity: for tests and benchmarks; `counter-node` uses [`Store::open_node`].
+    pub fn open(dir: &Path, shards: u32) -> Result<Store, StorageError> {
+        Self::open_with(dir, shards, None)
+    }
+
+    /// Opens the data dir of node `expected.node` of the cluster the cluster file describes,
+    /// after checking read-only, before anything is written, that it is this node's and was
+    /// created with this configuration ([`inspect`], [`check`]); else refuses with
+    /// [`StorageError::WrongNode`], [`StorageError::ConfigChanged`] or
+    /// [`StorageError::ShardMismatch`], the data dir untouched.
+    ///
+    /// An empty data dir is created in state [`DataState::Created`] (call
+    /// [`Store::mark_serving`] before serving); one of an earlier build (no identity recorded)
+    /// adopts `expected` in state [`DataState::Serving`]. The caller decides whether an empty
+    /// data dir may be created at all (a wiped disk of an existing member must not be).
+    ///
+    /// [`inspect`]: crate::inspect
+    pub fn open_node(dir: &Path, expected: &Identity) -> Result<Store, StorageError> {
+        check(dir, expected)?;
+        Self::open_with(dir, expected.config.shards, Some(expected))
+    }
+
+    fn open_with(
+        dir: &Path,
+        shards: u32,
+        expected: Option<&Identity>,
+    ) -> Result<Store, StorageError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        // One WAL for all shards; bound the memtables of many column families together.
+        opts.set_db_write_buffer_size(64 << 20);
+        let existing = DB::list_cf(&opts, dir).ok();
+        let names: Vec<String> = match &existing {
+            Some(cfs) => cfs.clone(),
+            None => std::iter::once(META_CF.to_string())
+                .chain((0..shards).map(shard_cf))
+                .collect(),
+        };
+        let descriptors = names.iter().map(|name| {
+            let mut cf = Options::default();
+            cf.set_write_buffer_size(4 << 20);
+            ColumnFamilyDescriptor::new(name, cf)
+        });
+        let db = DB::open_cf_descriptors(&opts, dir, descriptors)?;
+        let meta = db.cf_handle(META_CF).ok_or_else(|| {
+            StorageError::Corrupt(format!("{} has no meta column family", dir.display()))
+        })?;
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        // Checked again now that we hold the database's lock (another process may have
+        // created it since `inspect`).
+        let contents = read_meta(&db, dir)?;
+        match expected {
+            Some(expected) => check_contents(dir, &contents, expected)?,
+            None => check_shards(dir, &contents, shards)?,
+        }
+        let mut batch = WriteBatch::default();
+        if contents == DirContents::Empty {
+            batch.put_cf(
+                &meta,
+                META_SHARDS,
+                postcard::to_stdvec(&shards).expect("u32"),
+            );
+        }
+        // New records are written in this format from now on (an older build then refuses
+        // the dir instead of misreading them).
+        batch.put_cf(&meta, META_FORMAT, [FORMAT_VERSION]);
+        let (identity, state) = match (contents, expected) {
+            (DirContents::Identified { identity, state }, _) => (Some(identity), state),
+            (DirContents::Legacy { .. }, None) => (None, DataState::Serving),
+            (DirContents::Empty, None) => (None, DataState::Serving),
+            (old, Some(expected)) => {
+                // New, or of an earlier build: record who it belongs to. A legacy data dir
+                // may have served; a new one has not yet.
+                let state = if old == DirContents::Empty {
+                    tracing::info!(
+                        dir = %dir.display(),
+                        cluster_id = %format!("{:016x}", expected.cluster_id),
+                        node = expected.node,
+                        "creating the data dir"
+                    );
+                    DataState::Created
+                } else {
+                    tracing::info!(
+                        dir = %dir.display(),
+                        cluster_id = %format!("{:016x}", expected.cluster_id),
+                        node = expected.node,
+                        members = ?expected.config.members,
+                        replication = expected.config.replication,
+                        shards = expected.config.shards,
+                        "data dir of an earlier build (no cluster identity recorded): \
+                         adopting the cluster file's"
+                    );
+                    DataState::Serving
+                };
+                let postcard = |e: postcard::Error| StorageError::Corrupt(e.to_string());
+                batch.put_cf(
+                    &meta,
+                    META_CLUSTER,
+                    postcard::to_stdvec(&expected.cluster_id).map_err(postcard)?,
+                );
+                batch.put_cf(
+                    &meta,
+                    META_NODE,
+                    postcard::to_stdvec(&expected.node).map_err(postcard)?,
+                );
+                batch.put_cf(
+                    &meta,
+                    META_CONFIG,
+                    postcard::to_stdvec(&expected.config).map_err(postcard)?,
+                );
+                batch.put_cf(
+                    &meta,
+                    META_STATE,
+                    postcard::to_stdvec(&state).map_err(postcard)?,
+                );
+                (Some(expected.clone()), state)
+            }
+        };
+        if !batch.is_empty() {
+            db.write_opt(batch, &sync)?;
+        }
+        for shard in 0..shards {
+            if db.cf_handle(&shard_cf(shard)).is_none() {
+                return Err(StorageError::Corrupt(format!(
+                    "{} lacks column family {}",
+                    dir.display(),
+                    shard_cf(shard)
+                )));
+            }
+        }
+        let epoch = match db.get_cf(&meta, META_EPOCH)? {
+            Some(bytes) => postcard::from_bytes::<u32>(&bytes)
+                .map_err(|e| StorageError::Corrupt(format!("epoch: {e}")))?,
+            None => 0,
+        }
+        .checked_add(1)
+        .ok_or_else(|| StorageError::Corrupt("epoch counter exhausted".into()))?;
+        db.put_cf_opt(
+            &meta,
+            META_EPOCH,
+            postcard::to_stdvec(&epoch).expect("u32"),
+            &sync,
+        )?;
+
+        let db = Arc::new(db);
+        // Column family names, built once: looking a handle up must not format a string per op.
+        let cf_names: Arc<[String]> = (0..shards).map(shard_cf).collect();
+        let pending = Arc::new(DashMap::new());
+        let synced = Arc::new(DashMap::new());
+        let (tx, rx) = mpsc::channel();
+        let committer = Committer {
+            db: db.clone(),
+            cf_names: cf_names.clone(),
+            pending: pending.clone(),
+            synced: synced.clone(),
+            rx,
+        };
+        let committer = std::thread::Builder::new()
+            .name("committer".into())
+            .spawn(move || committer.run())
+            .map_err(|e| StorageError::Corrupt(format!("cannot start committer thread: {e}")))?;
+        tracing::info!(dir = %dir.display(), shards, epoch, %state, "storage opened");
+        Ok(Store {
+            db,
+            cf_names,
+            shards,
+            epoch,
+            identity,
+            state,
+            pending,
+            synced,
+            next_gen: AtomicU64::new(1),
+            tx: Some(tx),
+            committer: Some(committer),
+        })
+    }
+
+    /// This incarnation of the node: bumped and synced by every `open`.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    pub fn shards(&self) -> u32 {
+        self.shards
+    }
+
+    /// Who the data dir belongs to (`None` if opened with [`Store::open`]).
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
+    }
+
+    /// [`DataState::Created`] until [`Store::mark_serving`], then [`DataState::Serving`].
+    pub fn data_state(&self) -> DataState {
+        self.state
+    }
+
+    /// Records (synced) that the node is about to serve: from now on its data dir may hold
+    /// promises and acceptances, and an empty data dir under its id is a lost one.
+    pub fn mark_serving(&mut self) -> Result<(), StorageError> {
+        if self.state == DataState::Serving {
+            return Ok(());
+        }
+        let meta = self
+            .db
+            .cf_handle(META_CF)
+            .ok_or_else(|| StorageError::Corrupt("the meta column family disappeared".into()))?;
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        self.db.put_cf_opt(
+            &meta,
+            META_STATE,
+            postcard::to_stdvec(&DataState::Serving).expect("an enum"),
+            &sync,
+        )?;
+        self.state = DataState::Serving;
+        Ok(())
+    }
+
+    /// The current acceptor state of a key: pending (not yet synced) changes included.
+    pub fn peek(&self, shard: ShardId, key: &str) -> Result<AcceptorState, StorageError> {
+        let k = (shard, key.as_bytes().to_vec());
+        if let Some(p) = self.pending.get(&k) {
+            return Ok(p.state.clone());
+        }
+        if let Some(s) = self.synced.get(&k) {
+            return Ok(s.clone());
+        }
+        self.load(shard, key.as_bytes())
+    }
+
+    /// What a key has durably accepted: the ballot and the value. Pending changes are not
+    /// included, and nothing is written: this serves one-round-trip reads.
+    ///
+    /// RocksDB makes a write visible to reads only after the write call returned (its sequence
+    /// number is published after the WAL write, which the committer syncs), so what this reads
+    /// survives a crash.
+    pub fn read_durable(
+        &self,
+        shard: ShardId,
+        key: &str,
+    ) -> Result<Option<(Ballot, i64)>, StorageError> {
+        if shard >= self.shards {
+            return Err(StorageError::NoSuchShard(shard));
+        }
+        let k = (shard, key.as_bytes().to_vec());
+        let accepted = |s: &AcceptorState| s.accepted.as_ref().map(|(b, r)| (*b, r.value));
+        if let Some(s) = self.synced.get(&k) {
+            return Ok(accepted(&s));
+        }
+        Ok(accepted(&self.load(shard, key.as_bytes())?))
+    }
+
+    /// The durable acceptor state of a key (what a restart would see).
+    fn load(&self, shard: ShardId, key: &[u8]) -> Result<AcceptorState, StorageError> {
+        let cf = self
+            .db
+            .cf_handle(
+                self.cf_names
+                    .get(shard as usize)
+                    .ok_or(StorageError::NoSuchShard(shard))?,
+            )
+            .ok_or(StorageError::NoSuchShard(shard))?;
+        match self.db.get_pinned_cf(&cf, key)? {
+            Some(bytes) => decode_state(&bytes),
+            None => Ok(AcceptorState::default()),
+        }
+    }
+
+    /// Handles a Prepare; the reply is returned only once any change it reports is durable.
+    pub async fn prepare(
+        &self,
+        shard: ShardId,
+        key: &str,
+        ballot: Ballot,
+    ) -> Result<AcceptorReply, StorageError> {
+        self.apply(shard, key, |s| s.prepare(ballot)).await
+    }
+
+    /// Handles an Accept (and the promise of `next` it may carry); the reply is returned only
+    /// once any change it reports is durable.
+    pub async fn accept(
+        &self,
+        shard: ShardId,
+        key: &str,
+        ballot: Ballot,
+        register: Register,
+        next: Option<Ballot>,
+    ) -> Result<AcceptorReply, StorageError> {
+        self.apply(shard, key, |s| s.accept(ballot, register, next))
+            .await
+    }
+
+    async fn apply(
+        &self,
+        shard: ShardId,
+        key: &str,
+        rule: impl FnOnce(&AcceptorState) -> (Option<AcceptorState>, AcceptorReply),
+    ) -> Result<AcceptorReply, StorageError> {
+        if shard >= self.shards {
+            return Err(StorageError::NoSuchShard(shard));
+        }
+        let (reply, done) = {
+            // The entry lock serialises read-modify-write on this key until the change is queued.
+            let entry = self.pending.entry((shard, key.as_bytes().to_vec()));
+            // The rule reads the current state in place (no copy of its register).
+            let (next, reply) = match &entry {
+                dashmap::Entry::Occupied(e) => rule(&e.get().state),
+                dashmap::Entry::Vacant(v) => match self.synced.get(v.key()) {
+                    Some(cached) => rule(&cached),
+                    None => {
+                        // Nothing of this key is pending (we hold its entry), so RocksDB has
+                        // its latest synced state: safe to cache.
+                        let state = self.load(shard, key.as_bytes())?;
+                        let decided = rule(&state);
+                        make_room(&self.synced, CACHED_KEYS);
+                        self.synced.insert(v.key().clone(), state);
+                        decided
+                    }
+                },
+            };
+            let Some(state) = next else {
+                return Ok(reply);
+            };
+            let gen = self.next_gen.fetch_add(1, Ordering::Relaxed);
+            let (done_tx, done_rx) = oneshot::channel();
+            let req = WriteReq {
+                shard,
+                key: key.as_bytes().to_vec(),
+                record: record::encode(&state),
+                gen,
+                done: done_tx,
+            };
+            entry.insert(Pending { state, gen });
+            self.tx
+                .as_ref()
+                .ok_or(StorageError::Stopped)?
+                .send(req)
+                .map_err(|_| StorageError::Stopped)?;
+            (reply, done_rx)
+        };
+        match done.await {
+            Ok(Ok(())) => Ok(reply),
+            Ok(Err(e)) => Err(StorageError::Corrupt(format!("write failed: {e}"))),
+            Err(_) => Err(StorageError::Stopped),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tests::b;
+
+    #[tokio::test]
+    async fn state_survives_reopen_and_epoch_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 4).unwrap();
+        assert_eq!(store.epoch(), 1);
+        let reg = Register::new(5, 1);
+        assert!(matches!(
+            store.prepare(2, "k", b(3, 1)).await.unwrap(),
+            AcceptorReply::Promise { .. }
+        ));
+        assert_eq!(
+            store
+                .accept(2, "k", b(3, 1), reg.clone(), None)
+                .await
+                .unwrap(),
+            AcceptorReply::Accepted {
+                ballot: b(3, 1),
+                next: None
+            }
+        );
+        assert!(matches!(
+            store.prepare(2, "k", b(2, 9)).await.unwrap(),
+            AcceptorReply::Reject { .. }
+        ));
+        drop(store);
+        let store = Store::open(dir.path(), 4).unwrap();
+        assert_eq!(store.epoch(), 2);
+        let s = store.peek(2, "k").unwrap();
+        assert_eq!(s.promised, b(3, 1));
+        assert_eq!(s.accepted, Some((b(3, 1), reg)));
+        assert_eq!(store.peek(1, "k").unwrap(), AcceptorState::default());
+        assert_eq!(store.read_durable(2, "k").unwrap(), Some((b(3, 1), 5)));
+        assert_eq!(store.read_durable(1, "k").unwrap(), None);
+    }
+
+    #[test]
+    fn a_different_shard_count_refuses_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path(), 4).unwrap());
+        let err = Store::open(dir.path(), 8).err().expect("must refuse");
+        let msg = err.to_string();
+        assert!(msg.contains("4 shards") && msg.contains("says 8"), "{msg}");
+    }
+
+    /// A data dir of the build before client sessions (meta format 2, records of format 2)
+    /// opens, reads its records converted, and is marked format 3.
+    #[test]
+    fn a_format_2_data_dir_opens_and_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path(), 2).unwrap());
+        {
+            let db = DB::open_cf(
+                &Options::default(),
+                dir.path(),
+                [META_CF, &shard_cf(0), &shard_cf(1)],
+            )
+            .unwrap();
+            let meta = db.cf_handle(META_CF).unwrap();
+            db.put_cf(&meta, META_FORMAT, [2]).unwrap();
+            // Promised and accepted (4.2.7), value -9, one client entry applied at 5 ms.
+            let v2 = [2, 4, 2, 7, 1, 4, 2, 7, 17, 2, 1, 3, 4, 0, 17, 5, 1];
+            db.put_cf(&db.cf_handle(&shard_cf(1)).unwrap(), b"old", v2)
+                .unwrap();
+        }
+        let store = Store::open(dir.path(), 2).unwrap();
+        let state = store.peek(1, "old").unwrap();
+        let (_, register) = state.accepted.expect("accepted");
+        assert_eq!((register.value, register.horizon), (-9, 1));
+        assert!(register.clients[0].sessionless);
+        drop(store);
+        let db = DB::open_cf(
+            &Options::default(),
+            dir.path(),
+            [META_CF, &shard_cf(0), &shard_cf(1)],
+        )
+        .unwrap();
+        let meta = db.cf_handle(META_CF).unwrap();
+        assert_eq!(
+            db.get_cf(&meta, META_FORMAT).unwrap().unwrap(),
+            [FORMAT_VERSION]
+        );
+        db.put_cf(&meta, META_FORMAT, [1]).unwrap();
+        drop(db);
+        let err = Store::open(dir.path(), 2)
+            .err()
+            .expect("format 1 is refused");
+        assert!(err.to_string().contains("format 1"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn unknown_shards_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 2).unwrap();
+        assert!(matches!(
+            store.prepare(2, "k", b(1, 1)).await,
+            Err(StorageError::NoSuchShard(2))
+        ));
+    }
+
+    #[tokio::test]
+    async fn concurrent_changes_to_one_key_serialise() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), 1).unwrap());
+        let mut tasks = Vec::new();
+        for round in 1..=50u64 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store.prepare(0, "hot", b(round, 1)).await.unwrap()
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // Whatever the interleaving, the highest ballot is the promise that stuck.
+        assert_eq!(store.peek(0, "hot").unwrap().promised, b(50, 1));
+    }
+}

@@ -1,0 +1,178 @@
+//! Every message on a connection ([`Msg`]), the [`Frame`] that pairs it with a request id, and
+//! their byte encoding (postcard), led by the protocol version.
+
+use crate::{
+    Ballot, ClientError, ClusterStatus, Command, DataState, NodeId, NodeStatus, Register, ShardId,
+};
+use serde::{Deserialize, Serialize};
+
+/// Version of the wire protocol. Bumped on any incompatible change of [`Msg`].
+pub const PROTOCOL_VERSION: u16 = 3;
+
+/// Largest frame body accepted or produced, in bytes. A frame is at most one key (1 KiB), a
+/// register and a little framing; 64 KiB leaves room while bounding what a peer can make us buffer.
+pub const MAX_FRAME_LEN: usize = 64 * 1024;
+
+/// Every message exchanged on a connection. Requests and their replies share one enum so that
+/// one codec serves clients, routers and nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Msg {
+    /// Client (or router) asks for `command` on `key`; `timeout_ms` is the caller's remaining
+    /// budget.
+    Command {
+        key: String,
+        command: Command,
+        timeout_ms: u32,
+    },
+    /// Answer to `Command`: the counter's value after the operation.
+    Value(i64),
+    /// Answer to a compare-and-set: the value held afterwards and whether it swapped.
+    Swapped { value: i64, swapped: bool },
+    /// Answer to `Command` when it did not succeed.
+    Error(ClientError),
+    /// Phase 1 of a round, coordinator to acceptor.
+    Prepare {
+        shard: ShardId,
+        key: String,
+        ballot: Ballot,
+    },
+    /// The acceptor promised `ballot`; it carries what it had accepted.
+    Promise {
+        ballot: Ballot,
+        accepted: Option<(Ballot, Register)>,
+    },
+    /// Phase 2 of a round, coordinator to acceptor. `next`, if above `ballot`, is also
+    /// promised by an acceptor that accepts: phase 1 of the coordinator's next round on the
+    /// key, piggybacked, so that in steady state a change takes one round trip.
+    Accept {
+        shard: ShardId,
+        key: String,
+        ballot: Ballot,
+        register: Register,
+        next: Option<Ballot>,
+    },
+    /// The acceptor accepted `ballot`, and promised `next` if it says so.
+    Accepted {
+        ballot: Ballot,
+        next: Option<Ballot>,
+    },
+    /// The acceptor refused `ballot` because it has promised `promised` (>= ballot).
+    Reject { ballot: Ballot, promised: Ballot },
+    /// A read's first try, coordinator to acceptor: report what is durably accepted, change
+    /// nothing, write nothing.
+    Read { shard: ShardId, key: String },
+    /// Answer to `Read`: the durably accepted ballot and value, if any.
+    ReadReply { accepted: Option<(Ballot, i64)> },
+    /// Client to router or node: start a session, asking for `lifetime_ms` (0: the longest).
+    /// The server grants between 4 × the clock skew allowed and `dedup_idle_secs`.
+    OpenSession { lifetime_ms: u64 },
+    /// Answer to `OpenSession`: when the session ends, by the server's clock (ms since the Unix
+    /// epoch), and how long after receiving this the client stops sending new requests in it
+    /// (by its own monotonic clock: the client's wall clock never matters).
+    Session {
+        expires_ms: u64,
+        renew_after_ms: u64,
+    },
+    /// A node asks another who it is and what its data dir holds (before creating an empty
+    /// data dir: see [`identity`]). A node of an older build refuses the frame (another
+    /// protocol version), which the asker counts as no answer.
+    ///
+    /// [`identity`]: crate::identity
+    Identify,
+    /// Answer to `Identify`: the cluster the node's data dir belongs to (for an empty data
+    /// dir: the one its cluster file describes), its id, the configuration version it runs
+    /// and how far its data dir is.
+    Identity {
+        cluster_id: u64,
+        node: NodeId,
+        config_version: u64,
+        state: DataState,
+    },
+    /// A client asks a router (or node) where keys live, to send commands straight to a
+    /// replica of each key (`counter-client`'s direct mode).
+    GetPlacement,
+    /// Answer to `GetPlacement`: the cluster's shards, replication and members (id, address);
+    /// placement is computed from them exactly as the router does.
+    Placement {
+        shards: u32,
+        replication: u32,
+        nodes: Vec<(NodeId, String)>,
+    },
+    /// Client to router: how is the cluster? (`counter-cli cluster status`; see [`status`]).
+    ///
+    /// [`status`]: crate::status
+    Status,
+    /// Answer to `Status`: every member's report or the error reaching it, and which shards
+    /// can be served.
+    ClusterStatus(ClusterStatus),
+    /// Router to node: report yourself (the node asks its peers first, briefly).
+    NodeStatus,
+    /// Answer to `NodeStatus`.
+    NodeStatusReply(NodeStatus),
+}
+
+/// One message with the id that pairs a reply with its request (0 for connection-level errors).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frame {
+    pub id: u64,
+    pub msg: Msg,
+}
+
+/// Why bytes could not be turned into a [`Frame`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("unsupported protocol version {0} (this build speaks {PROTOCOL_VERSION})")]
+    UnknownVersion(u16),
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME_LEN}")]
+    TooLarge(usize),
+}
+
+/// Why a [`Frame`] could not be encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME_LEN}")]
+    TooLarge(usize),
+    #[error("encoding failed: {0}")]
+    Postcard(#[from] postcard::Error),
+}
+
+/// Appends the encoding of `frame` (version, then the frame) to `out`.
+pub fn encode_frame(frame: &Frame, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    let start = out.len();
+    let mut buf = std::mem::take(out);
+    buf = postcard::to_extend(&PROTOCOL_VERSION, buf)?;
+    buf = postcard::to_extend(frame, buf)?;
+    let len = buf.len() - start;
+    *out = buf;
+    if len > MAX_FRAME_LEN {
+        out.truncate(start);
+        return Err(EncodeError::TooLarge(len));
+    }
+    Ok(())
+}
+
+/// Decodes one frame body. Never panics, whatever the bytes.
+pub fn decode_frame(bytes: &[u8]) -> Result<Frame, DecodeError> {
+    if bytes.len() > MAX_FRAME_LEN {
+        return Err(DecodeError::TooLarge(bytes.len()));
+    }
+    let (version, rest) = postcard::take_from_bytes::<u16>(bytes)
+        .map_err(|e| DecodeError::Malformed(format!("no protocol version: {e}")))?;
+    if version != PROTOCOL_VERSION {
+        return Err(DecodeError::UnknownVersion(version));
+    }
+    let (frame, rest) = postcard::take_from_bytes::<Frame>(rest)
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(DecodeError::Malformed(format!(
+            "{} trailing bytes after the message",
+            rest.len()
+        )));
+    }
+    Ok(frame)
+}
+
+#[cfg(test)]
+mod tests;
