@@ -43,6 +43,7 @@ pub use counter_proto::{ClientError as Error, Command, ErrorKind, Op, RequestId}
 /// Most attempts of one command whose outcome was unknown (each with the same request id).
 const MAX_ATTEMPTS: u32 = 8;
 /// Longest pause between two attempts.
+const BACKOFF_START: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 /// What a command answered.
@@ -470,8 +471,7 @@ impl Client {
             }
             match result {
                 Err(e) if e.kind == ErrorKind::Unknown && retry_safe && attempt < MAX_ATTEMPTS => {
-                    let cap = Duration::from_millis(20u64 << attempt.min(5)).min(BACKOFF_MAX);
-                    let pause = rand::thread_rng().gen_range(Duration::ZERO..=cap);
+                    let pause = counter_net::backoff(attempt, BACKOFF_START, BACKOFF_MAX);
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left <= pause + Duration::from_millis(10) {
                         return Err(e);

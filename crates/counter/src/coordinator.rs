@@ -18,7 +18,6 @@ use counter_proto::{Ballot, ClientError, Command, Msg, NodeId, Outcome, Register
 use counter_storage::Store;
 use dashmap::DashMap;
 use futures::stream::{FuturesUnordered, StreamExt};
-use rand::Rng;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -317,10 +316,7 @@ impl Coordinator {
 
     /// Sleeps a random time up to the backoff of `attempt` (never past `deadline`).
     async fn back_off(&self, attempt: u32, deadline: Instant) {
-        let cap = BACKOFF_START
-            .saturating_mul(1 << attempt.min(16))
-            .min(BACKOFF_MAX);
-        let jitter = rand::thread_rng().gen_range(Duration::ZERO..=cap);
+        let jitter = counter_net::backoff(attempt, BACKOFF_START, BACKOFF_MAX);
         let left = deadline.saturating_duration_since(Instant::now());
         tokio::time::sleep(jitter.min(left)).await;
     }

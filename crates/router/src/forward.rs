@@ -7,13 +7,14 @@ use counter_proto::{
     validate_command, validate_key, ClientError, Command, ErrorKind, Msg, NodeId, ShardId,
 };
 use dashmap::DashMap;
-use rand::Rng;
 use std::time::{Duration, Instant};
 
 /// How long a node that refused a connection is tried last.
 const DOWN_FOR: Duration = Duration::from_secs(1);
 /// Longest pause between two passes over a key's coordinators.
 const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(200);
+/// First pause between two passes.
+const RETRY_BACKOFF_START: Duration = Duration::from_millis(10);
 /// Default budget of a command whose sender gave none.
 pub const DEFAULT_TIMEOUT_MS: u32 = 10_000;
 
@@ -180,8 +181,7 @@ impl Router {
                     last.message
                 )));
             }
-            let cap = Duration::from_millis(10u64 << pass.min(5)).min(RETRY_BACKOFF_MAX);
-            let pause = rand::thread_rng().gen_range(Duration::ZERO..=cap);
+            let pause = counter_net::backoff(pass, RETRY_BACKOFF_START, RETRY_BACKOFF_MAX);
             tokio::time::sleep(pause.min(left)).await;
         }
         unreachable!("the pass loop only ends by returning")

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 /// Retries of an op whose outcome was unknown (each with the same request id).
 pub const MAX_RETRIES: u32 = 3;
 /// Longest pause before a retry.
+const BACKOFF_START: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 /// How one op ended.
@@ -252,8 +253,7 @@ impl Client {
             if !retry_safe || retries >= MAX_RETRIES {
                 return (outcome, retries);
             }
-            let cap = Duration::from_millis(20u64 << retries).min(BACKOFF_MAX);
-            let pause = rand::thread_rng().gen_range(cap / 2..=cap);
+            let pause = counter_net::backoff(retries + 1, BACKOFF_START, BACKOFF_MAX);
             let left = deadline.saturating_duration_since(Instant::now());
             if left <= pause + Duration::from_millis(10) {
                 return (outcome, retries);
