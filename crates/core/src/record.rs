@@ -108,14 +108,14 @@ mod tests {
     use super::*;
     use counter_proto::{Ballot, Register};
 
-    #[test]
-    fn records_round_trip_and_garbage_is_an_error() {
+    /// A record with one client entry: `sessionless` and `floor` as given.
+    fn sample(sessionless: bool, floor: u64) -> AcceptorState {
         let b = Ballot {
             round: 4,
             node: 2,
             epoch: 7,
         };
-        let s = AcceptorState {
+        AcceptorState {
             promised: b,
             accepted: Some((
                 b,
@@ -127,13 +127,18 @@ mod tests {
                         seq: 4,
                         outcome: counter_proto::Outcome::Value(-9),
                         expires_ms: 5,
-                        sessionless: false,
+                        sessionless,
                     }],
                     horizon: 1,
-                    floor: 2,
+                    floor,
                 },
             )),
-        };
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_garbage_is_an_error() {
+        let s = sample(false, 2);
         let bytes = encode(&s);
         assert_eq!(bytes[0], FORMAT_VERSION);
         assert!(bytes.len() > 8);
@@ -160,30 +165,7 @@ mod tests {
     /// variant must not silently change what is on disk, and the previous format still reads.
     #[test]
     fn golden_records() {
-        let b = Ballot {
-            round: 4,
-            node: 2,
-            epoch: 7,
-        };
-        let s = AcceptorState {
-            promised: b,
-            accepted: Some((
-                b,
-                Register {
-                    value: -9,
-                    version: 2,
-                    clients: vec![counter_proto::ClientEntry {
-                        client: 3,
-                        seq: 4,
-                        outcome: counter_proto::Outcome::Value(-9),
-                        expires_ms: 5,
-                        sessionless: true,
-                    }],
-                    horizon: 1,
-                    floor: 6,
-                },
-            )),
-        };
+        let s = sample(true, 6);
         let v3 = [3, 4, 2, 7, 1, 4, 2, 7, 17, 2, 1, 3, 4, 0, 17, 5, 1, 1, 6];
         assert_eq!(encode(&s), v3);
         assert_eq!(decode(&v3), Ok(s));

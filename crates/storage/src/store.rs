@@ -455,13 +455,12 @@ mod tests {
     fn a_format_2_data_dir_opens_and_is_upgraded() {
         let dir = tempfile::tempdir().unwrap();
         drop(Store::open(dir.path(), 2).unwrap());
+        let raw = || {
+            let cfs = [META_CF, &shard_cf(0), &shard_cf(1)];
+            DB::open_cf(&Options::default(), dir.path(), cfs).unwrap()
+        };
         {
-            let db = DB::open_cf(
-                &Options::default(),
-                dir.path(),
-                [META_CF, &shard_cf(0), &shard_cf(1)],
-            )
-            .unwrap();
+            let db = raw();
             let meta = db.cf_handle(META_CF).unwrap();
             db.put_cf(&meta, META_FORMAT, [2]).unwrap();
             // Promised and accepted (4.2.7), value -9, one client entry applied at 5 ms.
@@ -475,12 +474,7 @@ mod tests {
         assert_eq!((register.value, register.horizon), (-9, 1));
         assert!(register.clients[0].sessionless);
         drop(store);
-        let db = DB::open_cf(
-            &Options::default(),
-            dir.path(),
-            [META_CF, &shard_cf(0), &shard_cf(1)],
-        )
-        .unwrap();
+        let db = raw();
         let meta = db.cf_handle(META_CF).unwrap();
         assert_eq!(
             db.get_cf(&meta, META_FORMAT).unwrap().unwrap(),
