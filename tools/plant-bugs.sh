@@ -69,6 +69,7 @@ sim_bug "retry after an ambiguous failure" retry-ambiguous
 sim_bug "quiet read answered on one replica's report" quiet-read-any-reply
 sim_bug "retries without deduplication" forget-request-ids --request-ids
 sim_bug "expired answered as not applied (first design)" expired-means-not-applied --setting crowded
+sim_bug "a session takes requests past the library's rule" renew-late --setting outage --seeds 2000
 source_bug "a forgotten request without a session applied again" crates/core/src/change.rs \
   "Err(_) if sessionless && request.seq <= reg.horizon" "Err(_) if sessionless && request.seq < reg.horizon" \
   "core unit tests" cargo test -q --release -p counter-core

@@ -50,6 +50,10 @@ pub struct Config {
     /// Each node's clock runs this many ticks ahead of true time, at most (drawn per node and
     /// run): with `limits.skew_ms` or less, no live session may be refused.
     pub clock_skew: u64,
+    /// Every node but the first down at once (no quorum anywhere): at this tick, for this long.
+    /// Clients retry through it and give up at their deadline; after it, none may be answered
+    /// expired.
+    pub blackout: Option<(u64, u64)>,
     /// Planted bugs, for showing that the simulation catches them (see `tools/plant-bugs.sh`).
     pub mutation: Mutation,
 }
@@ -72,6 +76,9 @@ pub enum Mutation {
     /// Nodes answer an expired request as "not applied" (the first exactly-once design's
     /// `invalid: request expired`), though an earlier attempt may have applied it.
     ExpiredMeansNotApplied,
+    /// Clients keep using a session until its renewal time, whatever their request's deadline
+    /// (without the client library's rule), so a request's retries may outlive the session.
+    RenewLate,
 }
 
 impl Config {
@@ -107,6 +114,7 @@ impl Config {
                 skew_ms: 6_000,
             },
             clock_skew: 0,
+            blackout: None,
             mutation: Mutation::None,
         }
     }
@@ -137,17 +145,51 @@ impl Config {
             "hostile" => Config::hostile(nodes),
             "sessions" => Config::sessions(nodes),
             "crowded" => Config::crowded(nodes),
+            "outage" => Config::outage(nodes),
             _ => return None,
         })
     }
 
+    /// Like [`Config::sessions`], with a request deadline longer than the clock skew allowed
+    /// and every node down at once for twice that deadline: requests in flight end unknown
+    /// (their deadline passes), and, by the client library's rule, no request's retries
+    /// outlive its session, so nothing may be answered expired when the cluster returns.
+    pub fn outage(nodes: usize) -> Config {
+        Config {
+            setting: "outage",
+            // A deadline longer than the skew, so that only the library's rule (a session
+            // takes a request only if its deadline ends before the renewal time) keeps its
+            // retries inside the session; sessions short enough to renew within a run, long
+            // enough that a client has at most 3 with entries at once (expects_no_expired).
+            request_deadline: 2_250,
+            limits: Limits {
+                max_clients: 24,
+                idle_ms: 10_500,
+                skew_ms: 1_500,
+            },
+            clock_skew: 1_500,
+            // Around the sessions' first renewal (7,500).
+            blackout: Some((6_500, 2_500)),
+            ..Config::sessions(nodes)
+        }
+    }
+
     /// True when no request may be answered expired: request ids in sessions, clocks within
-    /// the skew the limits allow, and keys that keep every session that writes them (each
-    /// client has at most two sessions with entries: the current one and the one before).
+    /// the skew the limits allow, and keys that keep every session that writes them. A
+    /// session takes new requests for `renew_after - deadline` and keeps its entries for its
+    /// whole life, so a client may have `life / (renew_after - deadline) + 1` sessions with
+    /// entries at once (2 with production's defaults: an hour's life, a 10 s timeout).
     pub fn expects_no_expired(&self) -> bool {
+        let life = self.limits.session_life(0);
+        let usable = self
+            .limits
+            .renew_after_ms(life)
+            .saturating_sub(self.request_deadline)
+            .max(1);
+        let per_client = life.div_ceil(usable) as usize + 1;
         self.request_ids
             && self.clock_skew <= self.limits.skew_ms
-            && self.limits.max_clients >= 2 * self.clients
+            && self.limits.max_clients >= per_client * self.clients
     }
 
     /// Like [`Config::sessions`], but a key keeps fewer clients than write it, and two

@@ -3,8 +3,8 @@
 //!     counter-sim [--nodes 3|5] [--seed S | --seeds N [--from S] | --forever]
 //!                 [--mutation none|promise-not-persisted|retry-ambiguous|read-one-replica|
 //!                             forget-request-ids|quiet-read-any-reply|
-//!                             expired-means-not-applied]
-//!                 [--setting cluster|hostile|sessions|crowded] [--hostile] [--request-ids]
+//!                             expired-means-not-applied|renew-late]
+//!                 [--setting cluster|hostile|sessions|crowded|outage] [--hostile] [--request-ids]
 //!                 [--clock-skew TICKS] [--verbose]
 //!
 //! Exits 1 at the first history that is not linearizable (or, where none may be, at the first
@@ -81,6 +81,7 @@ fn main() -> ExitCode {
                     "forget-request-ids" => Mutation::ForgetRequestIds,
                     "quiet-read-any-reply" => Mutation::QuietReadAnyReply,
                     "expired-means-not-applied" => Mutation::ExpiredMeansNotApplied,
+                    "renew-late" => Mutation::RenewLate,
                     other => {
                         eprintln!("counter-sim: unknown mutation {other}");
                         return ExitCode::from(2);

@@ -81,6 +81,8 @@ enum Event {
         gen: u64,
     },
     Fault,
+    /// Every node crashes at once (`Config::blackout`).
+    Blackout,
     Heal(NodeId),
     Restart(NodeId),
 }
@@ -204,6 +206,9 @@ pub fn run(seed: u64, cfg: &Config) -> Run {
         sim.schedule(at, Event::ClientNext(c));
     }
     sim.schedule(cfg.fault_every, Event::Fault);
+    if let Some((at, _)) = cfg.blackout {
+        sim.schedule(at, Event::Blackout);
+    }
     // A hard bound on simulated time, so every run ends.
     let horizon = (cfg.ops_per_client as u64 + 10) * cfg.client_timeout * 2;
     while let Some(Reverse((at, _, idx))) = sim.queue.pop() {
@@ -333,6 +338,18 @@ impl Sim {
                 }
             }
             Event::Fault => self.fault(),
+            Event::Blackout => {
+                let (_, length) = self.cfg.blackout.expect("scheduled only when set");
+                // Every node but the first: it keeps taking requests that cannot be decided,
+                // so clients keep retrying through the outage.
+                let ids: Vec<NodeId> = self.nodes.keys().copied().skip(1).collect();
+                for id in ids {
+                    if self.nodes[&id].up {
+                        let back = length + self.rng.range(0, 100);
+                        self.crash(id, back);
+                    }
+                }
+            }
             Event::Heal(n) => {
                 self.cut.remove(&n);
             }
@@ -345,6 +362,18 @@ impl Sim {
         }
     }
 
+    /// Crashes node `id` (its durable acceptor state survives) and restarts it `back` later.
+    fn crash(&mut self, id: NodeId, back: u64) {
+        self.stats.crashes += 1;
+        let n = self.nodes.get_mut(&id).expect("node");
+        n.up = false;
+        n.leads.clear();
+        n.queues.clear();
+        n.volatile.clear();
+        n.warm.clear();
+        self.schedule(back, Event::Restart(id));
+    }
+
     fn fault(&mut self) {
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         let down = self.nodes.values().filter(|n| !n.up).count() + self.cut.len();
@@ -354,15 +383,8 @@ impl Sim {
             let victim = ids[self.rng.range(0, ids.len() as u64 - 1) as usize];
             let crashable = self.cfg.crashable.is_empty() || self.cfg.crashable.contains(&victim);
             if crashable && self.rng.chance(self.cfg.crash) && self.nodes[&victim].up {
-                self.stats.crashes += 1;
-                let n = self.nodes.get_mut(&victim).expect("node");
-                n.up = false;
-                n.leads.clear();
-                n.queues.clear();
-                n.volatile.clear();
-                n.warm.clear();
                 let back = self.rng.range(self.cfg.restart_min, self.cfg.restart_max);
-                self.schedule(back, Event::Restart(victim));
+                self.crash(victim, back);
             } else if self.rng.chance(self.cfg.partition) && !self.cut.contains(&victim) {
                 self.stats.partitions += 1;
                 self.cut.insert(victim);

@@ -134,6 +134,28 @@ fn expired_reported_as_not_applied_is_caught() {
     assert!(problem.contains("not linearizable"), "{problem}");
 }
 
+/// Every node but one down around the sessions' renewal, with a request deadline longer than
+/// the clock skew: clients retry through the outage and give up at their deadline; by the
+/// library's rule (a session takes a request only if its deadline ends before the renewal
+/// time) no retry outlives its session, so none is answered expired. Without the rule
+/// (`RenewLate`), some are.
+#[test]
+fn outages_never_make_a_live_session_expire() {
+    for nodes in [3, 5] {
+        let stats = sweep_with(Config::outage(nodes), Mutation::None, seeds())
+            .unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("{nodes} nodes, outage: {stats:?}");
+        assert_eq!(stats.expired, 0, "{stats:?}");
+        assert!(
+            stats.unknown > 0 && stats.sessions > 8 * seeds() as usize,
+            "{stats:?}"
+        );
+    }
+    let late = sweep_with(Config::outage(5), Mutation::RenewLate, 2_000);
+    let problem = late.expect_err("sessions used past the library's rule went unnoticed");
+    assert!(problem.contains("answered expired"), "{problem}");
+}
+
 /// Clocks three times further apart than the limits allow: live sessions are refused
 /// (`expired`: the bound is what keeps them alive), but nothing is applied twice or lost.
 #[test]

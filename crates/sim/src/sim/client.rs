@@ -13,7 +13,10 @@ impl Sim {
         let now = self.now;
         // The client library's rule: a session takes a new request only if the request's
         // whole deadline ends before the session's renewal time.
-        let deadline = self.cfg.request_deadline;
+        let deadline = match self.cfg.mutation {
+            crate::Mutation::RenewLate => 0,
+            _ => self.cfg.request_deadline,
+        };
         let renew = self.clients[c]
             .session
             .is_none_or(|s| now.saturating_add(deadline) >= s.renew_at);
