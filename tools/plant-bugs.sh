@@ -43,7 +43,7 @@ sim_bug() {
   if cargo run -q --release -p counter-sim -- --hostile --seeds 400 --nodes 3 --mutation "$mutation" "$@" >/tmp/plant-bug.log 2>&1; then
     report "$name" "simulation (counter-sim)" "MISSED"; failed=1
   else
-    report "$name" "simulation (counter-sim)" "caught ($(grep -o 'seed [0-9]*' /tmp/plant-bug.log | head -1))"
+    report "$name" "simulation (counter-sim)" "caught ($(grep -oE 'FAILED: seed [0-9]+|NOT LINEARIZABLE: seed [0-9]+' /tmp/plant-bug.log | head -1))"
   fi
 }
 
