@@ -65,6 +65,9 @@ for id in 1 2 3; do
 done
 "$NODE_BIN/counter-router" --cluster "$DATA/cluster.toml" --listen "$ROUTER" >>"$DATA/router.log" 2>&1 &
 PIDS+=($!)
+# CPU per op of every server process, in every report (counter-bench --cpu).
+CPU_ARGS=(--cpu "router=$!")
+for i in 0 1 2; do CPU_ARGS+=(--cpu "node$((i + 1))=${NODE_PIDS[$i]}"); done
 for _ in $(seq 100); do "$BIN/counter-cli" --router "$ROUTER" get ready >/dev/null 2>&1 && break; sleep 0.1; done
 
 args_of() {
@@ -91,7 +94,7 @@ for w in ${ONLY//,/ }; do
   for run in $(seq "$RUNS"); do
     fsync=$(python3 tools/fsync-latency.py --dir "$DATA" --count 300)
     # shellcheck disable=SC2046
-    "$BIN/counter-bench" --router "$ROUTER" $(args_of "$w") --duration "${SECS}s" --warmup 2s \
+    "$BIN/counter-bench" --router "$ROUTER" $(args_of "$w") "${CPU_ARGS[@]}" --duration "${SECS}s" --warmup 2s \
       --json >"$OUT/$w-run$run.json" 2>"$OUT/$w-run$run.err" || {
         echo "$w run $run: counter-bench failed (see $OUT/$w-run$run.err)"; continue; }
     echo "$w run $run: $(python3 tools/bench-summary.py "$OUT/$w-run$run.json") | node RSS $(rss_mib) MiB avg | $fsync"

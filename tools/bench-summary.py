@@ -8,13 +8,21 @@
 import glob, json, os, re, statistics, sys
 
 
+def servers_cpu(r):
+    """Microseconds of server CPU (every --cpu process but counter-bench) per op, or None."""
+    cpu = [c for c in r.get("cpu", []) if c["name"] != "bench"]
+    return sum(c["us_per_op"] for c in cpu) if cpu else None
+
+
 def line(r):
     lat, c, v = r["latency_ms"], r["counts"], r.get("verify")
+    cpu = servers_cpu(r)
+    cpu = "" if cpu is None else f" | server CPU {cpu:.1f} µs/op"
     verify = "not verified" if v is None else (
         f"verify ok ({v['keys']} keys)" if v["failed"] == 0 else f"VERIFY FAILED ({v['failed']} keys)")
     return (f"{r['throughput']['ops_per_s']:.0f} ops/s, p50 {lat['p50']:.3f} ms, p90 {lat['p90']:.3f}, "
             f"p99 {lat['p99']:.3f}, p99.9 {lat['p999']:.3f}, max {lat['max']:.3f} | ok {c['ok']}, "
-            f"failed {r['failed']}, unknown {c['unknown']}, retries {r['retries']} | {verify}")
+            f"failed {r['failed']}, unknown {c['unknown']}, retries {r['retries']} | {verify}{cpu}")
 
 
 if len(sys.argv) == 3 and sys.argv[1] == "--medians":
@@ -23,15 +31,17 @@ if len(sys.argv) == 3 and sys.argv[1] == "--medians":
         w = re.match(r"(W\d+)-run", os.path.basename(path)).group(1)
         with open(path) as f:
             runs.setdefault(w, []).append(json.load(f))
-    print("| workload | runs | ops/s (median) | p50 ms | p99 ms | max ms | unknown | verify |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| workload | runs | ops/s (median) | p50 ms | p99 ms | max ms | server CPU µs/op (median) | unknown | verify |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for w, rs in sorted(runs.items()):
         rs.sort(key=lambda r: r["throughput"]["ops_per_s"])
         m = rs[len(rs) // 2]
         tput = statistics.median(r["throughput"]["ops_per_s"] for r in rs)
         ok = all(r.get("verify") and r["verify"]["failed"] == 0 for r in rs)
+        cpus = [x for x in (servers_cpu(r) for r in rs) if x is not None]
+        cpu = f"{statistics.median(cpus):.1f}" if cpus else "-"
         print(f"| {w} | {len(rs)} | {tput:.0f} | {m['latency_ms']['p50']:.3f} | {m['latency_ms']['p99']:.3f} | "
-              f"{m['latency_ms']['max']:.3f} | {sum(r['counts']['unknown'] for r in rs)} | {'ok' if ok else 'FAILED'} |")
+              f"{m['latency_ms']['max']:.3f} | {cpu} | {sum(r['counts']['unknown'] for r in rs)} | {'ok' if ok else 'FAILED'} |")
 elif len(sys.argv) == 2:
     with open(sys.argv[1]) as f:
         print(line(json.load(f)))

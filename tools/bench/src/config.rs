@@ -54,6 +54,11 @@ pub struct Args {
     /// keys at 0 (verification assumes that).
     #[arg(long)]
     pub key_prefix: Option<String>,
+    /// Also report the CPU time this process uses over the measured window, per operation
+    /// (repeatable: e.g. `--cpu node1=1234 --cpu router=1240`; counter-bench's own is always
+    /// reported). Read from /proc/PID/stat.
+    #[arg(long = "cpu", value_name = "NAME=PID", value_parser = crate::cpu::parse_watched)]
+    pub cpu: Vec<crate::cpu::Watched>,
     /// Send each op straight to a replica of its key, which coordinates it (placement fetched
     /// from the first router; one hop less), instead of through the routers. `--conns`
     /// connections per node.

@@ -12,9 +12,11 @@
 //! - [`run`]: the clients' loop and the read-back.
 //! - [`verify`]: per-key accounting and the check of the values read back.
 //! - [`report`]: the table and the JSON object.
+//! - [`cpu`]: CPU time of the watched processes (`--cpu`), per operation.
 
 mod client;
 mod config;
+mod cpu;
 mod keys;
 mod report;
 mod run;
@@ -182,6 +184,21 @@ async fn bench(args: Args, prefix: String, seed: u64) -> ExitCode {
     tokio::spawn(stop_on_ctrl_c(load.clone(), interrupted.clone()));
 
     let start = Instant::now();
+    // CPU of the watched processes and of this one, sampled at the end of the warm-up and
+    // when the last client is done.
+    let mut watched = args.cpu.clone();
+    watched.push(cpu::Watched {
+        name: "bench".into(),
+        pid: std::process::id(),
+    });
+    let cpu_before = {
+        let watched = watched.clone();
+        let warmup = args.warmup;
+        tokio::spawn(async move {
+            tokio::time::sleep(warmup).await;
+            cpu::sample(&watched)
+        })
+    };
     let tasks: Vec<_> = clients
         .into_iter()
         .enumerate()
@@ -196,6 +213,8 @@ async fn bench(args: Args, prefix: String, seed: u64) -> ExitCode {
         stats.merge(&s);
         clients.push(client);
     }
+    let cpu_after = cpu::sample(&watched);
+    let cpu_before = cpu_before.await.expect("the sampling task");
     finished.store(true, Relaxed);
     let _ = progress.await;
 
@@ -232,6 +251,8 @@ async fn bench(args: Args, prefix: String, seed: u64) -> ExitCode {
         verify,
     );
     report.unsent = scheduled.map_or(0, |n| n.saturating_sub(report.counts.sent));
+    let measured_ops = stats.measured_ok.iter().sum();
+    report.cpu = cpu::usage(&watched, &cpu_before, &cpu_after, measured_ops);
     if args.json {
         println!(
             "{}",

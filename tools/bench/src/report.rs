@@ -139,6 +139,8 @@ pub struct Report {
     pub first_error: Option<String>,
     pub interrupted: bool,
     pub verify: Option<VerifySummary>,
+    /// CPU over the measured window, per process (`--cpu`, and counter-bench itself).
+    pub cpu: Vec<crate::cpu::CpuUse>,
 }
 
 /// Builds the report from the merged client stats.
@@ -196,6 +198,7 @@ pub fn build(
         first_error: stats.first_error.clone(),
         interrupted,
         verify,
+        cpu: Vec::new(),
         config,
     }
 }
@@ -259,6 +262,20 @@ impl Report {
             );
         }
         let _ = writeln!(w, "connections  {}", self.connections);
+        if !self.cpu.is_empty() {
+            let each: Vec<String> = self
+                .cpu
+                .iter()
+                .map(|c| format!("{} {:.1}", c.name, c.us_per_op))
+                .collect();
+            let servers: f64 = self
+                .cpu
+                .iter()
+                .filter(|c| c.name != "bench")
+                .map(|c| c.us_per_op)
+                .sum();
+            let _ = writeln!(w, "cpu µs/op    {} (servers {servers:.1})", each.join(", "));
+        }
         if let Some(e) = &self.first_error {
             let _ = writeln!(w, "first error  {e}");
         }
