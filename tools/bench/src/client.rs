@@ -172,7 +172,9 @@ impl Client {
     /// by its clock) when there is none or it is time to renew.
     async fn next_request(&mut self) -> Result<RequestId, Outcome> {
         let now = Instant::now();
-        if self.session.is_none_or(|s| now >= s.renew_at) {
+        // The library's rule: a session takes a request only if the request's whole timeout
+        // ends before the session's renewal time.
+        if self.session.is_none_or(|s| now + self.timeout >= s.renew_at) {
             let open = Msg::OpenSession { lifetime_ms: 0 };
             let session = match self.link.call(open, self.timeout).await {
                 Ok(Msg::Session {
