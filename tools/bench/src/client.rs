@@ -174,7 +174,10 @@ impl Client {
         let now = Instant::now();
         // The library's rule: a session takes a request only if the request's whole timeout
         // ends before the session's renewal time.
-        if self.session.is_none_or(|s| now + self.timeout >= s.renew_at) {
+        if self
+            .session
+            .is_none_or(|s| now + self.timeout >= s.renew_at)
+        {
             let open = Msg::OpenSession { lifetime_ms: 0 };
             let session = match self.link.call(open, self.timeout).await {
                 Ok(Msg::Session {
