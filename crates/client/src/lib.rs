@@ -134,15 +134,69 @@ struct Direct {
     cluster: Cluster,
 }
 
-/// A session with one request at a time (see the crate's doc).
+/// A session: one request at a time, numbered 1, 2, 3, ... (see the crate's doc). [`Client`]
+/// keeps a pool of them; a tool with its own connections (counter-bench) uses them directly:
+/// open with [`Msg::OpenSession`], build with [`Session::from_answer`], check
+/// [`Session::takes`] before each request, and take its id from [`Session::next_request`].
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// let asked = Instant::now();
+/// let answer = counter_proto::Msg::Session { expires_ms: 1_000_000, renew_after_ms: 120_000 };
+/// let mut s = counter_client::Session::from_answer(answer, asked).unwrap();
+/// assert!(s.takes(Duration::from_secs(10)));
+/// assert_eq!(s.next_request().seq, 1);
+/// assert_eq!(s.next_request().seq, 2);
+/// assert!(!s.takes(Duration::from_secs(200)), "its retries could outlive it");
+/// ```
 #[derive(Clone, Copy, Debug)]
-struct Session {
+pub struct Session {
     client: u64,
     expires_ms: u64,
     /// When to stop using it for new requests (this process's monotonic clock).
     renew_at: Instant,
     /// The last sequence number used.
     seq: u64,
+}
+
+impl Session {
+    /// The session an `OpenSession` answer describes (`asked`: when it was asked for): a
+    /// random client id, numbers from 1. Any other answer is an error: opening a session
+    /// changes nothing, so nothing was applied.
+    pub fn from_answer(answer: Msg, asked: Instant) -> Result<Session, Error> {
+        match answer {
+            Msg::Session {
+                expires_ms,
+                renew_after_ms,
+            } => Ok(Session {
+                client: rand::thread_rng().gen(),
+                expires_ms,
+                renew_at: asked + Duration::from_millis(renew_after_ms),
+                seq: 0,
+            }),
+            Msg::Error(e) => Err(e),
+            other => Err(Error::unavailable(format!(
+                "opening a session: unexpected answer {other:?}"
+            ))),
+        }
+    }
+
+    /// True when a request with this `timeout` (retries included) may go in this session: it
+    /// ends before the session's renewal time, so no attempt of it reaches a server after the
+    /// session's end, even one whose clock is ahead by the skew allowed.
+    pub fn takes(&self, timeout: Duration) -> bool {
+        self.renew_at > Instant::now() + timeout
+    }
+
+    /// The id of the session's next request.
+    pub fn next_request(&mut self) -> RequestId {
+        self.seq += 1;
+        RequestId {
+            client: self.client,
+            seq: self.seq,
+            expires_ms: self.expires_ms,
+        }
+    }
 }
 
 /// A connection to the counter store through its routers. Share it between tasks (`Arc`):
@@ -343,12 +397,7 @@ impl Client {
             return self.run(key, command, false).await;
         }
         let mut session = self.take_session().await?;
-        session.seq += 1;
-        command.request = Some(RequestId {
-            client: session.client,
-            seq: session.seq,
-            expires_ms: session.expires_ms,
-        });
+        command.request = Some(session.next_request());
         let result = self.run(key, command, false).await;
         // An expired session takes no more requests; any other outcome leaves it usable (an
         // abandoned attempt with a lower number is refused once a later one is applied).
@@ -390,10 +439,9 @@ impl Client {
     /// request's whole deadline (so that no attempt of it reaches a server after the session's
     /// end, even one whose clock is ahead by the skew allowed), or a new one.
     async fn take_session(&self) -> Result<Session, Error> {
-        let latest = Instant::now() + self.timeout;
         let reuse = {
             let mut idle = self.idle.lock().expect("session pool");
-            idle.retain(|s| s.renew_at > latest);
+            idle.retain(|s| s.takes(self.timeout));
             idle.pop()
         };
         match reuse {
@@ -431,19 +479,7 @@ impl Client {
             );
         }
         match answer {
-            Ok(Msg::Session {
-                expires_ms,
-                renew_after_ms,
-            }) => Ok(Session {
-                client: rand::thread_rng().gen(),
-                expires_ms,
-                renew_at: asked + Duration::from_millis(renew_after_ms),
-                seq: 0,
-            }),
-            Ok(Msg::Error(e)) => Err(e),
-            Ok(other) => Err(Error::unavailable(format!(
-                "opening a session: unexpected answer {other:?}"
-            ))),
+            Ok(answer) => Session::from_answer(answer, asked),
             // Opening a session changes nothing: whatever happened, nothing was applied.
             Err(e) => Err(Error::unavailable(format!("opening a session: {e}"))),
         }

@@ -6,7 +6,6 @@ use crate::config::Kind;
 use crate::keys::Keys;
 use counter_net::{CallError, Conn, Pool};
 use counter_proto::{Command, ErrorKind, Msg, Op, RequestId};
-use rand::Rng;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -85,15 +84,6 @@ impl Link {
     }
 }
 
-/// The session a bench client's requests go in.
-#[derive(Clone, Copy, Debug)]
-struct Session {
-    client: u64,
-    expires_ms: u64,
-    renew_at: Instant,
-    seq: u64,
-}
-
 /// Where keys live (`--direct`): the placement the routers use, and the nodes' addresses.
 pub struct Direct {
     placement: counter_cluster::Placement,
@@ -136,7 +126,7 @@ pub struct Client {
     link: Link,
     /// `--direct`: the placement, and the connections to the nodes.
     direct: Option<(Arc<Direct>, Arc<Pool>)>,
-    session: Option<Session>,
+    session: Option<counter_client::Session>,
     timeout: Duration,
 }
 
@@ -169,41 +159,20 @@ impl Client {
     }
 
     /// The next request id of this client's session, opening a new session (at the router,
-    /// by its clock) when there is none or it is time to renew.
+    /// by its clock) when there is none or it may not take a request of this timeout
+    /// (`counter_client::Session`'s rules).
     async fn next_request(&mut self) -> Result<RequestId, Outcome> {
-        let now = Instant::now();
-        // The library's rule: a session takes a request only if the request's whole timeout
-        // ends before the session's renewal time.
-        if self
-            .session
-            .is_none_or(|s| now + self.timeout >= s.renew_at)
-        {
+        if !self.session.is_some_and(|s| s.takes(self.timeout)) {
+            let asked = Instant::now();
             let open = Msg::OpenSession { lifetime_ms: 0 };
-            let session = match self.link.call(open, self.timeout).await {
-                Ok(Msg::Session {
-                    expires_ms,
-                    renew_after_ms,
-                }) => Session {
-                    client: rand::thread_rng().gen(),
-                    expires_ms,
-                    renew_at: now + Duration::from_millis(renew_after_ms),
-                    seq: 0,
-                },
-                Ok(Msg::Error(e)) => return Err(Outcome::Failed(e.kind, e.message)),
-                other => {
-                    let why = format!("opening a session: {other:?}");
-                    return Err(Outcome::Failed(ErrorKind::Unavailable, why));
-                }
-            };
+            let answer = self.link.call(open, self.timeout).await.map_err(|e| {
+                Outcome::Failed(ErrorKind::Unavailable, format!("opening a session: {e}"))
+            })?;
+            let session = counter_client::Session::from_answer(answer, asked)
+                .map_err(|e| Outcome::Failed(e.kind, e.message))?;
             self.session = Some(session);
         }
-        let s = self.session.as_mut().expect("opened above");
-        s.seq += 1;
-        Ok(RequestId {
-            client: s.client,
-            seq: s.seq,
-            expires_ms: s.expires_ms,
-        })
+        Ok(self.session.as_mut().expect("opened above").next_request())
     }
 
     /// Runs one op on key `index` within the op timeout; an unknown outcome of a command that
