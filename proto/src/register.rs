@@ -94,21 +94,6 @@ pub struct RequestId {
     pub expires_ms: u64,
 }
 
-impl RequestId {
-    /// The next request of `client` after sequence `last`: the microseconds since the Unix
-    /// epoch, or `last + 1` if the clock has not moved past `last` (strictly increasing).
-    pub fn next(client: u64, last: u64) -> RequestId {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
-        RequestId {
-            client,
-            seq: now.max(last.saturating_add(1)),
-            expires_ms: 0,
-        }
-    }
-}
-
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.expires_ms {
@@ -218,14 +203,5 @@ mod tests {
         assert!(b(1, 2, 0) > b(1, 1, 9));
         assert!(b(1, 1, 2) > b(1, 1, 1));
         assert!(b(1, 1, 1) > Ballot::ZERO);
-    }
-
-    #[test]
-    fn request_ids_increase_even_when_the_clock_does_not() {
-        let far = u64::MAX - 1;
-        assert_eq!(RequestId::next(7, far).seq, u64::MAX);
-        let a = RequestId::next(7, 0);
-        let b = RequestId::next(7, a.seq);
-        assert!(b.seq > a.seq && b.client == 7);
     }
 }

@@ -32,10 +32,9 @@ pub fn unix_ms() -> u64 {
 /// microseconds since the Unix epoch. A sequence far ahead would, once its client's entry is
 /// dropped, raise a key's expiry horizon past every other client's requests.
 pub fn max_request_seq() -> u64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64);
-    now.saturating_add(86_400 * 1_000_000)
+    unix_ms()
+        .saturating_mul(1000)
+        .saturating_add(86_400 * 1_000_000)
 }
 
 /// Checks a register from the network: client entries strictly sorted by id, at most
@@ -131,7 +130,12 @@ mod tests {
         assert!(validate_command(&with_seq(0)).is_err());
         assert!(validate_command(&with_seq(u64::MAX)).is_err());
         assert!(validate_command(&with_seq(1)).is_ok());
-        assert!(validate_command(&with_seq(RequestId::next(1, 0).seq)).is_ok());
+        // A time-like sequence (microseconds now) is taken; a day and a minute ahead is not.
+        let now_us = unix_ms() * 1000;
+        assert!(validate_command(&with_seq(now_us)).is_ok());
+        let ahead = validate_command(&with_seq(now_us + 86_460 * 1_000_000)).unwrap_err();
+        // A retry through a node whose clock is behind must not read as "never applied".
+        assert_eq!(ahead.kind, crate::ErrorKind::Unavailable);
         let entry = |client| ClientEntry {
             client,
             seq: 1,

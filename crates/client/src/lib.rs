@@ -30,7 +30,7 @@
 //! # }
 //! ```
 
-use counter_cluster::{Cluster, Placement};
+use counter_cluster::Directory;
 use counter_net::{CallError, Pool};
 use counter_proto::Msg;
 use rand::Rng;
@@ -128,12 +128,6 @@ impl Builder {
     }
 }
 
-/// Where keys live, for direct mode.
-struct Direct {
-    placement: Placement,
-    cluster: Cluster,
-}
-
 /// A session: one request at a time, numbered 1, 2, 3, ... (see the crate's doc). [`Client`]
 /// keeps a pool of them; a tool with its own connections (counter-bench) uses them directly:
 /// open with [`Msg::OpenSession`], build with [`Session::from_answer`], check
@@ -220,7 +214,7 @@ pub struct Client {
     idle: Mutex<Vec<Session>>,
     direct: bool,
     /// Direct mode's placement, fetched once (`None`: it could not be, so use the routers).
-    placement: OnceCell<Option<Direct>>,
+    placement: OnceCell<Option<Directory>>,
 }
 
 impl Client {
@@ -459,16 +453,14 @@ impl Client {
         let msg = Msg::OpenSession {
             lifetime_ms: self.session_ms,
         };
-        let mut answer = self.call(msg.clone(), self.timeout).await;
         // Direct mode outlives the routers: the nodes open sessions too.
-        if let (Err(CallError::NotSent(_)), Some(Some(direct))) = (&answer, self.placement.get()) {
-            for addr in direct.cluster.nodes.values() {
-                answer = self.pool.call(addr, msg.clone(), self.timeout).await;
-                if !matches!(answer, Err(CallError::NotSent(_))) {
-                    break;
-                }
-            }
-        }
+        let nodes: &[String] = match self.placement.get() {
+            Some(Some(directory)) => directory.nodes(),
+            _ => &[],
+        };
+        let answer = self
+            .call_first(&self.routers, nodes, msg, self.timeout)
+            .await;
         if matches!(&answer, Ok(Msg::Session { renew_after_ms, .. })
             if Duration::from_millis(*renew_after_ms) <= self.timeout)
         {
@@ -528,10 +520,12 @@ impl Client {
             command,
             timeout_ms: (ms / 10 * 9).max(1),
         };
-        let result = match self.direct_to(key).await {
-            Some(replicas) => self.call_replicas(&replicas, msg, left).await,
-            None => self.call(msg, left).await,
+        // Direct: the key's replicas, then the routers if none takes it.
+        let replicas: &[String] = match self.directory().await {
+            Some(directory) => directory.replicas(key),
+            None => &[],
         };
+        let result = self.call_first(replicas, &self.routers, msg, left).await;
         match result {
             Ok(Msg::Error(e)) => Err(e),
             Ok(Msg::Value(v)) => Ok(Answer::Value(v)),
@@ -546,89 +540,71 @@ impl Client {
         }
     }
 
-    /// In direct mode, the addresses of `key`'s replicas, coordinator preference first.
-    async fn direct_to(&self, key: &str) -> Option<Vec<String>> {
+    /// Direct mode's directory, fetched from a router the first time (`None`: not in direct
+    /// mode, or it could not be fetched, so the routers are used).
+    async fn directory(&self) -> Option<&Directory> {
         if !self.direct {
             return None;
         }
-        let direct = self
-            .placement
+        self.placement
             .get_or_init(|| async {
-                match self.call(Msg::GetPlacement, self.timeout).await {
-                    Ok(Msg::Placement {
-                        shards,
-                        replication,
-                        nodes,
-                    }) => match Cluster::from_placement(shards, replication, nodes) {
-                        Ok(cluster) => Some(Direct {
-                            placement: Placement::new(&cluster),
-                            cluster,
-                        }),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "bad placement; using the routers");
-                            None
-                        }
-                    },
-                    other => {
-                        tracing::warn!(answer = ?other, "no placement; using the routers");
-                        None
-                    }
-                }
+                let answer = self.call(Msg::GetPlacement, self.timeout).await;
+                let directory = answer
+                    .map_err(|e| e.to_string())
+                    .and_then(Directory::from_answer);
+                directory
+                    .map_err(|e| tracing::warn!(error = %e, "no placement; using the routers"))
+                    .ok()
             })
             .await
-            .as_ref()?;
-        let shard = direct.placement.shard_of(key);
-        let replicas = direct.placement.replicas(shard);
-        Some(
-            replicas
-                .iter()
-                .filter_map(|&n| direct.cluster.addr(n).map(str::to_string))
-                .collect(),
-        )
+            .as_ref()
     }
 
-    /// Sends `msg` to the first of the key's replicas that takes it; when none can be reached
-    /// (nothing was sent), through a router. A replica that answers it is not one (its cluster
-    /// file differs from the router's) sends the command through a router too.
-    async fn call_replicas(
+    /// Sends `msg` to the first router that takes it.
+    async fn call(&self, msg: Msg, left: Duration) -> Result<Msg, CallError> {
+        self.call_first(&self.routers, &[], msg, left).await
+    }
+
+    /// Sends `msg` to the first of `first`, then `then`, that takes it, failing over only while that is
+    /// safe: nothing was sent, or a node answered that it is not a replica of the key (its
+    /// cluster file differs from the router's; nothing was applied). `msg` is copied only
+    /// while another candidate remains.
+    async fn call_first(
         &self,
-        replicas: &[String],
+        first: &[String],
+        then: &[String],
         msg: Msg,
         left: Duration,
     ) -> Result<Msg, CallError> {
-        for addr in replicas {
-            match self.pool.call(addr, msg.clone(), left).await {
+        let total = first.len() + then.len();
+        let mut msg = Some(msg);
+        let mut last = Err(CallError::NotSent("no router given".into()));
+        for i in 0..total {
+            let addr = first.get(i).unwrap_or_else(|| &then[i - first.len()]);
+            let this = match i + 1 < total {
+                true => msg.clone(),
+                false => msg.take(),
+            };
+            let answer = self
+                .pool
+                .call(addr, this.expect("kept for the last"), left)
+                .await;
+            match answer {
                 Err(CallError::NotSent(e)) => {
-                    tracing::debug!(%addr, error = %e, "replica unreachable; trying the next");
+                    tracing::debug!(%addr, error = %e, "unreachable; trying the next");
+                    last = Err(CallError::NotSent(format!("{addr}: {e}")));
                 }
                 Ok(Msg::Error(e))
                     if e.kind == ErrorKind::Unavailable && e.message.contains("not a replica") =>
                 {
-                    tracing::warn!(%addr, error = %e, "placement differs; using a router");
-                    break;
+                    tracing::warn!(%addr, error = %e, "placement differs; trying the next");
+                    last = Ok(Msg::Error(e));
                 }
-                other => return other,
+                Err(CallError::Lost(e)) => return Err(CallError::Lost(format!("{addr}: {e}"))),
+                answer => return answer,
             }
         }
-        self.call(msg, left).await
-    }
-
-    /// Sends `msg` to the first router that takes it (failing over only while nothing was
-    /// sent).
-    async fn call(&self, msg: Msg, left: Duration) -> Result<Msg, CallError> {
-        let mut last = CallError::NotSent("no router given".into());
-        for router in &self.routers {
-            match self.pool.call(router, msg.clone(), left).await {
-                Err(CallError::NotSent(e)) => {
-                    last = CallError::NotSent(format!("router {router}: {e}"));
-                }
-                Err(CallError::Lost(e)) => {
-                    return Err(CallError::Lost(format!("router {router}: {e}")))
-                }
-                ok => return ok,
-            }
-        }
-        Err(last)
+        last
     }
 }
 

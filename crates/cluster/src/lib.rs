@@ -8,9 +8,12 @@
 //! - [`placement`]: `shard = xxh3(key) % shards`; shards onto nodes with consistent hashing
 //!   (the `hashring` crate, virtual nodes); a shard's replicas are the first R distinct nodes
 //!   clockwise from the shard's point.
+//! - [`directory`]: placement plus addresses, as a client in direct mode learns them.
 
 pub mod cluster;
+pub mod directory;
 pub mod placement;
 
 pub use cluster::{Cluster, ConfigError};
+pub use directory::Directory;
 pub use placement::{shard_of, Placement};

@@ -40,7 +40,9 @@
 //! A register's size is bounded by `max_clients` entries of at most [`MAX_ENTRY_BYTES`] each
 //! (checked in tests), so that a key plus its register always fits in one frame.
 
-use counter_proto::{ClientEntry, Command, Op, Outcome, Register, MAX_FRAME_LEN, MAX_KEY_LEN};
+use counter_proto::{
+    ClientEntry, ClientError, Command, Op, Outcome, Register, MAX_FRAME_LEN, MAX_KEY_LEN,
+};
 
 /// Most client entries a register may be configured to keep: with a key of the longest length,
 /// a register of this many entries still fits in one frame.
@@ -116,6 +118,14 @@ impl Limits {
     pub fn renew_after_ms(&self, life_ms: u64) -> u64 {
         life_ms.saturating_sub(2 * self.skew_ms)
     }
+
+    /// A session opened at `now_ms` by the opening server's clock, asking for `lifetime_ms`:
+    /// its end (`expires_ms`) and how long after opening the client renews it. What routers
+    /// and nodes answer to `OpenSession`, and what the simulator's clients get.
+    pub fn open_session(&self, now_ms: u64, lifetime_ms: u64) -> (u64, u64) {
+        let life = self.session_life(lifetime_ms);
+        (now_ms.saturating_add(life), self.renew_after_ms(life))
+    }
 }
 
 /// What a change may depend on besides the register: the coordinator's clock and the bounds.
@@ -128,8 +138,11 @@ pub struct Ctx {
 
 /// Checks a request id against this node's clock before it is queued: a session may not end
 /// further ahead than the longest session life plus the clock skew allowed (an end far in the
-/// future would, once dropped, raise a key's floor past every live session).
-pub fn check_request(cmd: &Command, ctx: &Ctx) -> Result<(), String> {
+/// future would, once dropped, raise a key's floor past every live session). The refusal is
+/// `expired`, never `invalid` or `unavailable`: an earlier attempt, through a node whose clock
+/// agreed (or before the limits were lowered), may have applied the request, and the client
+/// must leave the session.
+pub fn check_request(cmd: &Command, ctx: &Ctx) -> Result<(), ClientError> {
     let Some(id) = cmd.request else {
         return Ok(());
     };
@@ -138,30 +151,35 @@ pub fn check_request(cmd: &Command, ctx: &Ctx) -> Result<(), String> {
         .saturating_add(ctx.limits.idle_ms)
         .saturating_add(ctx.limits.skew_ms);
     if id.expires_ms > latest {
-        return Err(format!(
+        return Err(ClientError::expired(format!(
             "request {id} belongs to a session ending {} ms after this node's clock, more than \
              the longest session ({} ms) plus the clock skew allowed ({} ms): open sessions \
              through a router or node, and keep the servers' clocks in step",
             id.expires_ms - ctx.now_ms,
             ctx.limits.idle_ms,
             ctx.limits.skew_ms
-        ));
+        )));
     }
     Ok(())
 }
 
 /// How many of `cmds` (in order) one round may take: at most `max_clients` distinct request
 /// clients, so that no command's entry is dropped by its own batch. At least one.
-pub fn batch_len(cmds: impl Iterator<Item = Command>, limits: &Limits) -> usize {
-    let mut clients: Vec<u64> = Vec::new();
+pub fn batch_len(cmds: impl ExactSizeIterator<Item = Command>, limits: &Limits) -> usize {
+    let bound = limits.max_clients.max(1);
+    // The common case, on every round: no more commands than the bound, so no more clients.
+    if cmds.len() <= bound {
+        return cmds.len().max(1);
+    }
+    let mut clients = std::collections::HashSet::with_capacity(bound);
     let mut n = 0;
     for cmd in cmds {
         if let Some(id) = cmd.request.filter(|_| !cmd.op.is_read()) {
             if !clients.contains(&id.client) {
-                if clients.len() >= limits.max_clients.max(1) {
+                if clients.len() >= bound {
                     break;
                 }
-                clients.push(id.client);
+                clients.insert(id.client);
             }
         }
         n += 1;
@@ -279,15 +297,27 @@ fn apply_one(cmd: &Command, reg: &mut Register, ctx: &Ctx) -> (Outcome, bool) {
 pub fn apply(cmd: &Command, reg: &mut Register, ctx: &Ctx) -> Outcome {
     let (outcome, recorded) = apply_one(cmd, reg, ctx);
     if recorded {
-        expire(reg, &[cmd.request.map_or(0, |id| id.client)], ctx);
+        expire(reg, std::slice::from_ref(cmd), ctx);
     }
     outcome
 }
 
 /// Drops the entries of ended sessions, then those ending first beyond the bound, raising the
-/// floor (horizon, for request ids without a session) over each dropped one. Clients in
-/// `keep` (the batch's, sorted) are never dropped.
-fn expire(reg: &mut Register, keep: &[u64], ctx: &Ctx) {
+/// floor (horizon, for request ids without a session) over each dropped one. The clients of
+/// `batch` (the commands just applied) are never dropped.
+fn expire(reg: &mut Register, batch: &[Command], ctx: &Ctx) {
+    let bound = ctx.limits.max_clients.max(1);
+    // The common case, on every round: nothing to drop, so nothing to allocate.
+    if reg.clients.len() <= bound && reg.clients.iter().all(|e| e.expires_ms > ctx.now_ms) {
+        return;
+    }
+    let mut keep: Vec<u64> = batch
+        .iter()
+        .filter(|c| !c.op.is_read())
+        .filter_map(|c| c.request.map(|id| id.client))
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
     let (mut floor, mut horizon) = (reg.floor, reg.horizon);
     let mut drop_entry = |e: &ClientEntry| match e.sessionless {
         true => horizon = horizon.max(e.seq),
@@ -301,7 +331,6 @@ fn expire(reg: &mut Register, keep: &[u64], ctx: &Ctx) {
         }
         true
     });
-    let bound = ctx.limits.max_clients.max(1);
     if reg.clients.len() > bound {
         // The entries that may go, those ending first first; drop as many as the bound needs
         // (fewer only if the batch alone is over the bound: see batch_len).
@@ -351,14 +380,7 @@ pub fn apply_all(
         results.push(outcome);
     }
     if recorded {
-        let mut keep: Vec<u64> = cmds
-            .iter()
-            .filter(|c| !c.op.is_read())
-            .filter_map(|c| c.request.map(|id| id.client))
-            .collect();
-        keep.sort_unstable();
-        keep.dedup();
-        expire(&mut reg, &keep, ctx);
+        expire(&mut reg, cmds, ctx);
     }
     reg
 }
@@ -809,7 +831,9 @@ mod tests {
         // now + idle + skew = 2100.
         assert!(check_request(&in_session(Op::Incr(1), 1, 1, 2100), &c).is_ok());
         let err = check_request(&in_session(Op::Incr(1), 1, 1, 2101), &c).unwrap_err();
-        assert!(err.contains("clock skew"), "{err}");
+        assert!(err.message.contains("clock skew"), "{err}");
+        // An earlier attempt may have applied it: its own kind, never "not applied".
+        assert_eq!(err.kind, counter_proto::ErrorKind::Expired);
         assert!(check_request(&sessionless(Op::Incr(1), 1, u64::MAX), &c).is_ok());
         assert!(check_request(&Op::Incr(1).into(), &c).is_ok());
     }
@@ -821,6 +845,10 @@ mod tests {
         assert_eq!(l.session_life(1), 4 * l.skew_ms);
         assert_eq!(l.session_life(u64::MAX), l.idle_ms);
         assert_eq!(l.renew_after_ms(l.idle_ms), l.idle_ms - 2 * l.skew_ms);
+        assert_eq!(
+            l.open_session(1_000, 1),
+            (1_000 + 4 * l.skew_ms, 2 * l.skew_ms)
+        );
     }
 
     #[test]

@@ -73,11 +73,8 @@ impl Node {
                     now_ms: counter_proto::unix_ms(),
                     limits: self.coordinator.limits(),
                 };
-                // Not applied by this attempt, but an earlier one (through a node whose clock
-                // agreed, or before the limits changed) may have been: `expired`, so the
-                // client reports the outcome unknown and leaves the session, never `invalid`.
                 if let Err(e) = counter_core::change::check_request(&command, &ctx) {
-                    return Msg::Error(ClientError::expired(e));
+                    return Msg::Error(e);
                 }
                 let shard = self.placement.shard_of(&key);
                 if !self.is_replica(shard) {
@@ -142,9 +139,9 @@ impl Node {
                 lifetime_ms,
                 counter_proto::unix_ms(),
             ),
+            Msg::GetPlacement => self.placement_msg.clone(),
             // Another member checks, before creating its empty data dir, that it is not one
             // whose disk was lost (`bootstrap`): this node serves, so it says so.
-            Msg::GetPlacement => self.placement_msg.clone(),
             Msg::Identify => match self.store.identity() {
                 Some(identity) => Msg::Identity {
                     cluster_id: identity.cluster_id,

@@ -191,10 +191,10 @@ impl Router {
 /// The answer to `OpenSession` at `now_ms` by this server's clock: the session's end, and when
 /// the client should move to a new one.
 pub fn session_opened(limits: &counter_core::Limits, lifetime_ms: u64, now_ms: u64) -> Msg {
-    let life = limits.session_life(lifetime_ms);
+    let (expires_ms, renew_after_ms) = limits.open_session(now_ms, lifetime_ms);
     Msg::Session {
-        expires_ms: now_ms.saturating_add(life),
-        renew_after_ms: limits.renew_after_ms(life),
+        expires_ms,
+        renew_after_ms,
     }
 }
 

@@ -4,6 +4,7 @@
 
 use crate::config::Kind;
 use crate::keys::Keys;
+use counter_cluster::Directory;
 use counter_net::{CallError, Conn, Pool};
 use counter_proto::{Command, ErrorKind, Msg, Op, RequestId};
 use std::sync::Arc;
@@ -84,48 +85,20 @@ impl Link {
     }
 }
 
-/// Where keys live (`--direct`): the placement the routers use, and the nodes' addresses.
-pub struct Direct {
-    placement: counter_cluster::Placement,
-    cluster: counter_cluster::Cluster,
-}
-
-impl Direct {
-    /// Asks `router` for the cluster's placement.
-    pub async fn fetch(router: &str, timeout: Duration) -> Result<Direct, String> {
-        let pool = Pool::new(timeout);
-        match pool.call(router, Msg::GetPlacement, timeout).await {
-            Ok(Msg::Placement {
-                shards,
-                replication,
-                nodes,
-            }) => {
-                let cluster = counter_cluster::Cluster::from_placement(shards, replication, nodes)
-                    .map_err(|e| e.to_string())?;
-                Ok(Direct {
-                    placement: counter_cluster::Placement::new(&cluster),
-                    cluster,
-                })
-            }
-            other => Err(format!("router {router} gave no placement: {other:?}")),
-        }
-    }
-
-    /// The addresses of the replicas of `key`, coordinator preference first.
-    fn replicas(&self, key: &str) -> impl Iterator<Item = &str> + '_ {
-        let shard = self.placement.shard_of(key);
-        self.placement
-            .replicas(shard)
-            .iter()
-            .filter_map(|&n| self.cluster.addr(n))
-    }
+/// Asks `router` where keys live (`--direct`).
+pub async fn fetch_directory(router: &str, timeout: Duration) -> Result<Directory, String> {
+    let answer = Pool::new(timeout)
+        .call(router, Msg::GetPlacement, timeout)
+        .await
+        .map_err(|e| format!("router {router}: {e}"))?;
+    Directory::from_answer(answer)
 }
 
 /// One simulated client of the store.
 pub struct Client {
     link: Link,
     /// `--direct`: the placement, and the connections to the nodes.
-    direct: Option<(Arc<Direct>, Arc<Pool>)>,
+    direct: Option<(Arc<Directory>, Arc<Pool>)>,
     session: Option<counter_client::Session>,
     timeout: Duration,
 }
@@ -141,7 +114,7 @@ impl Client {
     }
 
     /// Sends ops straight to a replica of their key, over `pool`'s connections to the nodes.
-    pub fn go_direct(&mut self, direct: Arc<Direct>, pool: Arc<Pool>) {
+    pub fn go_direct(&mut self, direct: Arc<Directory>, pool: Arc<Pool>) {
         self.direct = Some((direct, pool));
     }
 

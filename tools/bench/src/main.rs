@@ -121,7 +121,7 @@ async fn bench(args: Args, prefix: String, seed: u64) -> ExitCode {
     let mut links = BTreeSet::new();
     let mut clients = Vec::with_capacity(args.clients as usize);
     let direct = match args.direct {
-        true => match client::Direct::fetch(&args.routers[0], timeout).await {
+        true => match client::fetch_directory(&args.routers[0], timeout).await {
             Ok(d) => Some(Arc::new(d)),
             Err(e) => {
                 eprintln!("counter-bench: --direct: {e}");

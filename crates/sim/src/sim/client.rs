@@ -32,14 +32,14 @@ impl Sim {
             } else {
                 live[self.rng.range(0, live.len() as u64 - 1) as usize]
             };
-            let life = self.cfg.limits.session_life(0);
-            let expires_ms = self.clock(opener) + life;
+            // The opener's answer to OpenSession (router.rs, node.rs: Limits::open_session).
+            let (expires_ms, renew_after) = self.cfg.limits.open_session(self.clock(opener), 0);
             let cl = &mut self.clients[c];
             cl.sessions_opened += 1;
             cl.session = Some(SimSession {
                 id: ((c as u64) << 32) | cl.sessions_opened,
                 expires_ms,
-                renew_at: now + self.cfg.limits.renew_after_ms(life),
+                renew_at: now + renew_after,
                 seq: 0,
             });
             self.stats.sessions += 1;
