@@ -59,29 +59,13 @@ impl Sim {
                         .and_then(|s| s.accepted.as_ref())
                         .map(|(_, r)| r.value)
                         .unwrap_or(0);
-                    self.send(
-                        to,
-                        from,
-                        Payload::Response {
-                            client,
-                            req,
-                            result: Ok(v),
-                        },
-                    );
+                    self.respond(to, client, req, Ok(v));
                     return;
                 }
                 // The node's intake check of the request id, by its own clock: `expired`
                 // (node.rs).
                 if counter_core::change::check_request(&cmd, &self.ctx(to)).is_err() {
-                    self.send(
-                        to,
-                        from,
-                        Payload::Response {
-                            client,
-                            req,
-                            result: Err(Failed::Expired),
-                        },
-                    );
+                    self.respond(to, client, req, Err(Failed::Expired));
                     return;
                 }
                 let node = self.nodes.get_mut(&to).expect("node");
