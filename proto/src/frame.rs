@@ -2,12 +2,13 @@
 //! their byte encoding (postcard), led by the protocol version.
 
 use crate::{
-    Ballot, ClientError, ClusterStatus, Command, DataState, NodeId, NodeStatus, Register, ShardId,
+    Ballot, Change, ClientError, ClusterStatus, Command, Config, DataState, NodeId, NodeStatus,
+    Register, ShardId,
 };
 use serde::{Deserialize, Serialize};
 
 /// Version of the wire protocol. Bumped on any incompatible change of [`Msg`].
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Largest frame body accepted or produced, in bytes. A frame is at most one key (1 KiB), a
 /// register and a little framing; 64 KiB leaves room while bounding what a peer can make us buffer.
@@ -35,6 +36,8 @@ pub enum Msg {
         shard: ShardId,
         key: String,
         ballot: Ballot,
+        /// The configuration version the coordinator runs (see [`Config`]).
+        config: u64,
     },
     /// The acceptor promised `ballot`; it carries what it had accepted.
     Promise {
@@ -50,6 +53,7 @@ pub enum Msg {
         ballot: Ballot,
         register: Register,
         next: Option<Ballot>,
+        config: u64,
     },
     /// The acceptor accepted `ballot`, and promised `next` if it says so.
     Accepted {
@@ -60,7 +64,11 @@ pub enum Msg {
     Reject { ballot: Ballot, promised: Ballot },
     /// A read's first try, coordinator to acceptor: report what is durably accepted, change
     /// nothing, write nothing.
-    Read { shard: ShardId, key: String },
+    Read {
+        shard: ShardId,
+        key: String,
+        config: u64,
+    },
     /// Answer to `Read`: the durably accepted ballot and value, if any.
     ReadReply { accepted: Option<(Ballot, i64)> },
     /// Client to router or node: start a session, asking for `lifetime_ms` (0: the longest).
@@ -94,9 +102,12 @@ pub enum Msg {
     /// Answer to `GetPlacement`: the cluster's shards, replication and members (id, address);
     /// placement is computed from them exactly as the router does.
     Placement {
-        shards: u32,
-        replication: u32,
+        /// The configuration version it comes from.
+        config: u64,
+        /// Every member (id, address).
         nodes: Vec<(NodeId, String)>,
+        /// `shards[s]`: the nodes holding shard `s` (both sets while it moves).
+        shards: Vec<Vec<NodeId>>,
     },
     /// Client to router: how is the cluster? (`counter-cli cluster status`; see [`status`]).
     ///
@@ -109,6 +120,45 @@ pub enum Msg {
     NodeStatus,
     /// Answer to `NodeStatus`.
     NodeStatusReply(NodeStatus),
+    /// An acceptor's refusal: the message's configuration is older than the acceptor's, which
+    /// it carries; the coordinator installs it and retries under it.
+    StaleConfig(Box<Config>),
+    /// An acceptor's refusal: the message's configuration is newer than the acceptor's
+    /// (version `have`); the coordinator sends it (`InstallConfig`) and retries.
+    NeedConfig { have: u64 },
+    /// Anyone to a node: which configuration do you hold?
+    GetConfig,
+    /// Answer to `GetConfig`: the newest agreed configuration the node holds.
+    ConfigIs(Box<Config>),
+    /// Install this agreed configuration if it is newer than yours (persisted before the
+    /// answer).
+    InstallConfig(Box<Config>),
+    /// Answer to `InstallConfig`: the version the node holds now.
+    ConfigInstalled { version: u64 },
+    /// Phase 1 on the configuration register (see [`Config`]).
+    ConfigPrepare { ballot: Ballot },
+    /// The acceptor promised `ballot`; what it had accepted on the configuration register.
+    ConfigPromise {
+        ballot: Ballot,
+        accepted: Option<(Ballot, Box<Config>)>,
+    },
+    /// Phase 2 on the configuration register; answered `Accepted` (with no `next`) or `Reject`.
+    ConfigAccept { ballot: Ballot, config: Box<Config> },
+    /// Mover to a replica of `shard`: up to `limit` keys of the shard after `after`, in
+    /// order. Refused (`StaleConfig`/`NeedConfig`) unless the node runs version `config`.
+    ListKeys {
+        shard: ShardId,
+        after: Option<String>,
+        limit: u32,
+        config: u64,
+    },
+    /// Answer to `ListKeys`: the keys, and whether the shard has no more after them.
+    Keys { keys: Vec<String>, done: bool },
+    /// Client to router or node: change the membership (`counter-cli cluster add-node` ...).
+    /// Answered `AdminDone` when the change is complete, or `Error`.
+    Admin(Change),
+    /// Answer to `Admin`: what was done, one line.
+    AdminDone(String),
 }
 
 /// One message with the id that pairs a reply with its request (0 for connection-level errors).

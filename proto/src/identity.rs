@@ -9,10 +9,6 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Version of the configuration a cluster file describes: the bootstrap configuration.
-/// (Online membership changes, when they exist, will bump it.)
-pub const BOOTSTRAP_CONFIG_VERSION: u64 = 1;
-
 /// How far a node's data dir is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum DataState {
@@ -23,6 +19,9 @@ pub enum DataState {
     Created,
     /// The node serves, or has served: its data dir may hold promises and acceptances.
     Serving,
+    /// Created by `counter-node --join` for a node that is not a member yet: it holds no
+    /// promise or acceptance, and waits for `cluster add-node` (or `replace-node`) to add it.
+    Joining,
 }
 
 impl DataState {
@@ -31,6 +30,7 @@ impl DataState {
             DataState::Empty => "empty",
             DataState::Created => "created",
             DataState::Serving => "serving",
+            DataState::Joining => "joining",
         }
     }
 }

@@ -17,6 +17,7 @@
 //! Framing (the length prefix) belongs to `counter-net`; [`MAX_FRAME_LEN`] is the one limit both
 //! sides agree on.
 
+mod config;
 mod error;
 mod frame;
 mod register;
@@ -30,7 +31,8 @@ pub use frame::{
     decode_frame, encode_frame, DecodeError, EncodeError, Frame, Msg, MAX_FRAME_LEN,
     PROTOCOL_VERSION,
 };
-pub use identity::{DataState, BOOTSTRAP_CONFIG_VERSION};
+pub use config::{Change, Config, ShardSet, BOOTSTRAP_CONFIG_VERSION};
+pub use identity::DataState;
 pub use register::{Ballot, ClientEntry, Command, Op, Outcome, Register, RequestId};
 pub use status::{ClusterStatus, MemberStatus, NodeStatus, ShardMove};
 pub use validate::{

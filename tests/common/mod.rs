@@ -28,6 +28,9 @@ pub struct LocalCluster {
     pub node_addrs: Vec<String>,
     pub router_addr: String,
     nodes: Vec<Option<Child>>,
+    /// Per node: the member address it joined through (`--join`), or `None` for a member of
+    /// the cluster file (`--cluster`).
+    joins: Vec<Option<String>>,
     router: Option<Child>,
     /// When set, every node runs in a network namespace of its own (see [`Netns`]).
     pub netns: Option<Netns>,
@@ -70,6 +73,7 @@ impl LocalCluster {
             node_addrs,
             router_addr,
             nodes: (0..n).map(|_| None).collect(),
+            joins: vec![None; n],
             router: None,
             netns,
         };
@@ -93,24 +97,124 @@ impl LocalCluster {
             .unwrap()
     }
 
-    /// Starts (or restarts) node `i` (0-based; its id is i + 1).
+    /// Starts (or restarts) node `i` (0-based; its id is i + 1), with its command line
+    /// ([`LocalCluster::node_command`]).
     pub fn start_node(&mut self, i: usize) {
         assert!(self.nodes[i].is_none(), "node {} already running", i + 1);
         let log = self.log(&format!("node-{}", i + 1));
         let child = self
-            .command(Some(i), NODE)
-            .arg("--id")
-            .arg((i + 1).to_string())
-            .arg("--cluster")
-            .arg(&self.cluster_file)
-            .arg("--data-dir")
-            .arg(self.data_dir(i))
+            .node_command(i)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("spawn counter-node");
         self.nodes[i] = Some(child);
-        self.wait_listening(Some(i), &self.node_addrs[i]);
+        if self.joins[i].is_some() {
+            self.wait_joining_node_listening(i);
+        } else {
+            self.wait_listening(Some(i), &self.node_addrs[i]);
+        }
+    }
+
+    /// Node `i`'s command line, always the same for that node (without output redirections):
+    /// `--id <i + 1> --cluster <FILE> --data-dir <DIR>` for a member of the cluster file,
+    /// `--id <i + 1> --join <ADDR> --listen <ADDR> --data-dir <DIR>` for a node started by
+    /// [`LocalCluster::start_joining_node`].
+    pub fn node_command(&self, i: usize) -> Command {
+        let mut command = self.command(Some(i), NODE);
+        command.arg("--id").arg((i + 1).to_string());
+        match &self.joins[i] {
+            Some(via) => command
+                .arg("--join")
+                .arg(via)
+                .arg("--listen")
+                .arg(&self.node_addrs[i]),
+            None => command.arg("--cluster").arg(&self.cluster_file),
+        };
+        command.arg("--data-dir").arg(self.data_dir(i));
+        command
+    }
+
+    /// Starts a new node, not in the cluster file: the next id (`node_addrs.len() + 1`), a
+    /// fresh loopback address (pushed to `node_addrs`) and data dir, joining through member
+    /// `via` (0-based): `counter-node --id <ID> --join <ADDR of via> --listen <ADDR>
+    /// --data-dir <DIR>`. It is no member until an admin adds it (`cluster add-node`,
+    /// `replace-node`). Returns its index: `kill_node`, `start_node` (the same command line
+    /// again), `node_pid` and `data_dir` work for it as for the others. Loopback only.
+    pub fn start_joining_node(&mut self, via: usize) -> usize {
+        assert!(self.netns.is_none(), "joining nodes run on loopback only");
+        let join = self.node_addrs[via].clone();
+        self.node_addrs.push(format!("127.0.0.1:{}", free_port()));
+        self.joins.push(Some(join));
+        self.nodes.push(None);
+        let i = self.nodes.len() - 1;
+        self.start_node(i);
+        i
+    }
+
+    /// Waits until node `i` (a joining node) listens, failing at once, with its log, if it
+    /// exits instead.
+    fn wait_joining_node_listening(&mut self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&self.node_addrs[i]).is_err() {
+            let exited = self.nodes[i]
+                .as_mut()
+                .and_then(|child| child.try_wait().unwrap());
+            if let Some(status) = exited {
+                self.nodes[i] = None;
+                panic!(
+                    "joining node {} exited with {status} before listening:\n{}",
+                    i + 1,
+                    std::fs::read_to_string(self.dir.path().join(format!("node-{}.log", i + 1)))
+                        .unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "joining node {} never listened on {}",
+                i + 1,
+                self.node_addrs[i]
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs node `i`'s command line (plus `extra` arguments) in the foreground until it exits,
+    /// at most `limit` (else kills it and panics): its exit code and its stderr. For starts
+    /// that must be refused; node `i` must not be running.
+    pub fn run_node_to_exit(&self, i: usize, extra: &[&str], limit: Duration) -> (i32, String) {
+        assert!(self.nodes[i].is_none(), "node {} is running", i + 1);
+        let log = self
+            .dir
+            .path()
+            .join(format!("node-{}-foreground.log", i + 1));
+        let mut child = self
+            .node_command(i)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn counter-node");
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "counter-node --id {} did not exit within {limit:?}:\n{}",
+                    i + 1,
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (
+            status.code().unwrap_or(-1),
+            std::fs::read_to_string(&log).unwrap_or_default(),
+        )
     }
 
     pub fn start_router(&mut self) {
@@ -175,6 +279,39 @@ impl LocalCluster {
             String::from_utf8_lossy(&out.stdout).trim().to_string(),
             String::from_utf8_lossy(&out.stderr).trim().to_string(),
         )
+    }
+
+    /// Starts `counter-cli --router <router> <args>` without waiting for it (stdout and
+    /// stderr piped); [`cli_wait`] collects it.
+    pub fn cli_spawn(&self, args: &[&str]) -> Child {
+        self.command(None, CLI)
+            .arg("--router")
+            .arg(&self.router_addr)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn counter-cli")
+    }
+
+    /// `cluster status --json`: its exit code and its JSON object (retrying, at most 20 s,
+    /// while the output is not JSON, e.g. the router is not up yet).
+    pub fn status_json(&self) -> (i32, serde_json::Value) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (code, out, err) = self.cli(&["cluster", "status", "--json"]);
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&out) {
+                if v.is_object() {
+                    return (code, v);
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster status --json: exit {code}, not a JSON object: {out:?}; stderr {err:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The value of `key`, read through the CLI (retrying while the cluster settles).
@@ -291,6 +428,17 @@ impl Drop for LocalCluster {
     }
 }
 
+/// Waits for a `counter-cli` started by [`LocalCluster::cli_spawn`]: (exit code, stdout,
+/// stderr), trimmed as [`LocalCluster::cli`] returns them.
+pub fn cli_wait(child: Child) -> (i32, String, String) {
+    let out = child.wait_with_output().expect("wait for counter-cli");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
 fn wait_listening(addr: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(addr).is_err() {
@@ -341,6 +489,18 @@ impl Pipe {
     /// Sends one command line, returns its answer line.
     pub fn run(&mut self, line: &str) -> Answer {
         self.run_bytes(line.as_bytes())
+    }
+
+    /// Sends one command line, returns its answer line as it came (without the newline),
+    /// unparsed: any `ERR <kind>`, `expired` included.
+    pub fn run_line(&mut self, line: &str) -> String {
+        self.stdin.write_all(line.as_bytes()).unwrap();
+        self.stdin.write_all(b"\n").unwrap();
+        self.stdin.flush().unwrap();
+        let mut answer = String::new();
+        self.stdout.read_line(&mut answer).unwrap();
+        assert!(!answer.is_empty(), "counter-cli pipe closed its output");
+        answer.trim_end().to_string()
     }
 
     pub fn run_bytes(&mut self, line: &[u8]) -> Answer {

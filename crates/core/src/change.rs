@@ -891,6 +891,7 @@ mod tests {
                 ballot: counter_proto::Ballot::default(),
                 register: full,
                 next: None,
+                config: u64::MAX,
             },
         };
         let mut out = Vec::new();

@@ -8,7 +8,7 @@
 
 use crate::change::Ctx;
 use crate::proposer::Warm;
-use crate::{next_ballot, next_proposal, AcceptorReply, Round, Step};
+use crate::{next_ballot, next_proposal, AcceptorReply, Quorum, Round, Step};
 use counter_proto::{Ballot, Command, NodeId, Outcome, Register};
 
 /// What the driver must do next.
@@ -50,7 +50,8 @@ enum Phase {
 pub struct Decider {
     node: NodeId,
     epoch: u32,
-    replicas: Vec<NodeId>,
+    /// Who must answer (the key's replicas; both sets while its shard moves).
+    quorum: Quorum,
     ops: Vec<Command>,
     /// Clock and bounds the commands are applied with.
     ctx: Ctx,
@@ -71,7 +72,7 @@ impl Decider {
     pub fn new(
         node: NodeId,
         epoch: u32,
-        replicas: &[NodeId],
+        quorum: impl Into<Quorum>,
         ops: Vec<Command>,
         seen: Ballot,
         ctx: Ctx,
@@ -80,7 +81,7 @@ impl Decider {
             node,
             epoch,
             ctx,
-            replicas: replicas.to_vec(),
+            quorum: quorum.into(),
             results: Vec::with_capacity(ops.len()),
             ops,
             seen,
@@ -96,6 +97,26 @@ impl Decider {
         &self.ops
     }
 
+    /// Who the rounds must reach.
+    pub fn quorum(&self) -> &Quorum {
+        &self.quorum
+    }
+
+    /// The key's replicas changed (a newer cluster configuration arrived): the next round
+    /// counts `quorum`. Only between rounds, so that one round never mixes two
+    /// configurations; what earlier rounds left in doubt is kept (an Accept sent under the old
+    /// configuration may still be chosen, and a retry must recognise it).
+    ///
+    /// # Panics
+    /// While a round runs: that is a bug in the driver.
+    pub fn set_quorum(&mut self, quorum: Quorum) {
+        assert!(
+            matches!(self.phase, Phase::Idle),
+            "set_quorum while a round runs"
+        );
+        self.quorum = quorum;
+    }
+
     /// The ballot of the current round, if one is running.
     pub fn ballot(&self) -> Option<Ballot> {
         self.round.as_ref().map(Round::ballot)
@@ -109,7 +130,7 @@ impl Decider {
         );
         let ballot = next_ballot(self.node, self.epoch, self.seen);
         self.seen = ballot;
-        self.round = Some(Round::new(ballot, &self.replicas));
+        self.round = Some(Round::new(ballot, &self.quorum));
         self.phase = Phase::Preparing;
         Action::Prepare(ballot)
     }
@@ -130,7 +151,7 @@ impl Decider {
             return self.start_round();
         }
         self.seen = self.seen.max(warm.ballot);
-        self.round = Some(Round::promised(warm, &self.replicas));
+        self.round = Some(Round::promised(warm, &self.quorum));
         self.propose()
     }
 
@@ -251,8 +272,8 @@ impl Decider {
                 self.last_error
             )),
             None => Failure::NotApplied(format!(
-                "no quorum of replicas {:?} before the deadline ({})",
-                self.replicas, self.last_error
+                "no quorum of replicas {} before the deadline ({})",
+                self.quorum, self.last_error
             )),
         }
     }

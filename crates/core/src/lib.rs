@@ -12,12 +12,15 @@
 //!   request ids) applied to a register.
 //! - [`ballot`]: choosing the next ballot.
 //! - [`read`]: answering a read in one round trip when a majority agree.
+//! - [`quorum`]: who must answer: a majority of a key's replicas, or of both sets during a move.
 
 pub mod acceptor;
 pub mod ballot;
 pub mod change;
 pub mod decider;
+pub mod membership;
 pub mod proposer;
+pub mod quorum;
 pub mod read;
 pub mod record;
 
@@ -27,4 +30,5 @@ pub use change::{apply, apply_all, Ctx, Limits};
 pub use counter_proto::{Ballot, Command, NodeId, Op, Outcome, Register};
 pub use decider::{Action, Decider, Failure};
 pub use proposer::{next_proposal, Round, Step, Warm};
+pub use quorum::Quorum;
 pub use read::{QuietRead, ReadStep};

@@ -8,6 +8,7 @@
 //! Only replies to this round's ballot, from replicas of the key, count, and each replica
 //! counts once: a stale or duplicated reply can never complete a quorum.
 
+use crate::Quorum;
 use counter_proto::{Ballot, NodeId, Register};
 
 /// What the coordinator should do after feeding a reply.
@@ -39,7 +40,8 @@ enum Phase {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Round {
     ballot: Ballot,
-    replicas: Vec<NodeId>,
+    /// Who must answer: a majority of the key's replicas (of both sets while its shard moves).
+    quorum: Quorum,
     phase: Phase,
     /// Replicas that answered positively in the current phase.
     granted: Vec<NodeId>,
@@ -53,7 +55,7 @@ pub struct Round {
     proposed: Option<Register>,
     /// The ballot the Accepts asked to be promised for the next round, and who promised it.
     next: Option<Ballot>,
-    next_granted: usize,
+    next_granted: Vec<NodeId>,
 }
 
 /// A coordinator's next round on a key, already prepared: a majority promised `ballot` when
@@ -66,26 +68,27 @@ pub struct Warm {
 }
 
 impl Round {
-    /// A round of `ballot` over the key's `replicas` (distinct node ids).
-    pub fn new(ballot: Ballot, replicas: &[NodeId]) -> Round {
+    /// A round of `ballot` over the key's replicas (`quorum`: a set, or two during a move).
+    pub fn new(ballot: Ballot, quorum: impl Into<Quorum>) -> Round {
+        let quorum = quorum.into();
         Round {
             ballot,
-            replicas: replicas.to_vec(),
+            granted: Vec::with_capacity(quorum.members().len()),
+            quorum,
             phase: Phase::Preparing,
-            granted: Vec::with_capacity(replicas.len()),
             refused: Vec::new(),
             best: None,
             seen: ballot,
             proposed: None,
             next: None,
-            next_granted: 0,
+            next_granted: Vec::new(),
         }
     }
 
     /// A round whose phase 1 is already done (the round before piggybacked it): it starts at
     /// [`Step::Promised`] with `warm.accepted` as the highest accepted register.
-    pub fn promised(warm: Warm, replicas: &[NodeId]) -> Round {
-        let mut round = Round::new(warm.ballot, replicas);
+    pub fn promised(warm: Warm, quorum: impl Into<Quorum>) -> Round {
+        let mut round = Round::new(warm.ballot, quorum);
         round.phase = Phase::Promised;
         round.best = Some(warm.accepted);
         round
@@ -105,7 +108,9 @@ impl Round {
     /// (whose chosen register is the prior), for a driver that can read the register back.
     pub fn prepared(&self) -> Option<(Ballot, Ballot)> {
         self.chosen()?;
-        let ballot = self.next.filter(|_| self.next_granted >= self.quorum())?;
+        let ballot = self
+            .next
+            .filter(|_| self.quorum.is_met(&self.next_granted))?;
         Some((ballot, self.ballot))
     }
 
@@ -113,9 +118,9 @@ impl Round {
         self.ballot
     }
 
-    /// A majority of the replicas.
-    pub fn quorum(&self) -> usize {
-        self.replicas.len() / 2 + 1
+    /// Who must answer.
+    pub fn quorum(&self) -> &Quorum {
+        &self.quorum
     }
 
     /// Highest ballot heard of: retry above it.
@@ -159,7 +164,7 @@ impl Round {
                 self.best = Some((b, r));
             }
         }
-        if self.granted.len() >= self.quorum() {
+        if self.quorum.is_met(&self.granted) {
             self.phase = Phase::Promised;
             self.granted.clear();
             self.refused.clear();
@@ -196,9 +201,9 @@ impl Round {
         }
         self.granted.push(from);
         if next.is_some() && next == self.next {
-            self.next_granted += 1;
+            self.next_granted.push(from);
         }
-        if self.granted.len() >= self.quorum() {
+        if self.quorum.is_met(&self.granted) {
             self.phase = Phase::Chosen;
             let register = self.proposed.clone().expect("accepting means proposed");
             return Step::Chosen(register);
@@ -218,7 +223,7 @@ impl Round {
         }
         self.seen = self.seen.max(promised);
         self.refused.push(from);
-        if self.replicas.len() - self.refused.len() < self.quorum() {
+        if self.quorum.is_lost(&self.refused) {
             self.phase = Phase::Preempted;
             return Step::Preempted { seen: self.seen };
         }
@@ -228,7 +233,7 @@ impl Round {
     /// Whether a reply of `from` to `ballot` counts in the current phase.
     fn counts(&self, from: NodeId, ballot: Ballot) -> bool {
         ballot == self.ballot
-            && self.replicas.contains(&from)
+            && self.quorum.contains(from)
             && !self.granted.contains(&from)
             && !self.refused.contains(&from)
     }
@@ -264,6 +269,33 @@ mod tests {
                 prior: Register::default()
             }
         );
+    }
+
+    /// During a move a round needs a majority of the old set and of the new one, in both
+    /// phases: old votes alone would leave the new set without the value.
+    #[test]
+    fn a_joint_round_needs_both_majorities_in_both_phases() {
+        let q = Quorum::joint(&[1, 2, 3], &[3, 4, 5]);
+        let mut r = Round::new(b(5, 1), &q);
+        assert_eq!(r.on_promise(1, b(5, 1), None), Step::Pending);
+        assert_eq!(r.on_promise(2, b(5, 1), None), Step::Pending);
+        assert_eq!(r.on_promise(4, b(5, 1), None), Step::Pending);
+        assert!(matches!(
+            r.on_promise(5, b(5, 1), None),
+            Step::Promised { .. }
+        ));
+        r.propose(reg(1, 1), None);
+        assert_eq!(r.on_accepted(1, b(5, 1), None), Step::Pending);
+        assert_eq!(r.on_accepted(2, b(5, 1), None), Step::Pending);
+        assert_eq!(r.on_accepted(3, b(5, 1), None), Step::Pending);
+        assert_eq!(r.on_accepted(4, b(5, 1), None), Step::Chosen(reg(1, 1)));
+        // Two refusals in the new set make it impossible.
+        let mut r = Round::new(b(5, 1), &q);
+        assert_eq!(r.on_reject(4, b(5, 1), b(6, 2)), Step::Pending);
+        assert!(matches!(
+            r.on_reject(5, b(5, 1), b(6, 2)),
+            Step::Preempted { .. }
+        ));
     }
 
     #[test]

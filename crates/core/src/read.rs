@@ -11,6 +11,7 @@
 //! One register per ballot: a coordinator proposes one register per ballot it owns, so "same
 //! ballot" means "same register".
 
+use crate::Quorum;
 use counter_proto::{Ballot, NodeId};
 
 /// What to do after feeding a replica's answer.
@@ -27,28 +28,27 @@ pub enum ReadStep {
 /// Counts the replicas' answers to one quiet read.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct QuietRead {
-    replicas: Vec<NodeId>,
+    quorum: Quorum,
     heard: Vec<NodeId>,
-    /// Each accepted ballot reported (`None`: nothing accepted), its value, how many reported it.
-    tallies: Vec<(Option<Ballot>, i64, usize)>,
+    /// Each accepted ballot reported (`None`: nothing accepted), its value, who reported it.
+    tallies: Vec<(Option<Ballot>, i64, Vec<NodeId>)>,
 }
 
 impl QuietRead {
-    pub fn new(replicas: &[NodeId]) -> QuietRead {
+    /// A read of a key replicated on `quorum` (a set, or two during a move: then the same
+    /// ballot must come from a majority of each).
+    pub fn new(quorum: impl Into<Quorum>) -> QuietRead {
+        let quorum = quorum.into();
         QuietRead {
-            replicas: replicas.to_vec(),
-            heard: Vec::with_capacity(replicas.len()),
+            heard: Vec::with_capacity(quorum.members().len()),
+            quorum,
             tallies: Vec::with_capacity(2),
         }
     }
 
-    fn quorum(&self) -> usize {
-        self.replicas.len() / 2 + 1
-    }
-
     /// Counts `from`'s durably accepted (ballot, value); a replica counts once.
     pub fn on_reply(&mut self, from: NodeId, accepted: Option<(Ballot, i64)>) -> ReadStep {
-        if !self.replicas.contains(&from) || self.heard.contains(&from) {
+        if !self.quorum.contains(from) || self.heard.contains(&from) {
             return self.step();
         }
         self.heard.push(from);
@@ -57,23 +57,30 @@ impl QuietRead {
             None => (None, 0),
         };
         match self.tallies.iter_mut().find(|(b, _, _)| *b == ballot) {
-            Some(tally) => tally.2 += 1,
-            None => self.tallies.push((ballot, value, 1)),
+            Some(tally) => tally.2.push(from),
+            None => self.tallies.push((ballot, value, vec![from])),
         }
         self.step()
     }
 
     fn step(&self) -> ReadStep {
-        let quorum = self.quorum();
-        if let Some(&(_, value, _)) = self.tallies.iter().find(|t| t.2 >= quorum) {
-            return ReadStep::Value(value);
+        if let Some((_, value, _)) = self.tallies.iter().find(|t| self.quorum.is_met(&t.2)) {
+            return ReadStep::Value(*value);
         }
-        let best = self.tallies.iter().map(|t| t.2).max().unwrap_or(0);
-        let silent = self.replicas.len() - self.heard.len();
-        if best + silent < quorum {
-            ReadStep::Disagree
-        } else {
+        // Could one ballot still make a quorum, with every silent replica reporting it?
+        let possible = self.tallies.iter().any(|(_, _, said)| {
+            let against: Vec<NodeId> = self
+                .heard
+                .iter()
+                .copied()
+                .filter(|n| !said.contains(n))
+                .collect();
+            !self.quorum.is_lost(&against)
+        });
+        if possible || self.tallies.is_empty() {
             ReadStep::Pending
+        } else {
+            ReadStep::Disagree
         }
     }
 }
@@ -120,6 +127,28 @@ mod tests {
         assert_eq!(r.on_reply(9, Some((b(4), 7))), ReadStep::Pending);
         // Same ballot and value from a majority, but only once each.
         assert_eq!(r.on_reply(2, Some((b(4), 7))), ReadStep::Value(7));
+    }
+
+    #[test]
+    fn a_joint_read_needs_the_ballot_from_both_majorities() {
+        let q = crate::Quorum::joint(&[1, 2, 3], &[3, 4, 5]);
+        let mut r = QuietRead::new(&q);
+        r.on_reply(1, Some((b(4), 7)));
+        r.on_reply(2, Some((b(4), 7)));
+        assert_eq!(r.on_reply(3, Some((b(4), 7))), ReadStep::Pending);
+        assert_eq!(r.on_reply(4, None), ReadStep::Pending);
+        // Node 5 empty too: the new set has no majority on ballot 4 (nor on "nothing").
+        assert_eq!(r.on_reply(5, None), ReadStep::Disagree);
+        // Node 3 is in both sets: with 1 and 4 it makes both majorities.
+        let mut r = QuietRead::new(&q);
+        r.on_reply(1, Some((b(4), 7)));
+        r.on_reply(3, Some((b(4), 7)));
+        assert_eq!(r.on_reply(4, Some((b(4), 7))), ReadStep::Value(7));
+        let mut r = QuietRead::new(&q);
+        for n in [1, 2, 3] {
+            r.on_reply(n, Some((b(4), 7)));
+        }
+        assert_eq!(r.on_reply(5, Some((b(4), 7))), ReadStep::Value(7));
     }
 
     #[test]

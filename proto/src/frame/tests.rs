@@ -2,7 +2,7 @@
 //! bytes that must be refused without a panic.
 
 use super::*;
-use crate::{ClientEntry, MemberStatus, Op, Outcome, RequestId, ShardMove};
+use crate::{Change, ClientEntry, Config, MemberStatus, Op, Outcome, RequestId, ShardMove};
 
 fn sample() -> Frame {
     Frame {
@@ -37,6 +37,7 @@ fn sample() -> Frame {
                 node: 2,
                 epoch: 1,
             }),
+            config: 3,
         },
     }
 }
@@ -74,7 +75,8 @@ fn identity_messages_are_appended_and_round_trip() {
     assert_eq!(
         index(Msg::Read {
             shard: 0,
-            key: "k".into()
+            key: "k".into(),
+            config: 1,
         }),
         9
     );
@@ -127,31 +129,32 @@ fn golden() -> Vec<(Msg, &'static str)> {
                 },
                 timeout_ms: 1_000,
             },
-            "030100016b0102010100010506c801e807",
+            "040100016b0102010100010506c801e807",
         ),
-        (Msg::Value(-2), "03010103"),
+        (Msg::Value(-2), "04010103"),
         (
             Msg::Swapped {
                 value: 3,
                 swapped: true,
             },
-            "0301020601",
+            "0401020601",
         ),
-        (Msg::Error(ClientError::expired("x")), "030103040178"),
+        (Msg::Error(ClientError::expired("x")), "040103040178"),
         (
             Msg::Prepare {
                 shard: 7,
                 key: "k".into(),
                 ballot: b,
+                config: 2,
             },
-            "03010407016bac020201",
+            "04010407016bac02020102",
         ),
         (
             Msg::Promise {
                 ballot: b,
                 accepted: Some((b, register.clone())),
             },
-            "030105ac02020101ac020201090901070b010201e807000304",
+            "040105ac02020101ac020201090901070b010201e807000304",
         ),
         (
             Msg::Accept {
@@ -160,45 +163,47 @@ fn golden() -> Vec<(Msg, &'static str)> {
                 ballot: b,
                 register: Register::new(1, 2),
                 next: Some(b),
+                config: 2,
             },
-            "03010601016bac020201020200000001ac020201",
+            "04010601016bac020201020200000001ac02020102",
         ),
         (
             Msg::Accepted {
                 ballot: b,
                 next: None,
             },
-            "030107ac02020100",
+            "040107ac02020100",
         ),
         (
             Msg::Reject {
                 ballot: b,
                 promised: b,
             },
-            "030108ac020201ac020201",
+            "040108ac020201ac020201",
         ),
         (
             Msg::Read {
                 shard: 1,
                 key: "k".into(),
+                config: 2,
             },
-            "03010901016b",
+            "04010901016b02",
         ),
         (
             Msg::ReadReply {
                 accepted: Some((b, -1)),
             },
-            "03010a01ac02020101",
+            "04010a01ac02020101",
         ),
-        (Msg::OpenSession { lifetime_ms: 1 }, "03010b01"),
+        (Msg::OpenSession { lifetime_ms: 1 }, "04010b01"),
         (
             Msg::Session {
                 expires_ms: 2,
                 renew_after_ms: 1,
             },
-            "03010c0201",
+            "04010c0201",
         ),
-        (Msg::Identify, "03010d"),
+        (Msg::Identify, "04010d"),
         (
             Msg::Identity {
                 cluster_id: 1,
@@ -206,28 +211,96 @@ fn golden() -> Vec<(Msg, &'static str)> {
                 config_version: 3,
                 state: DataState::Created,
             },
-            "03010e01020301",
+            "04010e01020301",
         ),
-        (Msg::GetPlacement, "03010f"),
+        (Msg::GetPlacement, "04010f"),
         (
             Msg::Placement {
-                shards: 8,
-                replication: 3,
+                config: 2,
                 nodes: vec![(1, "a:1".into())],
+                shards: vec![vec![1]],
             },
-            "0301100803010103613a31",
+            "04011002010103613a31010101",
         ),
-        (Msg::Status, "030111"),
+        (Msg::Status, "040111"),
         (
             Msg::ClusterStatus(sample_cluster_status()),
-            "0301120176010305020101020203683a31000203683a31010102010304050306017602010300010303683a32010178040104010101010102010177",
+            "0401120176010305020101020203683a31000203683a31010102010304050306017602010300010303683a32010178040104010101010102010177",
         ),
-        (Msg::NodeStatus, "030113"),
+        (Msg::NodeStatus, "040113"),
         (
             Msg::NodeStatusReply(sample_node_status()),
-            "0301140203683a3101010201030405030601760201030001",
+            "0401140203683a3101010201030405030601760201030001",
         ),
+        (Msg::StaleConfig(Box::new(sample_config())), "040115030903020103683a310403683a3402020104000101010401000403683a340102"),
+        (Msg::NeedConfig { have: 2 }, "04011602"),
+        (Msg::GetConfig, "040117"),
+        (Msg::ConfigIs(Box::new(sample_config())), "040118030903020103683a310403683a3402020104000101010401000403683a340102"),
+        (Msg::InstallConfig(Box::new(sample_config())), "040119030903020103683a310403683a3402020104000101010401000403683a340102"),
+        (Msg::ConfigInstalled { version: 3 }, "04011a03"),
+        (Msg::ConfigPrepare { ballot: b }, "04011bac020201"),
+        (
+            Msg::ConfigPromise {
+                ballot: b,
+                accepted: Some((b, Box::new(sample_config()))),
+            },
+            "04011cac02020101ac020201030903020103683a310403683a3402020104000101010401000403683a340102",
+        ),
+        (
+            Msg::ConfigAccept {
+                ballot: b,
+                config: Box::new(sample_config()),
+            },
+            "04011dac020201030903020103683a310403683a3402020104000101010401000403683a340102",
+        ),
+        (
+            Msg::ListKeys {
+                shard: 1,
+                after: Some("k".into()),
+                limit: 2,
+                config: 3,
+            },
+            "04011e0101016b0203",
+        ),
+        (
+            Msg::Keys {
+                keys: vec!["k".into()],
+                done: true,
+            },
+            "04011f01016b01",
+        ),
+        (Msg::Admin(Change::RemoveNode { id: 2 }), "0401200102"),
+        (
+            Msg::Admin(Change::ReplaceNode {
+                old: 1,
+                new: 4,
+                addr: "h:4".into(),
+            }),
+            "04012002010403683a34",
+        ),
+        (Msg::AdminDone("ok".into()), "040121026f6b"),
     ]
+}
+
+fn sample_config() -> Config {
+    Config {
+        version: 3,
+        cluster_id: 9,
+        replication: 3,
+        members: [(1, "h:1".to_string()), (4, "h:4".to_string())].into(),
+        shards: vec![
+            crate::ShardSet::stable(vec![1, 4]),
+            crate::ShardSet {
+                old: vec![1],
+                new: vec![4],
+            },
+        ],
+        pending: Some(Change::AddNode {
+            id: 4,
+            addr: "h:4".into(),
+        }),
+        removed: vec![2],
+    }
 }
 
 fn sample_node_status() -> NodeStatus {
