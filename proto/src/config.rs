@@ -63,9 +63,18 @@ impl ShardSet {
 /// An admin command, as recorded in the configuration while it is under way.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Change {
-    AddNode { id: NodeId, addr: String },
-    RemoveNode { id: NodeId },
-    ReplaceNode { old: NodeId, new: NodeId, addr: String },
+    AddNode {
+        id: NodeId,
+        addr: String,
+    },
+    RemoveNode {
+        id: NodeId,
+    },
+    ReplaceNode {
+        old: NodeId,
+        new: NodeId,
+        addr: String,
+    },
 }
 
 impl std::fmt::Display for Change {

@@ -26,12 +26,12 @@ mod validate;
 pub mod identity;
 pub mod status;
 
+pub use config::{Change, Config, ShardSet, BOOTSTRAP_CONFIG_VERSION};
 pub use error::{ClientError, ErrorKind};
 pub use frame::{
     decode_frame, encode_frame, DecodeError, EncodeError, Frame, Msg, MAX_FRAME_LEN,
     PROTOCOL_VERSION,
 };
-pub use config::{Change, Config, ShardSet, BOOTSTRAP_CONFIG_VERSION};
 pub use identity::DataState;
 pub use register::{Ballot, ClientEntry, Command, Op, Outcome, Register, RequestId};
 pub use status::{ClusterStatus, MemberStatus, NodeStatus, ShardMove};

@@ -112,37 +112,21 @@ impl Cluster {
         self.nodes.get(&node).map(String::as_str)
     }
 
-    /// The answer to `GetPlacement`: what a client needs to place keys as the router does.
-    pub fn placement_msg(&self) -> counter_proto::Msg {
-        counter_proto::Msg::Placement {
-            shards: self.shards,
-            replication: self.replication as u32,
-            nodes: self.nodes.iter().map(|(&id, a)| (id, a.clone())).collect(),
-        }
-    }
-
-    /// A cluster description from a `Placement` answer (default limits: a client does not
-    /// need them), checked as a cluster file is.
-    pub fn from_placement(
-        shards: u32,
-        replication: u32,
-        nodes: Vec<(NodeId, String)>,
-    ) -> Result<Cluster, ConfigError> {
-        let invalid = |m: String| ConfigError::Invalid("placement answer".into(), m);
-        let nodes: BTreeMap<NodeId, String> = nodes.into_iter().collect();
-        let r = replication as usize;
-        if nodes.is_empty() || r == 0 || r > nodes.len() || shards == 0 {
-            return Err(invalid(format!(
-                "{} nodes, replication {r}, {shards} shards",
-                nodes.len()
-            )));
-        }
-        Ok(Cluster {
-            replication: r,
-            shards,
-            nodes,
-            limits: Limits::default(),
-        })
+    /// The cluster's first configuration (version 1), as this file describes it: placement
+    /// proposed by the hash ring ([`Placement::new`]). `cluster_id` is the id computed from
+    /// the file (`counter-storage`'s identity).
+    ///
+    /// [`Placement::new`]: crate::Placement::new
+    pub fn bootstrap_config(&self, cluster_id: u64) -> counter_proto::Config {
+        let placement = crate::Placement::new(self);
+        counter_core::membership::bootstrap(
+            cluster_id,
+            self.replication as u32,
+            self.nodes.clone(),
+            (0..self.shards)
+                .map(|s| placement.replicas(s).to_vec())
+                .collect(),
+        )
     }
 }
 

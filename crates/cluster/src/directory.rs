@@ -2,40 +2,67 @@
 //! (`counter-client`'s direct mode, `counter-bench --direct`): the placement a router uses and
 //! the members' addresses, from a router's (or node's) `Placement` answer.
 
-use crate::{shard_of, Cluster, Placement};
-use counter_proto::{Msg, NodeId};
+use crate::shard_of;
+use counter_proto::{Config, Msg, NodeId};
 
 /// The placement and addresses of a cluster, as a client learns them: per shard, the
 /// addresses of its replicas (computed once, so that placing a key allocates nothing).
 #[derive(Clone, Debug)]
 pub struct Directory {
+    /// The configuration version it comes from.
+    version: u64,
     shards: u32,
     replicas: Vec<Vec<String>>,
     nodes: Vec<String>,
 }
 
+/// The answer to `GetPlacement` for an agreed configuration.
+pub fn placement_msg(config: &Config) -> Msg {
+    Msg::Placement {
+        config: config.version,
+        nodes: config
+            .members
+            .iter()
+            .map(|(&id, a)| (id, a.clone()))
+            .collect(),
+        shards: config.shards.iter().map(|s| s.nodes()).collect(),
+    }
+}
+
 impl Directory {
-    /// From the answer to `GetPlacement`, checked as a cluster file is.
+    /// From the answer to `GetPlacement`; every shard must name at least one member.
     pub fn from_answer(answer: Msg) -> Result<Directory, String> {
         let Msg::Placement {
-            shards,
-            replication,
+            config,
             nodes,
+            shards,
         } = answer
         else {
             return Err(format!("no placement in the answer: {answer:?}"));
         };
-        let cluster =
-            Cluster::from_placement(shards, replication, nodes).map_err(|e| e.to_string())?;
-        let placement = Placement::new(&cluster);
-        let addr = |n: &NodeId| cluster.addr(*n).map(str::to_string);
+        let addrs: std::collections::BTreeMap<NodeId, String> = nodes.into_iter().collect();
+        if addrs.is_empty() || shards.is_empty() {
+            return Err("a placement answer without members or shards".into());
+        }
+        let mut replicas = Vec::with_capacity(shards.len());
+        for (s, set) in shards.iter().enumerate() {
+            let at: Vec<String> = set.iter().filter_map(|n| addrs.get(n).cloned()).collect();
+            if at.is_empty() {
+                return Err(format!("shard {s} has no member in the placement answer"));
+            }
+            replicas.push(at);
+        }
         Ok(Directory {
-            shards,
-            replicas: (0..shards)
-                .map(|s| placement.replicas(s).iter().filter_map(addr).collect())
-                .collect(),
-            nodes: cluster.nodes.values().cloned().collect(),
+            version: config,
+            shards: shards.len() as u32,
+            replicas,
+            nodes: addrs.into_values().collect(),
         })
+    }
+
+    /// The configuration version this placement comes from.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     /// The addresses of `key`'s replicas, coordinator preference first.
@@ -57,9 +84,10 @@ mod tests {
     fn keys_go_to_the_replicas_a_router_would_pick() {
         let text = "replication = 3\n[[node]]\nid = 1\naddr = \"a:1\"\n[[node]]\nid = 2\n\
                     addr = \"b:2\"\n[[node]]\nid = 3\naddr = \"c:3\"\n[[node]]\nid = 4\naddr = \"d:4\"\n";
-        let cluster = Cluster::parse("t", text).unwrap();
-        let dir = Directory::from_answer(cluster.placement_msg()).unwrap();
-        let placement = Placement::new(&cluster);
+        let cluster = crate::Cluster::parse("t", text).unwrap();
+        let config = cluster.bootstrap_config(1);
+        let dir = Directory::from_answer(placement_msg(&config)).unwrap();
+        let placement = crate::Placement::new(&cluster);
         for key in ["page_views", "k1", "stock:sku-9"] {
             let want: Vec<&str> = placement
                 .replicas(placement.shard_of(key))
@@ -69,11 +97,12 @@ mod tests {
             assert_eq!(dir.replicas(key), want, "{key}");
         }
         assert_eq!(dir.nodes().len(), 4);
+        assert_eq!(dir.version(), 1);
         assert!(Directory::from_answer(Msg::Value(1)).is_err());
         let bad = Msg::Placement {
-            shards: 8,
-            replication: 3,
+            config: 1,
             nodes: vec![(1, "a:1".into())],
+            shards: vec![vec![2]],
         };
         assert!(Directory::from_answer(bad).is_err());
     }

@@ -15,5 +15,5 @@ pub mod directory;
 pub mod placement;
 
 pub use cluster::{Cluster, ConfigError};
-pub use directory::Directory;
+pub use directory::{placement_msg, Directory};
 pub use placement::{shard_of, Placement};

@@ -64,6 +64,15 @@ impl Placement {
         }
     }
 
+    /// The placement an agreed configuration states: per shard, its nodes (both sets while
+    /// it moves, the old set first).
+    pub fn from_config(config: &counter_proto::Config) -> Placement {
+        Placement {
+            shards: config.shard_count(),
+            replicas: config.shards.iter().map(|s| s.nodes()).collect(),
+        }
+    }
+
     pub fn shards(&self) -> u32 {
         self.shards
     }

@@ -157,7 +157,10 @@ pub fn plan(cur: &Config, change: &Change) -> Result<Config, PlanError> {
                     break;
                 }
                 let set = &mut targets[shard];
-                let at = set.iter().position(|&n| n == giver).expect("giver holds it");
+                let at = set
+                    .iter()
+                    .position(|&n| n == giver)
+                    .expect("giver holds it");
                 set[at] = *id;
                 *load.get_mut(&giver).expect("member") -= 1;
                 *load.get_mut(id).expect("added") += 1;
@@ -410,7 +413,10 @@ mod tests {
         let joint = plan(&cur, &change).unwrap();
         assert_eq!(joint.moving().count(), 4);
         let done = finish(&joint);
-        assert!(done.shards.iter().all(|s| s.old.contains(&9) && !s.old.contains(&1)));
+        assert!(done
+            .shards
+            .iter()
+            .all(|s| s.old.contains(&9) && !s.old.contains(&1)));
         assert!(!done.is_member(1) && done.is_member(9));
         assert!(is_done(&done, &change));
     }
@@ -426,12 +432,18 @@ mod tests {
             plan(&cur, &Change::RemoveNode { id: 1 }),
             Err(PlanError::BelowReplication(1, 2, 3))
         ));
-        assert!(matches!(plan(&cur, &add(2)), Err(PlanError::AlreadyMember(2, _))));
+        assert!(matches!(
+            plan(&cur, &add(2)),
+            Err(PlanError::AlreadyMember(2, _))
+        ));
         let clash = Change::AddNode {
             id: 5,
             addr: "h:2".into(),
         };
-        assert_eq!(plan(&cur, &clash), Err(PlanError::AddrInUse("h:2".into(), 2)));
+        assert_eq!(
+            plan(&cur, &clash),
+            Err(PlanError::AddrInUse("h:2".into(), 2))
+        );
         let bad = Change::AddNode {
             id: 5,
             addr: "nowhere".into(),

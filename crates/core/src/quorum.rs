@@ -160,6 +160,9 @@ mod tests {
             Quorum::majority(&[1, 2, 3])
         );
         assert_eq!(Quorum::joint(&[1, 2, 3], &[]), Quorum::majority(&[1, 2, 3]));
-        assert_eq!(Quorum::joint(&[1, 2, 3], &[4, 5]).to_string(), "joint [1, 2, 3] + [4, 5]");
+        assert_eq!(
+            Quorum::joint(&[1, 2, 3], &[4, 5]).to_string(),
+            "joint [1, 2, 3] + [4, 5]"
+        );
     }
 }

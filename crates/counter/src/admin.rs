@@ -1,25 +1,40 @@
-//! `counter-cli`'s admin commands (docs/CLI.md, "Cluster status"):
+//! `counter-cli`'s admin commands (docs/CLI.md, "Cluster status" and "Membership"):
 //!
 //! ```text
 //! cluster status [--json]
+//! cluster add-node ID ADDR
+//! cluster remove-node ID
+//! cluster replace-node OLD_ID NEW_ID NEW_ADDR
 //! ```
 //!
 //! Only on the command line (pipe mode takes key commands only). `cluster` is not a key
 //! command, so no key command changes meaning.
 
-use counter_proto::{ClientError, ClusterStatus, MemberStatus, NodeStatus};
+use counter_proto::{Change, ClientError, ClusterStatus, MemberStatus, NodeId, NodeStatus};
 use serde_json::{json, Value};
 use std::ffi::OsString;
 use std::fmt::Write;
 
 /// A parsed admin command.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Admin {
     /// `cluster status [--json]`.
     Status { json: bool },
+    /// `cluster add-node`, `remove-node`, `replace-node`.
+    Change(Change),
 }
 
-const USAGE: &str = "usage: cluster status [--json]";
+const USAGE: &str = "usage: cluster status [--json] | cluster add-node ID ADDR | cluster \
+                     remove-node ID | cluster replace-node OLD_ID NEW_ID NEW_ADDR";
+
+fn node_id(word: &str) -> Result<NodeId, ClientError> {
+    match word.parse::<NodeId>() {
+        Ok(id) if id > 0 => Ok(id),
+        _ => Err(ClientError::invalid(format!(
+            "invalid node id {word:?}: expected a positive integer ({USAGE})"
+        ))),
+    }
+}
 
 /// Parses an admin command from the command line's words: `None` if they are not one (the
 /// first word is not `cluster`), else the command or why it is invalid.
@@ -32,12 +47,27 @@ pub fn parse(words: &[OsString]) -> Option<Result<Admin, ClientError>> {
     Some(match rest.as_slice() {
         [Some("status")] => Ok(Admin::Status { json: false }),
         [Some("status"), Some("--json")] => Ok(Admin::Status { json: true }),
-        [Some(sub @ ("add-node" | "remove-node" | "replace-node")), ..] => {
-            Err(ClientError::invalid(format!(
-                "cluster {sub} is planned, not yet available: membership changes are not \
-                 supported yet ({USAGE})"
-            )))
+        [Some("add-node"), Some(id), Some(addr)] => node_id(id).map(|id| {
+            Admin::Change(Change::AddNode {
+                id,
+                addr: addr.to_string(),
+            })
+        }),
+        [Some("remove-node"), Some(id)] => {
+            node_id(id).map(|id| Admin::Change(Change::RemoveNode { id }))
         }
+        [Some("replace-node"), Some(old), Some(new), Some(addr)] => node_id(old).and_then(|old| {
+            node_id(new).map(|new| {
+                Admin::Change(Change::ReplaceNode {
+                    old,
+                    new,
+                    addr: addr.to_string(),
+                })
+            })
+        }),
+        [Some(sub @ ("add-node" | "remove-node" | "replace-node")), ..] => Err(
+            ClientError::invalid(format!("wrong arguments for cluster {sub} ({USAGE})")),
+        ),
         _ => Err(ClientError::invalid(USAGE)),
     })
 }
@@ -102,7 +132,7 @@ fn ranges(list: &[u32]) -> String {
 pub fn summary(status: &ClusterStatus) -> String {
     format!(
         "{}/{} nodes reachable, {}/{} ready, {}/{} shards available, configuration version {}, \
-         replication {}, no moves in progress (membership changes are not supported yet)",
+         replication {}, {}",
         status.nodes_reachable,
         status.nodes,
         status.nodes_ready,
@@ -111,6 +141,11 @@ pub fn summary(status: &ClusterStatus) -> String {
         status.shards,
         status.config_version,
         status.replication,
+        match status.moves.len() {
+            0 => "no moves in progress".to_string(),
+            1 => "1 shard moving".to_string(),
+            n => format!("{n} shards moving"),
+        }
     )
 }
 
@@ -284,7 +319,7 @@ pub fn json(router: &str, status: &ClusterStatus) -> Value {
         "unavailable_shards": status.unavailable_shards,
         "all_shards_available": status.all_available(),
         "moves": moves,
-        "membership_changes_supported": false,
+        "membership_changes_supported": true,
         "warnings": status.warnings,
         "nodes": nodes,
     })
@@ -315,15 +350,33 @@ mod tests {
             "cluster status --yaml",
             "cluster status --json x",
             "cluster add-node 4",
+            "cluster add-node x 127.0.0.1:1",
+            "cluster add-node 0 127.0.0.1:1",
+            "cluster remove-node",
+            "cluster replace-node 1 2",
         ] {
             let err = parse(&words(bad)).unwrap().unwrap_err();
             assert_eq!(err.kind, counter_proto::ErrorKind::Invalid, "{bad}");
         }
-        assert!(parse(&words("cluster add-node 4"))
-            .unwrap()
-            .unwrap_err()
-            .message
-            .contains("not yet available"));
+        assert_eq!(
+            parse(&words("cluster add-node 4 127.0.0.1:7104")),
+            Some(Ok(Admin::Change(Change::AddNode {
+                id: 4,
+                addr: "127.0.0.1:7104".into()
+            })))
+        );
+        assert_eq!(
+            parse(&words("cluster remove-node 2")),
+            Some(Ok(Admin::Change(Change::RemoveNode { id: 2 })))
+        );
+        assert_eq!(
+            parse(&words("cluster replace-node 2 5 h:5")),
+            Some(Ok(Admin::Change(Change::ReplaceNode {
+                old: 2,
+                new: 5,
+                addr: "h:5".into()
+            })))
+        );
         for key_command in ["incr cluster", "get status", "status", "clusters status"] {
             assert_eq!(parse(&words(key_command)), None, "{key_command}");
         }
@@ -391,13 +444,13 @@ NODE  ADDR            REACHABLE  STATE    READY  EPOCH  SHARDS  CONFIG  VERSION 
 3     127.0.0.1:7103  no         -        -      -      -       -       -        -
 node 2 is not ready: it reaches no majority of replicas for 8 of its 8 shards (peers up: none)
 node 3 (127.0.0.1:7103) is not reachable: not sent: connect to 127.0.0.1:7103: refused
-2/3 nodes reachable, 1/3 ready, 5/8 shards available, configuration version 1, replication 3, no moves in progress (membership changes are not supported yet)
+2/3 nodes reachable, 1/3 ready, 5/8 shards available, configuration version 1, replication 3, no moves in progress
 unavailable shards (no majority of replicas up): 5-7
 ";
         assert_eq!(text, expected);
         assert_eq!(exit_status(&sample(5)), 3);
         let all = table(&sample(8));
-        assert!(all.ends_with("8/8 shards available, configuration version 1, replication 3, no moves in progress (membership changes are not supported yet)\n"), "{all}");
+        assert!(all.ends_with("8/8 shards available, configuration version 1, replication 3, no moves in progress\n"), "{all}");
         assert_eq!(exit_status(&sample(8)), 0);
         // Beyond the first 64 unavailable shards, only their number.
         let mut many = sample(0);
@@ -433,7 +486,7 @@ unavailable shards (no majority of replicas up): 5-7
         assert_eq!(v["all_shards_available"], false);
         assert_eq!(v["config_version"], 1);
         assert_eq!(v["moves"], json!([]));
-        assert_eq!(v["membership_changes_supported"], false);
+        assert_eq!(v["membership_changes_supported"], true);
         let nodes = v["nodes"].as_array().unwrap();
         assert_eq!(nodes.len(), 3);
         assert_eq!(nodes[0]["cluster_id"], "00abcdef01234567");

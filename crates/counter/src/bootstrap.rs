@@ -36,7 +36,7 @@
 use crate::node::Node;
 use crate::status::Reporter;
 use counter_net::{CallError, Pool};
-use counter_proto::{ClientError, DataState, Msg, NodeId};
+use counter_proto::{ClientError, Config, DataState, Msg, NodeId};
 use counter_router::forward::msg_name;
 use counter_storage::BOOTSTRAP_CONFIG_VERSION;
 use std::collections::BTreeMap;
@@ -121,8 +121,8 @@ impl Asker<'_> {
                  {cluster_id:016x}, its data dir {state}; this node's cluster file describes \
                  cluster {:016x}): every member must run with the same cluster file. Members \
                  cannot be added or changed by editing the cluster file; restore the original \
-                 one. Online membership changes (`cluster add-node/remove-node/replace-node` \
-                 admin commands) are planned, not yet available",
+                 one, and change members with `counter-cli cluster add-node/remove-node/\
+                 replace-node`",
                 self.cluster_id
             ));
         }
@@ -133,15 +133,23 @@ impl Asker<'_> {
                  member. Starting it empty would forget promises and acceptances and can lose \
                  acknowledged counts. Do not start it with an empty data dir; restore the data \
                  dir it last ran with (e.g. a snapshot taken after it stopped: an older copy \
-                 forgets what came after it too). Replacing a lost node (`cluster \
-                 replace-node`) is planned, not yet available; until then the cluster serves \
-                 without node {me} while a majority of each key's replicas is up"
+                 forgets what came after it too), or replace the node: start a node with a new \
+                 id (`counter-node --id NEW_ID --join {addr} --listen NEW_ADDR --data-dir DIR`) \
+                 and run `counter-cli cluster replace-node {me} NEW_ID NEW_ADDR`. Meanwhile the \
+                 cluster serves without node {me} while a majority of each key's replicas is up"
             )),
             (Phase::Create, DataState::Empty | DataState::Created) => Verdict::Ready,
             (Phase::Serve, DataState::Empty) => {
                 Verdict::Waiting("its data dir is still empty".into())
             }
             (Phase::Serve, DataState::Created | DataState::Serving) => Verdict::Ready,
+            // A node started with --join answers so; it is not a member of a cluster being
+            // created from a cluster file.
+            (_, DataState::Joining) => Verdict::Refuse(format!(
+                "node {peer} ({addr}) was started with --join (it waits to be added to a running \
+                 cluster), but this node's cluster file lists it as a member of a new cluster: \
+                 start every member of a new cluster with the same cluster file"
+            )),
         }
     }
 
@@ -235,6 +243,8 @@ pub struct Starting {
     node: OnceLock<Arc<Node>>,
     /// Answers `NodeStatus` while starting (`cluster status` shows a starting node too).
     reporter: Arc<Reporter>,
+    /// The cluster file's configuration, reported while starting.
+    bootstrap: Arc<Config>,
 }
 
 impl Starting {
@@ -243,6 +253,7 @@ impl Starting {
         cluster_id: u64,
         state: DataState,
         reporter: Arc<Reporter>,
+        bootstrap: Arc<Config>,
     ) -> Arc<Starting> {
         Arc::new(Starting {
             id,
@@ -250,6 +261,7 @@ impl Starting {
             state: Mutex::new(state),
             node: OnceLock::new(),
             reporter,
+            bootstrap,
         })
     }
 
@@ -276,11 +288,7 @@ impl Starting {
             },
             Msg::NodeStatus => {
                 let state = *self.state.lock().expect("state lock");
-                Msg::NodeStatusReply(
-                    self.reporter
-                        .report(state, BOOTSTRAP_CONFIG_VERSION, None)
-                        .await,
-                )
+                Msg::NodeStatusReply(self.reporter.report(state, &self.bootstrap, None).await)
             }
             other => Msg::Error(ClientError::unavailable(format!(
                 "node {} is starting (waiting for the other members of a new cluster); \

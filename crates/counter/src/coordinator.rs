@@ -10,11 +10,14 @@
 //! the Decider's; this module does the I/O: fan-out to the replicas (its own acceptor directly,
 //! the others over `net`), phase timeouts, backoff sleeps, answering the callers.
 
+use crate::membership::Membership;
 use counter_core::{
     AcceptorReply, Action, Ctx, Decider, Failure, Limits, QuietRead, ReadStep, Warm,
 };
 use counter_net::Pool;
-use counter_proto::{Ballot, ClientError, Command, Msg, NodeId, Outcome, Register, ShardId};
+use counter_proto::{
+    Ballot, ClientError, Command, Config, Msg, NodeId, Outcome, Register, ShardId,
+};
 use counter_storage::Store;
 use dashmap::DashMap;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -36,6 +39,9 @@ const BACKOFF_MAX: Duration = Duration::from_millis(200);
 /// A caller waiting for its command.
 struct Waiter {
     cmd: Command,
+    /// An identity round of a move's rescan: a read that must be written back (never a quiet
+    /// read).
+    write_back: bool,
     deadline: Instant,
     reply: oneshot::Sender<Result<Outcome, ClientError>>,
 }
@@ -46,20 +52,31 @@ pub struct Coordinator {
     epoch: u32,
     store: Arc<Store>,
     pool: Arc<Pool>,
-    addrs: Arc<std::collections::BTreeMap<NodeId, String>>,
+    /// The agreed configuration: replica sets, addresses, and the fence.
+    membership: Arc<Membership>,
     /// What registers keep of their clients' requests.
     limits: Limits,
-    /// Keys whose next round is prepared: the ballot a majority promised, and the ballot of the
-    /// chosen register they reported (`counter-core`'s [`Warm`], without its register: that is
-    /// the one our own acceptor accepted under the second ballot, read back when used).
-    /// Volatile; at most [`WARM_KEYS`] keys (when full, an arbitrary one makes room: a key that
-    /// loses its entry takes two round trips once).
-    warm: DashMap<String, (Ballot, Ballot)>,
+    /// Keys whose next round is prepared: the configuration version it was prepared under, the
+    /// ballot a majority promised, and the ballot of the chosen register they reported
+    /// (`counter-core`'s [`Warm`], without its register: that is the one our own acceptor
+    /// accepted under the second ballot, read back when used). Volatile; at most
+    /// [`WARM_KEYS`] keys (when full, an arbitrary one makes room: a key that loses its entry
+    /// takes two round trips once). An entry of another configuration is not used.
+    warm: DashMap<String, (u64, Ballot, Ballot)>,
     /// Keys with a leader running, and the operations queued behind it.
     queues: DashMap<String, Vec<Waiter>>,
 }
 
-type ReplyFuture = Pin<Box<dyn Future<Output = (NodeId, Option<AcceptorReply>)> + Send>>;
+/// What a replica's answer to a Prepare or an Accept came to.
+enum Got {
+    Reply(AcceptorReply),
+    /// The replica runs a newer configuration (now installed here): the round must restart
+    /// under it.
+    Stale,
+    Nothing,
+}
+
+type ReplyFuture = Pin<Box<dyn Future<Output = (NodeId, Got)> + Send>>;
 /// A replica's answer to a read's first try: its durably accepted ballot and value.
 type ReadFuture = Pin<Box<dyn Future<Output = (NodeId, Option<Option<(Ballot, i64)>>)> + Send>>;
 
@@ -67,7 +84,7 @@ impl Coordinator {
     pub fn new(
         id: NodeId,
         store: Arc<Store>,
-        addrs: std::collections::BTreeMap<NodeId, String>,
+        membership: Arc<Membership>,
         limits: Limits,
     ) -> Arc<Coordinator> {
         Arc::new(Coordinator {
@@ -75,7 +92,7 @@ impl Coordinator {
             epoch: store.epoch(),
             store,
             pool: Arc::new(Pool::new(Duration::from_millis(300))),
-            addrs: Arc::new(addrs),
+            membership,
             limits,
             warm: DashMap::new(),
             queues: DashMap::new(),
@@ -87,13 +104,37 @@ impl Coordinator {
         self.limits
     }
 
-    /// Runs `cmd` on `key` (of `shard`, replicated on `replicas`) and waits at most `budget`.
+    /// Runs `cmd` on `key` (of `shard`) and waits at most `budget`.
     pub async fn submit(
         self: &Arc<Self>,
         shard: ShardId,
-        replicas: Arc<[NodeId]>,
         key: String,
         cmd: Command,
+        budget: Duration,
+    ) -> Result<Outcome, ClientError> {
+        self.enqueue(shard, key, cmd, false, budget).await
+    }
+
+    /// An identity round on `key`: read it and write it back under the current configuration
+    /// (a move's rescan; see [`crate::membership`]).
+    pub async fn identity(
+        self: &Arc<Self>,
+        shard: ShardId,
+        key: String,
+        budget: Duration,
+    ) -> Result<(), ClientError> {
+        let read = Command::from(counter_proto::Op::Get);
+        self.enqueue(shard, key, read, true, budget)
+            .await
+            .map(|_| ())
+    }
+
+    async fn enqueue(
+        self: &Arc<Self>,
+        shard: ShardId,
+        key: String,
+        cmd: Command,
+        write_back: bool,
         budget: Duration,
     ) -> Result<Outcome, ClientError> {
         let (tx, rx) = oneshot::channel();
@@ -102,6 +143,7 @@ impl Coordinator {
         let margin = (budget / 10).min(Duration::from_millis(100));
         let waiter = Waiter {
             cmd,
+            write_back,
             deadline: Instant::now() + budget - margin,
             reply: tx,
         };
@@ -117,7 +159,7 @@ impl Coordinator {
         };
         if lead {
             let this = self.clone();
-            tokio::spawn(async move { this.lead(shard, replicas, key).await });
+            tokio::spawn(async move { this.lead(shard, key).await });
         }
         match tokio::time::timeout(budget, rx).await {
             Ok(Ok(result)) => result,
@@ -130,7 +172,7 @@ impl Coordinator {
     }
 
     /// Runs rounds for `key` until its queue is empty.
-    async fn lead(self: Arc<Self>, shard: ShardId, replicas: Arc<[NodeId]>, key: String) {
+    async fn lead(self: Arc<Self>, shard: ShardId, key: String) {
         loop {
             let batch = match self.queues.entry(key.clone()) {
                 dashmap::Entry::Occupied(mut e) => {
@@ -149,19 +191,19 @@ impl Coordinator {
                 }
                 dashmap::Entry::Vacant(_) => return,
             };
-            self.run(shard, &replicas, &key, batch).await;
+            self.run(shard, &key, batch).await;
         }
     }
 
     /// Runs one batch to a decision (or to an honest error) and answers every waiter.
-    async fn run(&self, shard: ShardId, replicas: &[NodeId], key: &str, batch: Vec<Waiter>) {
+    async fn run(&self, shard: ShardId, key: &str, batch: Vec<Waiter>) {
         let deadline = batch
             .iter()
             .map(|w| w.deadline)
             .max()
             .expect("non-empty batch");
-        if batch.iter().all(|w| w.cmd.op.is_read()) {
-            if let Some(value) = self.quiet_read(shard, replicas, key, deadline).await {
+        if batch.iter().all(|w| w.cmd.op.is_read() && !w.write_back) {
+            if let Some(value) = self.quiet_read(shard, key, deadline).await {
                 for w in batch {
                     let _ = w.reply.send(Ok(Outcome::Value(value)));
                 }
@@ -169,7 +211,7 @@ impl Coordinator {
             }
         }
         let cmds: Vec<Command> = batch.iter().map(|w| w.cmd).collect();
-        let outcome = self.decide(shard, replicas, key, cmds, deadline).await;
+        let outcome = self.decide(shard, key, cmds, deadline).await;
         for (i, w) in batch.into_iter().enumerate() {
             let answer = match &outcome {
                 Ok(results) => Ok(results[i]),
@@ -181,17 +223,17 @@ impl Coordinator {
 
     /// A read's first try: one round trip, no disk write. Each replica reports what it has
     /// durably accepted; `counter-core`'s [`QuietRead`] decides whether that answers the read.
-    /// `None`: it does not (a write in flight or interrupted), so the caller runs a full round.
-    async fn quiet_read(
-        &self,
-        shard: ShardId,
-        replicas: &[NodeId],
-        key: &str,
-        deadline: Instant,
-    ) -> Option<i64> {
-        let mut read = QuietRead::new(replicas);
-        let mut replies: FuturesUnordered<ReadFuture> =
-            replicas.iter().map(|&n| self.read(n, shard, key)).collect();
+    /// `None`: it does not (a write in flight or interrupted, or another configuration), so
+    /// the caller runs a full round.
+    async fn quiet_read(&self, shard: ShardId, key: &str, deadline: Instant) -> Option<i64> {
+        let config = self.membership.config();
+        let quorum = Membership::quorum(&config, shard);
+        let mut read = QuietRead::new(&quorum);
+        let mut replies: FuturesUnordered<ReadFuture> = quorum
+            .members()
+            .iter()
+            .map(|&n| self.read(&config, n, shard, key))
+            .collect();
         let until = (Instant::now() + PHASE_TIMEOUT).min(deadline);
         loop {
             let (from, accepted) = match tokio::time::timeout_at(until.into(), replies.next()).await
@@ -208,26 +250,35 @@ impl Coordinator {
         }
     }
 
-    fn read(&self, node: NodeId, shard: ShardId, key: &str) -> ReadFuture {
+    fn read(&self, config: &Config, node: NodeId, shard: ShardId, key: &str) -> ReadFuture {
         if node == self.id {
-            let reply = self
-                .store
-                .read_durable(shard, key)
-                .map_err(|e| tracing::error!(error = %e, "local acceptor failed"))
-                .ok();
+            let reply = match self.membership.check_shard(shard, config.version) {
+                Some(_) => None,
+                None => self
+                    .store
+                    .read_durable(shard, key)
+                    .map_err(|e| tracing::error!(error = %e, "local acceptor failed"))
+                    .ok(),
+            };
             return Box::pin(std::future::ready((node, reply)));
         }
         let call = self.call_peer(
+            config,
             node,
             Msg::Read {
                 shard,
                 key: key.to_string(),
+                config: config.version,
             },
         );
+        let membership = self.membership.clone();
         Box::pin(async move {
             match call.await {
                 Some(Msg::ReadReply { accepted }) => (node, Some(accepted)),
-                other => unexpected(node, other),
+                other => {
+                    refused(&membership, node, other);
+                    (node, None)
+                }
             }
         })
     }
@@ -237,7 +288,6 @@ impl Coordinator {
     async fn decide(
         &self,
         shard: ShardId,
-        replicas: &[NodeId],
         key: &str,
         cmds: Vec<Command>,
         deadline: Instant,
@@ -246,6 +296,7 @@ impl Coordinator {
             now_ms: counter_proto::unix_ms(),
             limits: self.limits,
         };
+        let mut config = self.membership.config();
         let local = self
             .store
             .peek(shard, key)
@@ -253,29 +304,37 @@ impl Coordinator {
         let seen = local.highest();
         // The previous round on the key may have prepared this one (one round trip). Its
         // register is what our acceptor accepted under that round's ballot (one register per
-        // ballot); if our acceptor has moved on since, the round is not used.
+        // ballot); if our acceptor has moved on since, or the configuration changed, the round
+        // is not used.
         let warm = self
             .warm
             .remove(key)
-            .and_then(|(_, (ballot, at))| match local.accepted {
-                Some((b, register)) if b == at => Some(Warm {
+            .and_then(|(_, (version, ballot, at))| match local.accepted {
+                Some((b, register)) if b == at && version == config.version => Some(Warm {
                     ballot,
                     accepted: (b, register),
                 }),
                 _ => None,
             });
-        let mut decider = Decider::new(self.id, self.epoch, replicas, cmds, seen, ctx);
+        let mut decider = Decider::new(
+            self.id,
+            self.epoch,
+            Membership::quorum(&config, shard),
+            cmds,
+            seen,
+            ctx,
+        );
         let mut action = match warm {
             Some(w) => decider.start_warm(w),
             None => decider.start_round(),
         };
         loop {
             let mut replies = match action {
-                Action::Prepare(ballot) => {
-                    self.fan_out(replicas, |node| self.prepare(node, shard, key, ballot))
-                }
-                Action::Accept(ballot, register, next) => self.fan_out(replicas, |node| {
-                    self.accept(node, shard, key, ballot, register.clone(), next)
+                Action::Prepare(ballot) => self.fan_out(&decider, |node| {
+                    self.prepare(&config, node, shard, key, ballot)
+                }),
+                Action::Accept(ballot, register, next) => self.fan_out(&decider, |node| {
+                    self.accept(&config, node, shard, key, ballot, register.clone(), next)
                 }),
                 Action::Retry { attempt } => {
                     if Instant::now() >= deadline {
@@ -285,13 +344,20 @@ impl Coordinator {
                     if Instant::now() >= deadline {
                         return Err(failure(decider.give_up()));
                     }
+                    // A newer configuration arrived: the next round counts its replicas.
+                    let now = self.membership.config();
+                    if now.version != config.version {
+                        config = now;
+                        decider.set_quorum(Membership::quorum(&config, shard));
+                    }
                     action = decider.start_round();
                     continue;
                 }
                 Action::Done(results) => {
-                    if let Some(prepared) = decider.prepared() {
+                    if let Some((ballot, at)) = decider.prepared() {
                         counter_storage::make_room(&self.warm, WARM_KEYS);
-                        self.warm.insert(key.to_string(), prepared);
+                        self.warm
+                            .insert(key.to_string(), (config.version, ballot, at));
                     }
                     return Ok(results);
                 }
@@ -300,11 +366,18 @@ impl Coordinator {
             let phase_end = (Instant::now() + PHASE_TIMEOUT).min(deadline);
             action = loop {
                 match next_reply(&mut replies, phase_end).await {
-                    Some((from, reply)) => {
+                    Some((from, Got::Reply(reply))) => {
                         if let Some(next) = decider.on_reply(from, reply) {
                             break next;
                         }
                     }
+                    // The round cannot count under its configuration any more: end the phase
+                    // now (what it sent stays in doubt) and retry under the new one.
+                    Some((_, Got::Stale)) => match decider.on_phase_timeout() {
+                        Some(next) => break next,
+                        None => return Err(failure(decider.give_up())),
+                    },
+                    Some((_, Got::Nothing)) => {}
                     None => match decider.on_phase_timeout() {
                         Some(next) => break next,
                         None => return Err(failure(decider.give_up())),
@@ -321,15 +394,39 @@ impl Coordinator {
         tokio::time::sleep(jitter.min(left)).await;
     }
 
-    fn fan_out<F>(&self, replicas: &[NodeId], call: F) -> FuturesUnordered<ReplyFuture>
+    fn fan_out<F>(&self, decider: &Decider, call: F) -> FuturesUnordered<ReplyFuture>
     where
         F: Fn(NodeId) -> ReplyFuture,
     {
-        replicas.iter().map(|&n| call(n)).collect()
+        decider
+            .quorum()
+            .members()
+            .iter()
+            .map(|&n| call(n))
+            .collect()
     }
 
-    fn prepare(&self, node: NodeId, shard: ShardId, key: &str, ballot: Ballot) -> ReplyFuture {
+    /// The local acceptor's answer, if the fence lets the round's configuration through.
+    fn local(&self, config: &Config, node: NodeId, shard: ShardId) -> Option<ReplyFuture> {
+        match self.membership.check_shard(shard, config.version) {
+            None => None,
+            Some(Msg::StaleConfig(_)) => Some(Box::pin(std::future::ready((node, Got::Stale)))),
+            Some(_) => Some(Box::pin(std::future::ready((node, Got::Nothing)))),
+        }
+    }
+
+    fn prepare(
+        &self,
+        config: &Config,
+        node: NodeId,
+        shard: ShardId,
+        key: &str,
+        ballot: Ballot,
+    ) -> ReplyFuture {
         if node == self.id {
+            if let Some(refused) = self.local(config, node, shard) {
+                return refused;
+            }
             let store = self.store.clone();
             let key = key.to_string();
             return Box::pin(async move {
@@ -338,17 +435,21 @@ impl Coordinator {
             });
         }
         self.remote(
+            config,
             node,
             Msg::Prepare {
                 shard,
                 key: key.to_string(),
                 ballot,
+                config: config.version,
             },
         )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn accept(
         &self,
+        config: &Config,
         node: NodeId,
         shard: ShardId,
         key: &str,
@@ -357,6 +458,9 @@ impl Coordinator {
         next: Option<Ballot>,
     ) -> ReplyFuture {
         if node == self.id {
+            if let Some(refused) = self.local(config, node, shard) {
+                return refused;
+            }
             let store = self.store.clone();
             let key = key.to_string();
             return Box::pin(async move {
@@ -365,6 +469,7 @@ impl Coordinator {
             });
         }
         self.remote(
+            config,
             node,
             Msg::Accept {
                 shard,
@@ -372,12 +477,14 @@ impl Coordinator {
                 ballot,
                 register,
                 next,
+                config: config.version,
             },
         )
     }
 
-    fn remote(&self, node: NodeId, msg: Msg) -> ReplyFuture {
-        let call = self.call_peer(node, msg);
+    fn remote(&self, config: &Config, node: NodeId, msg: Msg) -> ReplyFuture {
+        let call = self.call_peer(config, node, msg);
+        let membership = self.membership.clone();
         Box::pin(async move {
             let reply = match call.await {
                 Some(Msg::Promise { ballot, accepted }) => {
@@ -387,19 +494,27 @@ impl Coordinator {
                 Some(Msg::Reject { ballot, promised }) => {
                     AcceptorReply::Reject { ballot, promised }
                 }
-                other => return unexpected(node, other),
+                other => {
+                    let got = if refused(&membership, node, other) {
+                        Got::Stale
+                    } else {
+                        Got::Nothing
+                    };
+                    return (node, got);
+                }
             };
-            (node, Some(reply))
+            (node, Got::Reply(reply))
         })
     }
 
     /// Sends `msg` to a peer node: its reply, or `None` (logged) if there was none.
     fn call_peer(
         &self,
+        config: &Config,
         node: NodeId,
         msg: Msg,
     ) -> impl Future<Output = Option<Msg>> + Send + 'static {
-        let addr = self.addrs.get(&node).cloned();
+        let addr = config.addr(node).map(str::to_string);
         let pool = self.pool.clone();
         async move {
             let reply = pool.call(&addr?, msg, PHASE_TIMEOUT).await;
@@ -410,32 +525,59 @@ impl Coordinator {
     }
 }
 
-/// No usable reply from a peer: a wrong kind of reply is logged.
-fn unexpected<T>(node: NodeId, reply: Option<Msg>) -> (NodeId, Option<T>) {
-    if let Some(reply) = reply {
-        tracing::warn!(node, ?reply, "unexpected reply from a peer");
+/// A reply that is not an acceptor's answer: a configuration refusal is acted on (a newer
+/// configuration installed; ours sent to a replica behind). `true` if the replica runs a newer
+/// configuration than the round.
+fn refused(membership: &Arc<Membership>, node: NodeId, reply: Option<Msg>) -> bool {
+    match reply {
+        Some(Msg::StaleConfig(newer)) => {
+            membership.learn(*newer);
+            true
+        }
+        Some(Msg::NeedConfig { have }) => {
+            let config = membership.config();
+            tracing::debug!(
+                node,
+                have,
+                version = config.version,
+                "a replica is behind: sending it our configuration"
+            );
+            if let Some(addr) = config.addr(node).map(str::to_string) {
+                let msg = Msg::InstallConfig(Box::new((*config).clone()));
+                tokio::spawn(async move {
+                    let pool = Pool::new(Duration::from_millis(500));
+                    let _ = pool.call(&addr, msg, PHASE_TIMEOUT).await;
+                });
+            }
+            false
+        }
+        Some(other) => {
+            tracing::warn!(node, reply = ?other, "unexpected reply from a peer");
+            false
+        }
+        None => false,
     }
-    (node, None)
 }
 
 /// The next useful reply, or `None` when every replica answered or the phase timed out.
 async fn next_reply(
     replies: &mut FuturesUnordered<ReplyFuture>,
     until: Instant,
-) -> Option<(NodeId, AcceptorReply)> {
-    loop {
-        match tokio::time::timeout_at(until.into(), replies.next()).await {
-            Ok(Some((from, Some(reply)))) => return Some((from, reply)),
-            Ok(Some((_, None))) => continue,
-            Ok(None) | Err(_) => return None,
-        }
+) -> Option<(NodeId, Got)> {
+    match tokio::time::timeout_at(until.into(), replies.next()).await {
+        Ok(Some(got)) => Some(got),
+        Ok(None) | Err(_) => None,
     }
 }
 
-fn log_local(reply: Result<AcceptorReply, counter_storage::StorageError>) -> Option<AcceptorReply> {
-    reply
-        .map_err(|e| tracing::error!(error = %e, "local acceptor failed"))
-        .ok()
+fn log_local(reply: Result<AcceptorReply, counter_storage::StorageError>) -> Got {
+    match reply {
+        Ok(r) => Got::Reply(r),
+        Err(e) => {
+            tracing::error!(error = %e, "local acceptor failed");
+            Got::Nothing
+        }
+    }
 }
 
 fn failure(f: Failure) -> ClientError {

@@ -19,6 +19,8 @@ pub mod admin;
 pub mod bootstrap;
 pub mod command;
 pub mod coordinator;
+pub mod join;
 pub mod logging;
+pub mod membership;
 pub mod node;
 pub mod status;

@@ -1,13 +1,13 @@
 //! A storage node: acceptor of its shards, coordinator of the keys routed to it.
 
 use crate::coordinator::Coordinator;
+use crate::membership::Membership;
 use crate::status::Reporter;
-use counter_cluster::{Cluster, Placement};
+use counter_cluster::{placement_msg, shard_of};
 use counter_core::change::MAX_CLIENTS_LIMIT;
-use counter_core::AcceptorReply;
+use counter_core::{AcceptorReply, Limits};
 use counter_proto::{
     validate_command, validate_key, validate_register, ClientError, Command, Msg, NodeId, Outcome,
-    ShardId,
 };
 use counter_router::forward::{msg_name, DEFAULT_TIMEOUT_MS};
 use counter_storage::Store;
@@ -16,46 +16,35 @@ use std::time::Duration;
 
 pub struct Node {
     id: NodeId,
-    /// The answer to `GetPlacement` (the cluster file's shards, replication and members).
-    placement_msg: Msg,
-    placement: Placement,
-    /// Replica set of every shard (shared with rounds without copying).
-    replicas: Vec<Arc<[NodeId]>>,
     store: Arc<Store>,
+    membership: Arc<Membership>,
     coordinator: Arc<Coordinator>,
     /// Answers `NodeStatus`.
     reporter: Arc<Reporter>,
 }
 
 impl Node {
-    /// Node `id` of `cluster`, serving from `store`; `reporter` knows its placement.
+    /// Node `id`, serving from `store` under `membership`'s configuration; `limits`: what
+    /// registers keep of their clients' requests (the cluster file's).
     pub fn new(
         id: NodeId,
-        cluster: &Cluster,
+        limits: Limits,
         store: Arc<Store>,
+        membership: Arc<Membership>,
         reporter: Arc<Reporter>,
     ) -> Arc<Node> {
-        let placement = reporter.placement().clone();
-        let replicas = (0..placement.shards())
-            .map(|s| Arc::from(placement.replicas(s)))
-            .collect();
-        let coordinator =
-            Coordinator::new(id, store.clone(), cluster.nodes.clone(), cluster.limits);
+        let coordinator = Coordinator::new(id, store.clone(), membership.clone(), limits);
         Arc::new(Node {
             id,
-            placement_msg: cluster.placement_msg(),
-            placement,
-            replicas,
             store,
+            membership,
             coordinator,
             reporter,
         })
     }
 
-    fn is_replica(&self, shard: ShardId) -> bool {
-        self.replicas
-            .get(shard as usize)
-            .is_some_and(|set| set.contains(&self.id))
+    pub fn membership(&self) -> &Arc<Membership> {
+        &self.membership
     }
 
     /// Answers one message from a router, a client or another node's coordinator.
@@ -76,33 +65,29 @@ impl Node {
                 if let Err(e) = counter_core::change::check_request(&command, &ctx) {
                     return Msg::Error(e);
                 }
-                let shard = self.placement.shard_of(&key);
-                if !self.is_replica(shard) {
+                let config = self.membership.config();
+                if !config.is_member(self.id) {
                     return Msg::Error(ClientError::unavailable(format!(
-                        "node {} is not a replica of shard {shard} (replicas {:?}); \
-                         is the cluster file the same everywhere?",
-                        self.id,
-                        self.placement.replicas(shard)
+                        "node {} is not a member of the cluster (configuration version {}); \
+                         send commands to a member",
+                        self.id, config.version
                     )));
                 }
+                // Any member coordinates any key: its rounds go to the key's replicas.
+                let shard = shard_of(&key, config.shard_count());
                 let timeout_ms = if timeout_ms == 0 {
                     DEFAULT_TIMEOUT_MS
                 } else {
                     timeout_ms
                 };
                 let budget = Duration::from_millis(u64::from(timeout_ms));
-                let replicas = self.replicas[shard as usize].clone();
-                match self
-                    .coordinator
-                    .submit(shard, replicas, key, command, budget)
-                    .await
-                {
+                match self.coordinator.submit(shard, key, command, budget).await {
                     Ok(outcome) => outcome_msg(outcome, &command),
                     Err(e) => Msg::Error(e),
                 }
             }
-            Msg::Read { shard, key } => {
-                if let Some(refusal) = self.check_acceptor(shard, &key) {
+            Msg::Read { shard, key, config } => {
+                if let Some(refusal) = self.membership.check_key(shard, &key, config) {
                     return refusal;
                 }
                 match self.store.read_durable(shard, &key) {
@@ -113,8 +98,13 @@ impl Node {
                     }
                 }
             }
-            Msg::Prepare { shard, key, ballot } => {
-                if let Some(refusal) = self.check_acceptor(shard, &key) {
+            Msg::Prepare {
+                shard,
+                key,
+                ballot,
+                config,
+            } => {
+                if let Some(refusal) = self.membership.check_key(shard, &key, config) {
                     return refusal;
                 }
                 to_msg(self.store.prepare(shard, &key, ballot).await)
@@ -125,8 +115,9 @@ impl Node {
                 ballot,
                 register,
                 next,
+                config,
             } => {
-                if let Some(refusal) = self.check_acceptor(shard, &key) {
+                if let Some(refusal) = self.membership.check_key(shard, &key, config) {
                     return refusal;
                 }
                 if let Err(e) = validate_register(&register, MAX_CLIENTS_LIMIT) {
@@ -139,56 +130,57 @@ impl Node {
                 lifetime_ms,
                 counter_proto::unix_ms(),
             ),
-            Msg::GetPlacement => self.placement_msg.clone(),
-            // Another member checks, before creating its empty data dir, that it is not one
+            Msg::GetPlacement => placement_msg(&self.membership.config()),
+            Msg::GetConfig => Msg::ConfigIs(Box::new((*self.membership.config()).clone())),
+            Msg::InstallConfig(config) => {
+                self.membership.learn(*config);
+                Msg::ConfigInstalled {
+                    version: self.membership.config().version,
+                }
+            }
+            Msg::ConfigPrepare { ballot } => self.membership.on_config_prepare(ballot),
+            Msg::ConfigAccept { ballot, config } => {
+                self.membership.on_config_accept(ballot, *config)
+            }
+            Msg::ListKeys {
+                shard,
+                after,
+                limit,
+                config,
+            } => self
+                .membership
+                .list_keys(shard, after.as_deref(), limit, config),
+            Msg::Admin(change) => match self.membership.admin(change, &self.coordinator).await {
+                Ok(done) => Msg::AdminDone(done),
+                Err(e) => Msg::Error(e),
+            },
+            // Another node checks, before creating its empty data dir, that it is not one
             // whose disk was lost (`bootstrap`): this node serves, so it says so.
             Msg::Identify => match self.store.identity() {
                 Some(identity) => Msg::Identity {
                     cluster_id: identity.cluster_id,
                     node: self.id,
-                    config_version: identity.config.version,
+                    config_version: self.membership.config().version,
                     state: self.store.data_state(),
                 },
                 None => Msg::Error(ClientError::unavailable(
                     "this node's data dir records no identity",
                 )),
             },
-            Msg::NodeStatus => {
-                let config_version = self
-                    .store
-                    .identity()
-                    .map_or(counter_proto::BOOTSTRAP_CONFIG_VERSION, |i| {
-                        i.config.version
-                    });
-                Msg::NodeStatusReply(
-                    self.reporter
-                        .report(
-                            self.store.data_state(),
-                            config_version,
-                            Some(self.store.epoch()),
-                        )
-                        .await,
-                )
-            }
+            Msg::NodeStatus => Msg::NodeStatusReply(
+                self.reporter
+                    .report(
+                        self.store.data_state(),
+                        &self.membership.config(),
+                        Some(self.store.epoch()),
+                    )
+                    .await,
+            ),
             other => Msg::Error(ClientError::invalid(format!(
                 "a node does not take {} messages",
                 msg_name(&other)
             ))),
         }
-    }
-
-    /// Refuses acceptor requests for keys this node does not replicate (or in the wrong shard).
-    fn check_acceptor(&self, shard: ShardId, key: &str) -> Option<Msg> {
-        if let Err(e) = validate_key(key) {
-            return Some(Msg::Error(e));
-        }
-        if self.placement.shard_of(key) != shard || !self.is_replica(shard) {
-            return Some(Msg::Error(ClientError::invalid(format!(
-                "node {} does not replicate key {key:?} in shard {shard}",
-                self.id
-            ))));
-        }
-        None
     }
 }
 

@@ -3,11 +3,11 @@
 //! majority of the replicas of each of its shards, which it finds out by asking every peer
 //! `Identify` when asked (a question that writes nothing), with a short timeout.
 
-use counter_cluster::{Cluster, Placement};
+use counter_cluster::Placement;
 use counter_net::Pool;
-use counter_proto::{DataState, Msg, NodeId, NodeStatus};
+use counter_proto::{Config, DataState, Msg, NodeId, NodeStatus};
 use counter_router::status::{peer_is_up, shards_without_quorum, PEER_TIMEOUT};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 /// What a node knows about itself from its start, to report its status at any moment.
@@ -15,52 +15,33 @@ pub struct Reporter {
     id: NodeId,
     listen: String,
     cluster_id: u64,
-    replication: u32,
-    placement: Placement,
-    /// The other members: id → addr.
-    peers: BTreeMap<NodeId, String>,
     pool: Pool,
     started: Instant,
 }
 
 impl Reporter {
     /// `started`: when the process started (uptime counts from it).
-    pub fn new(
-        id: NodeId,
-        listen: String,
-        cluster_id: u64,
-        cluster: &Cluster,
-        placement: Placement,
-        started: Instant,
-    ) -> Reporter {
-        let mut peers = cluster.nodes.clone();
-        peers.remove(&id);
+    pub fn new(id: NodeId, listen: String, cluster_id: u64, started: Instant) -> Reporter {
         Reporter {
             id,
             listen,
             cluster_id,
-            replication: cluster.replication as u32,
-            placement,
-            peers,
             pool: Pool::new(PEER_TIMEOUT),
             started,
         }
     }
 
-    /// Where the cluster file places shards (computed once, shared with the [`Node`]).
-    ///
-    /// [`Node`]: crate::node::Node
-    pub fn placement(&self) -> &Placement {
-        &self.placement
-    }
-
-    /// The peers that answer `Identify` as serving members of this cluster, now.
-    async fn peers_up(&self) -> BTreeSet<NodeId> {
-        let asks = self.peers.iter().map(|(&peer, addr)| async move {
-            let answer = self.pool.call(addr, Msg::Identify, PEER_TIMEOUT).await;
-            let up = answer.is_ok_and(|msg| peer_is_up(peer, self.cluster_id, &msg));
-            (peer, up)
-        });
+    /// The peers of `config` that answer `Identify` as serving members of this cluster, now.
+    async fn peers_up(&self, config: &Config) -> BTreeSet<NodeId> {
+        let asks = config
+            .members
+            .iter()
+            .filter(|(&peer, _)| peer != self.id)
+            .map(|(&peer, addr)| async move {
+                let answer = self.pool.call(addr, Msg::Identify, PEER_TIMEOUT).await;
+                let up = answer.is_ok_and(|msg| peer_is_up(peer, self.cluster_id, &msg));
+                (peer, up)
+            });
         futures::future::join_all(asks)
             .await
             .into_iter()
@@ -68,27 +49,28 @@ impl Reporter {
             .collect()
     }
 
-    /// This node's status: its data dir is in `state`, at configuration `config_version`,
-    /// opened with `epoch` (`None`: not open yet).
+    /// This node's status: its data dir is in `state`, it runs `config`, opened with `epoch`
+    /// (`None`: not open yet).
     pub async fn report(
         &self,
         state: DataState,
-        config_version: u64,
+        config: &Config,
         epoch: Option<u32>,
     ) -> NodeStatus {
-        let up = self.peers_up().await;
+        let up = self.peers_up(config).await;
         let serving = state == DataState::Serving;
-        let without = shards_without_quorum(&self.placement, self.id, serving, &up);
+        let placement = Placement::from_config(config);
+        let without = shards_without_quorum(&placement, self.id, serving, &up);
         NodeStatus {
             node: self.id,
             listen: self.listen.clone(),
             cluster_id: self.cluster_id,
-            config_version,
+            config_version: config.version,
             state,
             epoch,
-            shards: self.placement.shards_of(self.id).count() as u32,
-            shards_total: self.placement.shards(),
-            replication: self.replication,
+            shards: placement.shards_of(self.id).count() as u32,
+            shards_total: placement.shards(),
+            replication: config.replication,
             uptime_secs: self.started.elapsed().as_secs(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             peers_up: up.into_iter().collect(),

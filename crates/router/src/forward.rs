@@ -4,9 +4,11 @@
 use counter_cluster::{Cluster, Placement};
 use counter_net::{CallError, Pool};
 use counter_proto::{
-    validate_command, validate_key, ClientError, Command, ErrorKind, Msg, NodeId, ShardId,
+    validate_command, validate_key, Change, ClientError, Command, Config, ErrorKind, Msg, NodeId,
+    ShardId,
 };
 use dashmap::DashMap;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 /// How long a node that refused a connection is tried last.
@@ -18,32 +20,112 @@ const RETRY_BACKOFF_START: Duration = Duration::from_millis(10);
 /// Default budget of a command whose sender gave none.
 pub const DEFAULT_TIMEOUT_MS: u32 = 10_000;
 
-/// A stateless router.
+/// How often the router asks the members for a newer configuration.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+/// How long an admin command may run on the node that drives it.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The configuration the router places keys with, and its placement.
+pub struct View {
+    pub config: Config,
+    pub placement: Placement,
+}
+
+/// A stateless router: it keeps no data, only the newest configuration the members told it.
 pub struct Router {
+    /// The cluster file: where to ask first, and the limits of sessions.
     cluster: Cluster,
-    placement: Placement,
+    view: RwLock<Arc<View>>,
     pool: Pool,
     /// Nodes that recently could not be reached, and since when.
     down: DashMap<NodeId, Instant>,
 }
 
 impl Router {
+    /// A router for the cluster `cluster` describes. Until a member answers, it places keys as
+    /// the file's bootstrap configuration does; [`Router::spawn_refresh`] keeps it current.
     pub fn new(cluster: Cluster) -> Router {
-        let placement = Placement::new(&cluster);
+        // Cluster id 0: not known yet (the members' answers carry it).
+        let config = cluster.bootstrap_config(0);
+        let placement = Placement::from_config(&config);
         Router {
             cluster,
-            placement,
+            view: RwLock::new(Arc::new(View { config, placement })),
             pool: Pool::new(Duration::from_millis(500)),
             down: DashMap::new(),
         }
     }
 
-    pub fn placement(&self) -> &Placement {
-        &self.placement
+    /// The configuration and placement the router uses now.
+    pub fn view(&self) -> Arc<View> {
+        self.view.read().expect("view lock").clone()
     }
 
     pub fn cluster(&self) -> &Cluster {
         &self.cluster
+    }
+
+    /// Asks every member (of the current configuration and of the cluster file) for its
+    /// configuration, and moves to the newest.
+    pub async fn refresh(&self) {
+        let view = self.view();
+        let mut addrs: Vec<String> = view.config.members.values().cloned().collect();
+        for addr in self.cluster.nodes.values() {
+            if !addrs.contains(addr) {
+                addrs.push(addr.clone());
+            }
+        }
+        let asks = addrs.iter().map(|addr| async move {
+            match self
+                .pool
+                .call(addr, Msg::GetConfig, Duration::from_millis(800))
+                .await
+            {
+                Ok(Msg::ConfigIs(config)) => Some(*config),
+                _ => None,
+            }
+        });
+        let newest = futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .max_by_key(|c| c.version);
+        if let Some(newest) = newest {
+            let current = &view.config;
+            let unknown_yet = current.cluster_id == 0;
+            if newest.version > current.version || (unknown_yet && newest.cluster_id != 0) {
+                if !unknown_yet && newest.cluster_id != current.cluster_id {
+                    tracing::warn!(
+                        cluster_id = %format!("{:016x}", newest.cluster_id),
+                        "a member answered with another cluster's configuration; ignored"
+                    );
+                    return;
+                }
+                tracing::info!(
+                    version = newest.version,
+                    moving = newest.moving().count(),
+                    "configuration changed"
+                );
+                let placement = Placement::from_config(&newest);
+                *self.view.write().expect("view lock") = Arc::new(View {
+                    config: newest,
+                    placement,
+                });
+            }
+        }
+    }
+
+    /// Refreshes the configuration now and every [`REFRESH_EVERY`], while the router lives.
+    pub fn spawn_refresh(self: &Arc<Self>) {
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(router) = this.upgrade() else { return };
+                router.refresh().await;
+                drop(router);
+                tokio::time::sleep(REFRESH_EVERY).await;
+            }
+        });
     }
 
     pub(crate) fn pool(&self) -> &Pool {
@@ -65,8 +147,10 @@ impl Router {
             Msg::OpenSession { lifetime_ms } => {
                 session_opened(&self.cluster.limits, lifetime_ms, counter_proto::unix_ms())
             }
-            Msg::GetPlacement => self.cluster.placement_msg(),
+            Msg::GetPlacement => counter_cluster::placement_msg(&self.view().config),
+            Msg::GetConfig => Msg::ConfigIs(Box::new(self.view().config.clone())),
             Msg::Status => Msg::ClusterStatus(self.status().await),
+            Msg::Admin(change) => self.admin(change).await,
             other => Msg::Error(ClientError::invalid(format!(
                 "a router only takes commands, not {}",
                 msg_name(&other)
@@ -74,10 +158,42 @@ impl Router {
         }
     }
 
+    /// Hands an admin command to a member (the first that answers), which drives it to its
+    /// end. A member that cannot be reached gets the next; one that took the command answers.
+    async fn admin(&self, change: Change) -> Msg {
+        self.refresh().await;
+        let view = self.view();
+        let mut errors = Vec::new();
+        for (&node, addr) in &view.config.members {
+            match self
+                .pool
+                .call(addr, Msg::Admin(change.clone()), ADMIN_TIMEOUT)
+                .await
+            {
+                Ok(reply) => {
+                    // The change is agreed: place keys by it at once.
+                    self.refresh().await;
+                    return reply;
+                }
+                Err(CallError::NotSent(e)) => errors.push(format!("node {node}: {e}")),
+                Err(CallError::Lost(e)) => {
+                    return Msg::Error(ClientError::unavailable(format!(
+                        "node {node}, which was running the command, {e}; run the same command \
+                         again (it resumes)"
+                    )))
+                }
+            }
+        }
+        Msg::Error(ClientError::unavailable(format!(
+            "no member could take the command: {}",
+            errors.join("; ")
+        )))
+    }
+
     /// The key's replicas in preference order, recently unreachable nodes last.
-    fn order(&self, key: &str) -> (ShardId, Vec<NodeId>) {
-        let shard = self.placement.shard_of(key);
-        let mut order: Vec<NodeId> = self.placement.replicas(shard).to_vec();
+    fn order(&self, view: &View, key: &str) -> (ShardId, Vec<NodeId>) {
+        let shard = view.placement.shard_of(key);
+        let mut order: Vec<NodeId> = view.placement.replicas(shard).to_vec();
         order.sort_by_key(|n| {
             self.down
                 .get(n)
@@ -110,9 +226,10 @@ impl Router {
         let mut errors = Vec::new();
         let mut unknown: Option<ClientError> = None;
         for pass in 0u32.. {
-            let (shard, order) = self.order(&key);
+            let view = self.view();
+            let (shard, order) = self.order(&view, &key);
             for node in order {
-                let Some(addr) = self.cluster.addr(node) else {
+                let Some(addr) = view.config.addr(node) else {
                     continue;
                 };
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -222,5 +339,18 @@ pub fn msg_name(msg: &Msg) -> &'static str {
         Msg::ClusterStatus(_) => "ClusterStatus",
         Msg::NodeStatus => "NodeStatus",
         Msg::NodeStatusReply(_) => "NodeStatusReply",
+        Msg::StaleConfig(_) => "StaleConfig",
+        Msg::NeedConfig { .. } => "NeedConfig",
+        Msg::GetConfig => "GetConfig",
+        Msg::ConfigIs(_) => "ConfigIs",
+        Msg::InstallConfig(_) => "InstallConfig",
+        Msg::ConfigInstalled { .. } => "ConfigInstalled",
+        Msg::ConfigPrepare { .. } => "ConfigPrepare",
+        Msg::ConfigPromise { .. } => "ConfigPromise",
+        Msg::ConfigAccept { .. } => "ConfigAccept",
+        Msg::ListKeys { .. } => "ListKeys",
+        Msg::Keys { .. } => "Keys",
+        Msg::Admin(_) => "Admin",
+        Msg::AdminDone(_) => "AdminDone",
     }
 }

@@ -2,11 +2,10 @@
 //! be served (the rules are in `counter_proto::status`).
 
 use crate::forward::{msg_name, Router};
-use counter_cluster::{Cluster, Placement};
+use counter_cluster::Placement;
 use counter_proto::status::MAX_LISTED_SHARDS;
 use counter_proto::{
-    encode_frame, ClusterStatus, DataState, Frame, MemberStatus, Msg, NodeId,
-    BOOTSTRAP_CONFIG_VERSION,
+    encode_frame, ClusterStatus, Config, DataState, Frame, MemberStatus, Msg, NodeId, ShardMove,
 };
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -18,10 +17,11 @@ pub const NODE_TIMEOUT: Duration = Duration::from_millis(1500);
 pub const PEER_TIMEOUT: Duration = Duration::from_millis(500);
 
 impl Router {
-    /// Asks every member of the cluster file at once, and judges the answers.
+    /// Asks every member of the agreed configuration at once, and judges the answers.
     pub async fn status(&self) -> ClusterStatus {
-        let cluster = self.cluster();
-        let asks = cluster.nodes.iter().map(|(&node, addr)| async move {
+        self.refresh().await;
+        let view = self.view();
+        let asks = view.config.members.iter().map(|(&node, addr)| async move {
             let status = match self.pool().call(addr, Msg::NodeStatus, NODE_TIMEOUT).await {
                 Ok(Msg::NodeStatusReply(status)) => Ok(status),
                 Ok(Msg::Error(e)) => Err(format!("answered {e}")),
@@ -35,20 +35,18 @@ impl Router {
             }
         });
         let members = futures::future::join_all(asks).await;
-        let mut status = summarize(cluster, self.placement(), members);
+        let mut status = summarize(&view.config, members);
         fit_in_a_frame(&mut status);
         status
     }
 }
 
-/// The cluster's status from its members' answers (`members`: every member of `cluster`).
-pub fn summarize(
-    cluster: &Cluster,
-    placement: &Placement,
-    members: Vec<MemberStatus>,
-) -> ClusterStatus {
+/// The cluster's status from its members' answers (`members`: every member of `config`).
+pub fn summarize(config: &Config, members: Vec<MemberStatus>) -> ClusterStatus {
     let mut warnings = Vec::new();
-    let replication = cluster.replication as u32;
+    let placement = &Placement::from_config(config);
+    let replication = config.replication;
+    let shards = config.shard_count();
     // Members whose answer counts: the node the cluster file names, serving.
     let mut serving: std::collections::BTreeMap<NodeId, BTreeSet<NodeId>> = Default::default();
     let mut cluster_ids = BTreeSet::new();
@@ -56,34 +54,32 @@ pub fn summarize(
         let Ok(s) = &m.status else { continue };
         if s.node != m.node {
             warnings.push(format!(
-                "{} (node {} in the router's cluster file) is answered by node {}: the \
-                 addresses in the cluster files differ",
+                "{} (node {}'s address in the configuration) is answered by node {}",
                 m.addr, m.node, s.node
             ));
             continue;
         }
         cluster_ids.insert(s.cluster_id);
-        if s.replication != replication || s.shards_total != cluster.shards {
+        if s.replication != replication || s.shards_total != shards {
             warnings.push(format!(
-                "node {} runs with replication {} and {} shards; the router's cluster file \
-                 says replication {replication} and {} shards",
-                m.node, s.replication, s.shards_total, cluster.shards
+                "node {} runs with replication {} and {} shards; the configuration says \
+                 replication {replication} and {shards} shards",
+                m.node, s.replication, s.shards_total
             ));
-        } else {
+        } else if s.config_version == config.version {
             let expected = placement.shards_of(m.node).count() as u32;
             if s.shards != expected {
                 warnings.push(format!(
-                    "node {} replicates {} shards, the router's cluster file places {expected} \
-                     on it: the cluster files differ (members?)",
+                    "node {} replicates {} shards, the configuration places {expected} on it",
                     m.node, s.shards
                 ));
             }
         }
-        if s.config_version != BOOTSTRAP_CONFIG_VERSION {
+        if s.config_version != config.version {
             warnings.push(format!(
-                "node {} runs configuration version {}, the router's cluster file is version \
-                 {BOOTSTRAP_CONFIG_VERSION}",
-                m.node, s.config_version
+                "node {} runs configuration version {}, the router's is version {} (it catches \
+                 up within seconds)",
+                m.node, s.config_version, config.version
             ));
         }
         if s.state == DataState::Serving {
@@ -100,17 +96,17 @@ pub fn summarize(
     }
     let mut shards_available = 0;
     let mut unavailable_shards = Vec::new();
-    for shard in 0..placement.shards() {
-        let replicas = placement.replicas(shard);
-        let majority = replicas.len() / 2 + 1;
-        // Some replica serves and reaches a majority of the shard's replicas, itself included.
+    for (shard, set) in config.shards.iter().enumerate() {
+        let shard = shard as u32;
+        let replicas = set.nodes();
+        let majority_of = |group: &[NodeId], c: &NodeId, up: &BTreeSet<NodeId>| {
+            group.iter().filter(|&r| r == c || up.contains(r)).count() > group.len() / 2
+        };
+        // Some replica serves and reaches a majority of the shard's replicas (of both sets
+        // while it moves), itself included.
         let coordinator = replicas.iter().any(|c| {
             serving.get(c).is_some_and(|up| {
-                replicas
-                    .iter()
-                    .filter(|&r| r == c || up.contains(r))
-                    .count()
-                    >= majority
+                majority_of(&set.old, c, up) && (!set.is_moving() || majority_of(&set.new, c, up))
             })
         });
         if coordinator {
@@ -122,9 +118,9 @@ pub fn summarize(
     let answered = |m: &&MemberStatus| m.status.is_ok();
     ClusterStatus {
         router_version: env!("CARGO_PKG_VERSION").to_string(),
-        config_version: BOOTSTRAP_CONFIG_VERSION,
+        config_version: config.version,
         replication,
-        shards: cluster.shards,
+        shards,
         nodes: members.len() as u32,
         nodes_reachable: members.iter().filter(answered).count() as u32,
         nodes_ready: members
@@ -134,7 +130,14 @@ pub fn summarize(
         members,
         shards_available,
         unavailable_shards,
-        moves: Vec::new(),
+        moves: config
+            .moving()
+            .map(|(shard, set)| ShardMove {
+                shard,
+                from: set.old.clone(),
+                to: set.new.clone(),
+            })
+            .collect(),
         warnings,
     }
 }
@@ -225,6 +228,7 @@ pub fn peer_is_up(peer: NodeId, cluster_id: u64, answer: &Msg) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use counter_cluster::Cluster;
     use counter_proto::NodeStatus;
 
     fn cluster(nodes: u32, r: usize, shards: u32) -> Cluster {
@@ -283,7 +287,7 @@ mod tests {
     fn a_shard_is_available_while_a_majority_of_its_replicas_is_up() {
         let c = cluster(5, 3, 64);
         let p = Placement::new(&c);
-        let all = summarize(&c, &p, members(&c, &p, &[1, 2, 3, 4, 5]));
+        let all = summarize(&c.bootstrap_config(7), members(&c, &p, &[1, 2, 3, 4, 5]));
         assert_eq!((all.nodes, all.nodes_reachable, all.nodes_ready), (5, 5, 5));
         assert_eq!(all.shards_available, 64);
         assert!(all.all_available() && all.unavailable_shards.is_empty());
@@ -291,7 +295,7 @@ mod tests {
         assert!(all.moves.is_empty());
 
         // Nodes 1 and 2 down: exactly the shards with both among their replicas are lost.
-        let s = summarize(&c, &p, members(&c, &p, &[3, 4, 5]));
+        let s = summarize(&c.bootstrap_config(7), members(&c, &p, &[3, 4, 5]));
         let lost: Vec<u32> = (0..64)
             .filter(|&sh| {
                 let r = p.replicas(sh);
@@ -318,7 +322,7 @@ mod tests {
         let p = Placement::new(&c);
         // Node 1 answers the router but reaches no peer; 2 and 3 are down.
         let mut m = members(&c, &p, &[1]);
-        let s = summarize(&c, &p, m.clone());
+        let s = summarize(&c.bootstrap_config(7), m.clone());
         assert_eq!(
             (s.nodes_reachable, s.nodes_ready, s.shards_available),
             (1, 0, 0)
@@ -326,7 +330,7 @@ mod tests {
         assert_eq!(s.unavailable_shards, (0..8).collect::<Vec<_>>());
         // Node 1 reaches node 2 (the router does not): a majority, so every shard is served.
         m[0] = answer(&c, &p, 1, &[1, 2]);
-        let s = summarize(&c, &p, m);
+        let s = summarize(&c.bootstrap_config(7), m);
         assert_eq!(
             (s.nodes_reachable, s.nodes_ready, s.shards_available),
             (1, 1, 8)
@@ -338,7 +342,7 @@ mod tests {
                 n.state = DataState::Created;
             }
         }
-        assert_eq!(summarize(&c, &p, m).shards_available, 0);
+        assert_eq!(summarize(&c.bootstrap_config(7), m).shards_available, 0);
     }
 
     #[test]
@@ -356,7 +360,7 @@ mod tests {
         if let Ok(n) = &mut m[2].status {
             n.config_version = 2;
         }
-        let w = summarize(&c, &p, m).warnings.join("\n");
+        let w = summarize(&c.bootstrap_config(7), m).warnings.join("\n");
         assert!(w.contains("answered by node 9"), "{w}");
         assert!(w.contains("node 1 replicates 9 shards"), "{w}");
         assert!(w.contains("different clusters"), "{w}");
@@ -392,7 +396,7 @@ mod tests {
         let c = cluster(300, 3, 64);
         let p = Placement::new(&c);
         let up: Vec<NodeId> = (1..=300).collect();
-        let mut s = summarize(&c, &p, members(&c, &p, &up));
+        let mut s = summarize(&c.bootstrap_config(7), members(&c, &p, &up));
         assert!(!fits(&s));
         fit_in_a_frame(&mut s);
         assert!(fits(&s));
@@ -402,7 +406,7 @@ mod tests {
             "{:?}",
             s.warnings
         );
-        let mut small = summarize(&c, &p, members(&c, &p, &up[..3]));
+        let mut small = summarize(&c.bootstrap_config(7), members(&c, &p, &up[..3]));
         small.members.truncate(3);
         let before = small.clone();
         fit_in_a_frame(&mut small);

@@ -54,6 +54,14 @@ pub struct Config {
     /// Clients retry through it and give up at their deadline; after it, none may be answered
     /// expired.
     pub blackout: Option<(u64, u64)>,
+    /// Shards keys are split into (`k{i}` is in shard `i % shards`) and the nodes each is
+    /// replicated on (0: every node). The presets but `membership` have one shard on every node.
+    pub shards: usize,
+    pub replication: usize,
+    /// Membership changes during the run (the `membership` setting): a mover adds a node,
+    /// removes an original one and replaces another (lost for good with its disk), retrying
+    /// after faults like the admin command; after it, every key is read once more.
+    pub membership: bool,
     /// Planted bugs, for showing that the simulation catches them (see `tools/plant-bugs.sh`).
     pub mutation: Mutation,
 }
@@ -79,6 +87,46 @@ pub enum Mutation {
     /// Clients keep using a session until its renewal time, whatever their request's deadline
     /// (without the client library's rule), so a request's retries may outlive the session.
     RenewLate,
+    /// The mover switches from the joint configuration to the final one without the rescan's
+    /// identity rounds.
+    SkipRescan,
+    /// Rounds and quiet reads on a moving shard count a majority of its old set alone as a
+    /// quorum (they still send to both sets), instead of a majority of each set.
+    OldVotesCount,
+    /// A node drops a shard's data when it installs the joint configuration that moves the
+    /// shard away from it, instead of the final one.
+    DropBeforeCommit,
+    /// Acceptors admit messages sent under an older configuration version.
+    NoFence,
+}
+
+impl Mutation {
+    /// Every mutation with its `--mutation` name.
+    pub const ALL: [(&'static str, Mutation); 12] = [
+        ("none", Mutation::None),
+        ("promise-not-persisted", Mutation::PromiseNotPersisted),
+        ("retry-ambiguous", Mutation::RetryAmbiguous),
+        ("read-one-replica", Mutation::ReadOneReplica),
+        ("forget-request-ids", Mutation::ForgetRequestIds),
+        ("quiet-read-any-reply", Mutation::QuietReadAnyReply),
+        (
+            "expired-means-not-applied",
+            Mutation::ExpiredMeansNotApplied,
+        ),
+        ("renew-late", Mutation::RenewLate),
+        ("skip-rescan", Mutation::SkipRescan),
+        ("old-votes-count", Mutation::OldVotesCount),
+        ("drop-before-commit", Mutation::DropBeforeCommit),
+        ("no-fence", Mutation::NoFence),
+    ];
+
+    /// The mutation named `name` (`--mutation`).
+    pub fn named(name: &str) -> Option<Mutation> {
+        Mutation::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|&(_, m)| m)
+    }
 }
 
 impl Config {
@@ -115,6 +163,9 @@ impl Config {
             },
             clock_skew: 0,
             blackout: None,
+            shards: 1,
+            replication: 0,
+            membership: false,
             mutation: Mutation::None,
         }
     }
@@ -138,7 +189,7 @@ impl Config {
         }
     }
 
-    /// A preset by name (`cluster`, `hostile`, `sessions`, `crowded`).
+    /// A preset by name (`cluster`, `hostile`, `sessions`, `crowded`, `outage`, `membership`).
     pub fn setting(name: &str, nodes: usize) -> Option<Config> {
         Some(match name {
             "cluster" => Config::cluster(nodes),
@@ -146,6 +197,7 @@ impl Config {
             "sessions" => Config::sessions(nodes),
             "crowded" => Config::crowded(nodes),
             "outage" => Config::outage(nodes),
+            "membership" => Config::membership(nodes),
             _ => return None,
         })
     }
@@ -207,6 +259,23 @@ impl Config {
             },
             coordinators: vec![1, 2],
             ..Config::sessions(nodes)
+        }
+    }
+
+    /// Membership changes under the cluster's faults: keys in a few shards of 3 replicas each,
+    /// and a mover that adds a node, removes an original one and replaces another (lost for
+    /// good) while clients count (`sim/membership.rs`). Every history must stay linearizable,
+    /// with a last read of every key once the changes are done.
+    pub fn membership(nodes: usize) -> Config {
+        Config {
+            setting: "membership",
+            clients: 4,
+            keys: 6,
+            ops_per_client: 20,
+            shards: 3,
+            replication: 3,
+            membership: true,
+            ..Config::cluster(nodes)
         }
     }
 

@@ -51,6 +51,12 @@ pub struct Stats {
     pub sessions: usize,
     /// Batches that started in phase 2, prepared by the round before (one round trip).
     pub warm_rounds: usize,
+    /// Membership changes done (`membership` setting: 3 per run when the mover finishes).
+    pub changes: usize,
+    /// Runs of an admin command that failed (a fault) and were run again.
+    pub moves_retried: usize,
+    /// Identity rounds of the rescans.
+    pub identity_rounds: usize,
 }
 
 /// A finished run.

@@ -3,12 +3,16 @@
 //!     counter-sim [--nodes 3|5] [--seed S | --seeds N [--from S] | --forever]
 //!                 [--mutation none|promise-not-persisted|retry-ambiguous|read-one-replica|
 //!                             forget-request-ids|quiet-read-any-reply|
-//!                             expired-means-not-applied|renew-late]
-//!                 [--setting cluster|hostile|sessions|crowded|outage] [--hostile] [--request-ids]
-//!                 [--clock-skew TICKS] [--verbose]
+//!                             expired-means-not-applied|renew-late|skip-rescan|
+//!                             old-votes-count|drop-before-commit|no-fence]
+//!                 [--setting cluster|hostile|sessions|crowded|outage|membership] [--hostile]
+//!                 [--request-ids]
+//!                 [--clock-skew TICKS] [--verbose] [--keep-going]
 //!
 //! Exits 1 at the first history that is not linearizable (or, where none may be, at the first
 //! live client answered expired), printing the seed, the replay command and a counterexample.
+//! With `--keep-going`, runs every seed and lists the failing ones (how often a planted bug is
+//! caught), exiting 1 if any failed.
 
 use counter_check::Verdict;
 use counter_sim::{run, Config, Mutation};
@@ -24,6 +28,8 @@ fn main() -> ExitCode {
     let mut request_ids = false;
     let mut clock_skew = None;
     let mut mutation = Mutation::None;
+    let mut keep_going = false;
+    let mut failed: Vec<(u64, usize)> = Vec::new();
     let mut i = 0;
     let value = |i: usize| -> &str {
         args.get(i + 1).map(String::as_str).unwrap_or_else(|| {
@@ -58,6 +64,7 @@ fn main() -> ExitCode {
             }
             "--forever" => count = None,
             "--verbose" => verbose = true,
+            "--keep-going" => keep_going = true,
             "--hostile" => setting = "hostile".into(),
             "--setting" => {
                 setting = value(i).to_string();
@@ -73,17 +80,10 @@ fn main() -> ExitCode {
             }
             "--request-ids" => request_ids = true,
             "--mutation" => {
-                mutation = match value(i) {
-                    "none" => Mutation::None,
-                    "promise-not-persisted" => Mutation::PromiseNotPersisted,
-                    "retry-ambiguous" => Mutation::RetryAmbiguous,
-                    "read-one-replica" => Mutation::ReadOneReplica,
-                    "forget-request-ids" => Mutation::ForgetRequestIds,
-                    "quiet-read-any-reply" => Mutation::QuietReadAnyReply,
-                    "expired-means-not-applied" => Mutation::ExpiredMeansNotApplied,
-                    "renew-late" => Mutation::RenewLate,
-                    other => {
-                        eprintln!("counter-sim: unknown mutation {other}");
+                mutation = match Mutation::named(value(i)) {
+                    Some(m) => m,
+                    None => {
+                        eprintln!("counter-sim: unknown mutation {}", value(i));
                         return ExitCode::from(2);
                     }
                 };
@@ -118,6 +118,11 @@ fn main() -> ExitCode {
                 println!("seed {seed} nodes {n}: {:?}", r.stats);
             }
             if let Some(problem) = r.problem(&cfg) {
+                if keep_going {
+                    println!("FAILED: seed {seed} ({n} nodes)");
+                    failed.push((seed, n));
+                    continue;
+                }
                 println!("FAILED: {problem}");
                 println!("stats: {:?}", r.stats);
                 return ExitCode::FAILURE;
@@ -132,9 +137,13 @@ fn main() -> ExitCode {
             }
         }
         if runs.is_multiple_of(1000) && !verbose {
-            eprintln!("{runs} runs, all correct (seed {seed})");
+            eprintln!("{runs} runs, {} failed (seed {seed})", failed.len());
         }
         seed += 1;
+    }
+    if !failed.is_empty() {
+        println!("{} of {runs} runs failed from seed {from}", failed.len());
+        return ExitCode::FAILURE;
     }
     println!("{runs} runs from seed {from}: all linearizable, no live client refused");
     ExitCode::SUCCESS

@@ -1,17 +1,21 @@
 //! The simulated cluster and its event loop: messages, timers, faults, on simulated time.
 //!
 //! The state types and the loop are here; what the clients do is in `client`, what a node
-//! does with a message (acceptor and coordinator, as `counter-node` does) in `node`.
+//! does with a message (acceptor and coordinator, as `counter-node` does) in `node`, the
+//! configurations nodes run and the mover that changes them in `membership`.
 
 use crate::{Config, Rng, Run, Stats};
 use counter_check::Operation;
 use counter_core::{AcceptorReply, AcceptorState, Action, Ctx, Decider, QuietRead, Warm};
-use counter_proto::{Ballot, Command, NodeId, Register};
+use counter_proto::{Ballot, Command, Config as ClusterConfig, NodeId, Register};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 mod client;
+mod membership;
 mod node;
+
+use membership::{Mover, Refusal};
 
 #[derive(Clone, Debug)]
 enum Payload {
@@ -26,15 +30,21 @@ enum Payload {
         req: u64,
         result: Result<i64, Failed>,
     },
+    /// Every Prepare, Accept and Read carries the configuration version its coordinator runs
+    /// (the fence) and the phase it belongs to (`gen`: what the node's reply future is tied to).
     Prepare {
         key: String,
         ballot: Ballot,
+        version: u64,
+        gen: u64,
     },
     Accept {
         key: String,
         ballot: Ballot,
         register: Register,
         next: Option<Ballot>,
+        version: u64,
+        gen: u64,
     },
     Reply {
         key: String,
@@ -43,10 +53,44 @@ enum Payload {
     /// A quiet read's question, and an acceptor's durably accepted ballot and value.
     Read {
         key: String,
+        version: u64,
+        gen: u64,
     },
     ReadReply {
         key: String,
         accepted: Option<(Ballot, i64)>,
+    },
+    /// An acceptor's refusal of a Prepare, Accept or Read of phase `gen` (the node's
+    /// `StaleConfig`, `NeedConfig`, or "does not hold the shard").
+    Refused {
+        key: String,
+        gen: u64,
+        why: Refusal,
+    },
+    /// A configuration pushed to a node (the mover's install, a coordinator's answer to
+    /// `NeedConfig`), and the version it runs after it.
+    InstallConfig(Box<ClusterConfig>),
+    ConfigInstalled {
+        version: u64,
+    },
+    /// A node's periodic question for the newest configuration, and the answer.
+    GetConfig,
+    ConfigIs(Box<ClusterConfig>),
+    /// The mover's request for a shard's keys (of its `run`), and the answers.
+    ListKeys {
+        shard: u32,
+        version: u64,
+        run: u64,
+    },
+    Keys {
+        shard: u32,
+        keys: Vec<String>,
+        run: u64,
+    },
+    ListRefused {
+        shard: u32,
+        run: u64,
+        why: Refusal,
     },
 }
 
@@ -85,6 +129,39 @@ enum Event {
     Blackout,
     Heal(NodeId),
     Restart(NodeId),
+    /// A node asks the members for a newer configuration (`membership` setting).
+    Refresh(NodeId),
+    /// The routers move to the newest configuration the live nodes run.
+    RouterRefresh,
+    /// The mover's timer: (re)start a command, resend, poll, retry (`run`: the command run it
+    /// belongs to).
+    Mover {
+        run: u64,
+    },
+    /// An identity round of the mover's `run` ended.
+    IdentityDone {
+        run: u64,
+        key: String,
+        ok: bool,
+    },
+}
+
+/// Who waits for a command a coordinator runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Waiter {
+    /// Client `0`'s request `1`.
+    Client(usize, u64),
+    /// An identity round on `key` of the mover's run (a move's rescan).
+    Mover { run: u64, key: String },
+}
+
+/// A command queued at a coordinator: who waits, the command, and whether it is an identity
+/// round (a read that must be written back: never a quiet read).
+#[derive(Clone, Debug)]
+struct Queued {
+    waiter: Waiter,
+    cmd: Command,
+    write_back: bool,
 }
 
 /// Where client messages come from (clients are not nodes; they use ids above the nodes').
@@ -97,16 +174,24 @@ struct Lead {
     decider: Decider,
     /// A batch of reads first tries a quiet read (one round trip); `None` once in rounds.
     quiet: Option<QuietRead>,
-    waiters: Vec<(usize, u64)>,
+    waiters: Vec<Waiter>,
     deadline: u64,
     /// Bumped at every step so stale timers are ignored.
     gen: u64,
+    /// The key's shard, the configuration version the rounds run under, and the replicas they
+    /// send to (both sets while the shard moves).
+    shard: u32,
+    version: u64,
+    targets: Vec<NodeId>,
 }
 
-#[derive(Default)]
 struct SimNode {
     up: bool,
+    /// Lost for good with its disk (a replaced node): never restarts.
+    gone: bool,
     epoch: u32,
+    /// The configuration it runs (durable: installed before it is used).
+    config: ClusterConfig,
     /// How far this node's clock runs ahead of true time.
     clock_offset: u64,
     /// Durable acceptor state.
@@ -114,9 +199,28 @@ struct SimNode {
     /// Volatile view (differs from durable only under `PromiseNotPersisted`).
     volatile: BTreeMap<String, AcceptorState>,
     leads: BTreeMap<String, Lead>,
-    queues: BTreeMap<String, Vec<(usize, u64, Command)>>,
-    /// Keys whose next round is prepared (volatile: lost in a crash).
-    warm: BTreeMap<String, Warm>,
+    queues: BTreeMap<String, Vec<Queued>>,
+    /// Keys whose next round is prepared, with the configuration version it was prepared
+    /// under (volatile: lost in a crash).
+    warm: BTreeMap<String, (u64, Warm)>,
+}
+
+impl SimNode {
+    /// A node up with an empty store, running `config`.
+    fn new(config: ClusterConfig, clock_offset: u64) -> SimNode {
+        SimNode {
+            up: true,
+            gone: false,
+            epoch: 1,
+            clock_offset,
+            config,
+            durable: BTreeMap::new(),
+            volatile: BTreeMap::new(),
+            leads: BTreeMap::new(),
+            queues: BTreeMap::new(),
+            warm: BTreeMap::new(),
+        }
+    }
 }
 
 /// A client's session (the client library's): one request at a time.
@@ -152,6 +256,13 @@ struct Sim {
     nodes: BTreeMap<NodeId, SimNode>,
     cut: BTreeSet<NodeId>,
     clients: Vec<Client>,
+    /// Keys the last reader has still to read (`membership` setting, once the changes and the
+    /// clients are done); `None` before it starts.
+    final_keys: Option<Vec<String>>,
+    /// The membership changes (`membership` setting), and the configuration register.
+    mover: Mover,
+    /// The configuration the routers route by (refreshed periodically, so it may lag).
+    router: ClusterConfig,
     history: Vec<Operation>,
     stats: Stats,
     /// Print every event (`SIM_TRACE=1`).
@@ -160,6 +271,9 @@ struct Sim {
 
 /// Runs one seeded simulation and checks its history.
 pub fn run(seed: u64, cfg: &Config) -> Run {
+    let bootstrap = membership::bootstrap(cfg);
+    // The last reader of the `membership` setting is one more client.
+    let clients = cfg.clients + usize::from(cfg.membership);
     let mut sim = Sim {
         cfg: cfg.clone(),
         rng: Rng::new(seed),
@@ -168,20 +282,13 @@ pub fn run(seed: u64, cfg: &Config) -> Run {
         queue: BinaryHeap::new(),
         events: Vec::new(),
         nodes: (1..=cfg.nodes as NodeId)
-            .map(|id| {
-                (
-                    id,
-                    SimNode {
-                        up: true,
-                        epoch: 1,
-                        clock_offset: 0,
-                        ..SimNode::default()
-                    },
-                )
-            })
+            .map(|id| (id, SimNode::new(bootstrap.clone(), 0)))
             .collect(),
         cut: BTreeSet::new(),
-        clients: (0..cfg.clients)
+        final_keys: None,
+        router: bootstrap.clone(),
+        mover: Mover::new(bootstrap),
+        clients: (0..clients)
             .map(|_| Client {
                 session: None,
                 sessions_opened: 0,
@@ -209,10 +316,13 @@ pub fn run(seed: u64, cfg: &Config) -> Run {
     if let Some((at, _)) = cfg.blackout {
         sim.schedule(at, Event::Blackout);
     }
+    if cfg.membership {
+        sim.start_membership();
+    }
     // A hard bound on simulated time, so every run ends.
     let horizon = (cfg.ops_per_client as u64 + 10) * cfg.client_timeout * 2;
     while let Some(Reverse((at, _, idx))) = sim.queue.pop() {
-        if at > horizon || sim.all_clients_done() {
+        if at > horizon || sim.all_done() {
             break;
         }
         sim.now = at;
@@ -239,10 +349,26 @@ impl Sim {
             .push(Reverse((self.now + after, self.seq, self.events.len() - 1)));
     }
 
-    fn all_clients_done(&self) -> bool {
-        self.clients
+    /// Whether the clients are done; in the `membership` setting, the changes and the last
+    /// reads too (starting those when the rest is done).
+    fn all_done(&mut self) -> bool {
+        let clients = self.clients[..self.cfg.clients]
             .iter()
-            .all(|c| c.done >= self.cfg.ops_per_client && c.pending.is_none())
+            .all(|c| c.done >= self.cfg.ops_per_client && c.pending.is_none());
+        if !clients || !self.cfg.membership {
+            return clients;
+        }
+        if !self.mover.done() {
+            return false;
+        }
+        match &self.final_keys {
+            None => {
+                self.final_keys = Some((0..self.cfg.keys).map(|k| format!("k{k}")).collect());
+                self.schedule(0, Event::ClientNext(self.cfg.clients));
+                false
+            }
+            Some(keys) => keys.is_empty() && self.clients[self.cfg.clients].pending.is_none(),
+        }
     }
 
     /// A node's clock, in "milliseconds since the epoch" (ticks, from a base well above 0).
@@ -255,10 +381,6 @@ impl Sim {
             now_ms: self.clock(node),
             limits: self.cfg.limits,
         }
-    }
-
-    fn replicas(&self) -> Vec<NodeId> {
-        (1..=self.cfg.nodes as NodeId).collect()
     }
 
     /// Sends with the network's faults; a node's messages to itself are in-process calls.
@@ -315,24 +437,29 @@ impl Sim {
             }
             Event::Deliver { from, to, payload } => self.deliver(from, to, payload),
             Event::PhaseTimeout { node, key, gen } => {
-                let action = self.with_lead(node, &key, gen, |l| match l.quiet.take() {
+                let quiet = self.with_lead(node, &key, gen, |l| l.quiet.take().is_some());
+                let action = match quiet {
+                    None => None,
                     // The quiet read got no majority in time: a full round.
-                    Some(_) => Some(l.decider.start_round()),
-                    None => l.decider.on_phase_timeout(),
-                });
+                    Some(true) => Some(self.start_round(node, &key)),
+                    Some(false) => self
+                        .with_lead(node, &key, gen, |l| l.decider.on_phase_timeout())
+                        .flatten(),
+                };
                 if let Some(action) = action {
                     self.act(node, &key, action);
                 }
             }
             Event::Retry { node, key, gen } => {
                 let now = self.now;
-                let action = self.with_lead(node, &key, gen, |l| {
-                    Some(if now >= l.deadline {
-                        Action::Failed(l.decider.give_up())
-                    } else {
-                        l.decider.start_round()
-                    })
-                });
+                let late = self.with_lead(node, &key, gen, |l| now >= l.deadline);
+                let action = match late {
+                    None => None,
+                    Some(true) => {
+                        self.with_lead(node, &key, gen, |l| Action::Failed(l.decider.give_up()))
+                    }
+                    Some(false) => Some(self.start_round(node, &key)),
+                };
                 if let Some(action) = action {
                     self.act(node, &key, action);
                 }
@@ -355,10 +482,18 @@ impl Sim {
             }
             Event::Restart(n) => {
                 let node = self.nodes.get_mut(&n).expect("node");
+                if node.gone {
+                    return;
+                }
                 node.up = true;
                 node.epoch += 1;
                 node.volatile = node.durable.clone();
+                self.drop_unheld(n);
             }
+            Event::Refresh(n) => self.refresh(n),
+            Event::RouterRefresh => self.router_refresh(),
+            Event::Mover { run } => self.mover_tick(run),
+            Event::IdentityDone { run, key, ok } => self.identity_done(run, &key, ok),
         }
     }
 
@@ -375,10 +510,21 @@ impl Sim {
     }
 
     fn fault(&mut self) {
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
-        let down = self.nodes.values().filter(|n| !n.up).count() + self.cut.len();
+        let ids: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| !n.gone)
+            .map(|(&id, _)| id)
+            .collect();
+        // Members of the newest configuration (every node but in the `membership` setting).
+        let members = &self.mover.register().members;
+        let down = members
+            .keys()
+            .filter(|id| self.nodes.get(id).is_none_or(|n| !n.up))
+            .count()
+            + self.cut.len();
         // Keep a majority able to work most of the time, so runs make progress.
-        let minority = (self.cfg.nodes - 1) / 2;
+        let minority = (members.len() - 1) / 2;
         if down < minority.max(1) {
             let victim = ids[self.rng.range(0, ids.len() as u64 - 1) as usize];
             let crashable = self.cfg.crashable.is_empty() || self.cfg.crashable.contains(&victim);

@@ -53,6 +53,7 @@ use counter_proto::{NodeId, ShardId};
 use dashmap::DashMap;
 use std::path::PathBuf;
 
+mod agreed;
 mod committer;
 mod meta;
 mod store;
@@ -108,8 +109,8 @@ pub enum StorageError {
         "the cluster file differs from the configuration data dir {dir} was created with ({}): \
          refusing to start. Members, replication and shards cannot be changed by editing the \
          cluster file (keys would move to replicas that never saw them); restore the original \
-         cluster file. Online membership changes (`cluster add-node/remove-node/replace-node` \
-         admin commands) are planned, not yet available",
+         cluster file, and change members online with `counter-cli cluster add-node`, \
+         `remove-node` or `replace-node`",
         changes.join("; ")
     )]
     ConfigChanged { dir: PathBuf, changes: Vec<String> },

@@ -19,6 +19,10 @@ pub(crate) const META_NODE: &[u8] = b"node";
 pub(crate) const META_CONFIG: &[u8] = b"config";
 /// [`DataState::Created`] until the node first serves, then [`DataState::Serving`].
 pub(crate) const META_STATE: &[u8] = b"state";
+/// The newest agreed configuration the node installed (postcard [`counter_proto::Config`]).
+pub(crate) const META_AGREED: &[u8] = b"agreed";
+/// The node's acceptor state of the configuration register.
+pub(crate) const META_CONFIG_REGISTER: &[u8] = b"config_register";
 
 /// The column family of a shard's records (`shard-00000` ..).
 pub(crate) fn shard_cf(shard: ShardId) -> String {
@@ -37,6 +41,8 @@ pub enum DirContents {
     Identified {
         identity: Identity,
         state: DataState,
+        /// The newest agreed configuration it installed (after a membership change).
+        agreed: Option<counter_proto::Config>,
     },
 }
 
@@ -83,7 +89,9 @@ pub(crate) fn check_contents(
     match contents {
         DirContents::Empty => Ok(()),
         DirContents::Legacy { .. } => check_shards(dir, contents, expected.config.shards),
-        DirContents::Identified { identity, .. } => {
+        DirContents::Identified {
+            identity, agreed, ..
+        } => {
             if identity.node != expected.node {
                 return Err(StorageError::WrongNode {
                     dir: dir.to_path_buf(),
@@ -92,13 +100,39 @@ pub(crate) fn check_contents(
                 });
             }
             let changes = identity.config.changes(&expected.config);
-            if !changes.is_empty() {
+            if changes.is_empty() {
+                return Ok(());
+            }
+            // After membership changes, a cluster file that lists the agreed members is fine
+            // too (the file only bootstraps; placement comes from the agreed configuration).
+            let Some(agreed) = agreed else {
                 return Err(StorageError::ConfigChanged {
                     dir: dir.to_path_buf(),
                     changes,
                 });
+            };
+            let now = ClusterConfig {
+                version: expected.config.version,
+                replication: agreed.replication,
+                shards: agreed.shard_count(),
+                members: agreed.members.clone(),
+            };
+            let against_agreed = now.changes(&expected.config);
+            if against_agreed.is_empty() {
+                return Ok(());
             }
-            Ok(())
+            Err(StorageError::ConfigChanged {
+                dir: dir.to_path_buf(),
+                changes: against_agreed
+                    .into_iter()
+                    .map(|c| {
+                        format!(
+                            "{c} (against agreed configuration version {})",
+                            agreed.version
+                        )
+                    })
+                    .collect(),
+            })
         }
     }
 }
@@ -165,6 +199,7 @@ pub(crate) fn read_meta(db: &DB, dir: &Path) -> Result<DirContents, StorageError
     let config =
         get::<ClusterConfig>(db, &meta, META_CONFIG)?.ok_or_else(|| missing("configuration"))?;
     let state = get::<DataState>(db, &meta, META_STATE)?.ok_or_else(|| missing("state"))?;
+    let agreed = get::<counter_proto::Config>(db, &meta, META_AGREED)?;
     if config.shards != shards {
         return Err(StorageError::Corrupt(format!(
             "{} records {shards} shards and a configuration of {}",
@@ -179,6 +214,7 @@ pub(crate) fn read_meta(db: &DB, dir: &Path) -> Result<DirContents, StorageError
             config,
         },
         state,
+        agreed,
     })
 }
 
@@ -253,7 +289,8 @@ mod tests {
             inspect(dir.path()).unwrap(),
             DirContents::Identified {
                 identity: me.clone(),
-                state: DataState::Serving
+                state: DataState::Serving,
+                agreed: None,
             }
         );
         let store = Store::open_node(dir.path(), &me).unwrap();
@@ -292,7 +329,7 @@ mod tests {
             "node 4 (127.0.0.1:7104) added",
         );
         assert!(
-            err.contains("restore the original cluster file") && err.contains("not yet available"),
+            err.contains("restore the original cluster file") && err.contains("cluster add-node"),
             "{err}"
         );
         refused_untouched(

@@ -19,17 +19,17 @@ use tokio::sync::oneshot;
 
 /// The acceptor store of one node.
 pub struct Store {
-    db: Arc<DB>,
+    pub(crate) db: Arc<DB>,
     cf_names: Arc<[String]>,
     shards: u32,
     epoch: u32,
     /// Who the data dir belongs to (`None` when opened with [`Store::open`]).
     identity: Option<Identity>,
-    state: DataState,
+    state: std::sync::Mutex<DataState>,
     /// Changes written to the batch queue and not yet synced, keyed by (shard, key).
     pending: Arc<DashMap<(ShardId, Vec<u8>), Pending>>,
     /// Synced states of recently used keys (see "Caching").
-    synced: Arc<DashMap<(ShardId, Vec<u8>), AcceptorState>>,
+    pub(crate) synced: Arc<DashMap<(ShardId, Vec<u8>), AcceptorState>>,
     next_gen: AtomicU64,
     /// The committer's queue; `None` once the store is being dropped.
     tx: Option<mpsc::Sender<WriteReq>>,
@@ -119,7 +119,12 @@ impl Store {
         // the dir instead of misreading them).
         batch.put_cf(&meta, META_FORMAT, [FORMAT_VERSION]);
         let (identity, state) = match (contents, expected) {
-            (DirContents::Identified { identity, state }, _) => (Some(identity), state),
+            (
+                DirContents::Identified {
+                    identity, state, ..
+                },
+                _,
+            ) => (Some(identity), state),
             (DirContents::Legacy { .. }, None) => (None, DataState::Serving),
             (DirContents::Empty, None) => (None, DataState::Serving),
             (old, Some(expected)) => {
@@ -220,7 +225,7 @@ impl Store {
             shards,
             epoch,
             identity,
-            state,
+            state: std::sync::Mutex::new(state),
             pending,
             synced,
             next_gen: AtomicU64::new(1),
@@ -245,13 +250,20 @@ impl Store {
 
     /// [`DataState::Created`] until [`Store::mark_serving`], then [`DataState::Serving`].
     pub fn data_state(&self) -> DataState {
-        self.state
+        *self.state.lock().expect("state lock")
     }
 
     /// Records (synced) that the node is about to serve: from now on its data dir may hold
     /// promises and acceptances, and an empty data dir under its id is a lost one.
-    pub fn mark_serving(&mut self) -> Result<(), StorageError> {
-        if self.state == DataState::Serving {
+    pub fn mark_serving(&self) -> Result<(), StorageError> {
+        self.set_state(DataState::Serving)
+    }
+
+    /// Records (synced) how far the data dir is ([`Store::mark_serving`], or
+    /// [`DataState::Joining`] for a node created by `--join`).
+    pub fn set_state(&self, state: DataState) -> Result<(), StorageError> {
+        let mut current = self.state.lock().expect("state lock");
+        if *current == state {
             return Ok(());
         }
         let meta = self
@@ -263,10 +275,10 @@ impl Store {
         self.db.put_cf_opt(
             &meta,
             META_STATE,
-            postcard::to_stdvec(&DataState::Serving).expect("an enum"),
+            postcard::to_stdvec(&state).expect("an enum"),
             &sync,
         )?;
-        self.state = DataState::Serving;
+        *current = state;
         Ok(())
     }
 
@@ -304,16 +316,19 @@ impl Store {
         Ok(accepted(&self.load(shard, key.as_bytes())?))
     }
 
-    /// The durable acceptor state of a key (what a restart would see).
-    fn load(&self, shard: ShardId, key: &[u8]) -> Result<AcceptorState, StorageError> {
-        let cf = self
-            .db
+    pub(crate) fn shard_cf(&self, shard: ShardId) -> Result<&rocksdb::ColumnFamily, StorageError> {
+        self.db
             .cf_handle(
                 self.cf_names
                     .get(shard as usize)
                     .ok_or(StorageError::NoSuchShard(shard))?,
             )
-            .ok_or(StorageError::NoSuchShard(shard))?;
+            .ok_or(StorageError::NoSuchShard(shard))
+    }
+
+    /// The durable acceptor state of a key (what a restart would see).
+    fn load(&self, shard: ShardId, key: &[u8]) -> Result<AcceptorState, StorageError> {
+        let cf = self.shard_cf(shard)?;
         match self.db.get_pinned_cf(&cf, key)? {
             Some(bytes) => decode_state(&bytes),
             None => Ok(AcceptorState::default()),

@@ -20,15 +20,20 @@ use std::time::Duration;
 [--max M] | get KEY | reset KEY | set KEY VALUE | cas KEY EXPECTED NEW\n\
 With no command, reads one command per line from stdin and answers each with one line.\n\
 Admin (command line only): cluster status [--json]: every node's reachability, readiness, \
-epoch and shards, and how many shards can be served; exit status 0 if all, 3 if not."
+epoch and shards, and how many shards can be served; exit status 0 if all, 3 if not. \
+cluster add-node ID ADDR | cluster remove-node ID | cluster replace-node OLD_ID NEW_ID NEW_ADDR: \
+change the members online (a new node is started first with `counter-node --id ID --join \
+MEMBER_ADDR --listen ADDR --data-dir DIR`); each waits until the change is complete (shards \
+moved), prints one line and exits 0; run again after any failure, it resumes."
 )]
 struct Args {
     /// A router's address.
     #[arg(long)]
     router: String,
-    /// How long to wait for each answer, in milliseconds.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
-    timeout_ms: u32,
+    /// How long to wait for each answer, in milliseconds (default 10000; for add-node,
+    /// remove-node and replace-node, which move shards, 3600000).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    timeout_ms: Option<u32>,
     /// Request id of the (one) command, for callers that retry across processes: a retry with
     /// the same id is never applied twice. Default: a random client id and a fresh sequence.
     #[arg(long, value_name = "CLIENT:SEQ")]
@@ -114,11 +119,49 @@ async fn cluster_status(router: &str, timeout: Duration, json: bool) -> ExitCode
     ExitCode::from(admin::exit_status(&status))
 }
 
+/// `cluster add-node | remove-node | replace-node`: the router hands it to a member, which
+/// answers when the change is complete.
+async fn cluster_change(
+    router: &str,
+    timeout: Duration,
+    change: counter_proto::Change,
+) -> ExitCode {
+    let pool = counter_net::Pool::new(timeout.min(Duration::from_secs(5)));
+    match pool.call(router, Msg::Admin(change.clone()), timeout).await {
+        Ok(Msg::AdminDone(line)) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Ok(Msg::Error(e)) => {
+            eprintln!("counter-cli: {e}");
+            ExitCode::from(exit_code(e.kind))
+        }
+        Ok(other) => {
+            eprintln!(
+                "counter-cli: unavailable: router {router} answered {} to cluster {change}",
+                counter_router::forward::msg_name(&other)
+            );
+            ExitCode::from(exit_code(ErrorKind::Unavailable))
+        }
+        Err(counter_net::CallError::NotSent(e)) => {
+            eprintln!("counter-cli: unavailable: router {router}: {e}; nothing changed");
+            ExitCode::from(exit_code(ErrorKind::Unavailable))
+        }
+        Err(counter_net::CallError::Lost(e)) => {
+            eprintln!(
+                "counter-cli: unknown: router {router}: {e}; the change may be under way or done: \
+                 run `counter-cli cluster {change}` again (it resumes, or says it is done)"
+            );
+            ExitCode::from(exit_code(ErrorKind::Unknown))
+        }
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     counter::logging::init("warn");
     let args = Args::parse();
-    let timeout = Duration::from_millis(u64::from(args.timeout_ms));
+    let timeout = Duration::from_millis(u64::from(args.timeout_ms.unwrap_or(10_000)));
     if let Some(admin) = admin::parse(&args.command) {
         if args.request_id.is_some() {
             eprintln!("counter-cli: invalid: --request-id names a key command, not cluster status");
@@ -126,6 +169,11 @@ async fn main() -> ExitCode {
         }
         return match admin {
             Ok(Admin::Status { json }) => cluster_status(&args.router, timeout, json).await,
+            Ok(Admin::Change(change)) => {
+                let timeout =
+                    Duration::from_millis(u64::from(args.timeout_ms.unwrap_or(3_600_000)));
+                cluster_change(&args.router, timeout, change).await
+            }
             Err(e) => {
                 eprintln!("counter-cli: {e}");
                 ExitCode::from(exit_code(e.kind))

@@ -1,5 +1,6 @@
 //! `counter-node --id <ID> --cluster <FILE> --data-dir <DIR> [--listen <HOST:PORT>]
-//! [--bootstrap-timeout-secs <SECS>]`
+//! [--bootstrap-timeout-secs <SECS>]`, or, for a node joining a running cluster,
+//! `counter-node --id <ID> --join <MEMBER_ADDR> --listen <HOST:PORT> --data-dir <DIR>`
 
 /// mimalloc instead of glibc's malloc: in a profile of 64 clients on 10,000 keys, glibc's
 /// malloc and free took about a tenth of all CPU (BENCHMARKS.md).
@@ -8,9 +9,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
 use counter::bootstrap::{Asker, Phase, StartError, Starting};
+use counter::membership::Membership;
 use counter::node::Node;
 use counter::status::Reporter;
-use counter_cluster::{Cluster, Placement};
+use counter_cluster::Cluster;
 use counter_net::{serve, ServerConfig};
 use counter_proto::DataState;
 use counter_storage::{ClusterConfig, DirContents, Identity, StorageError, Store};
@@ -24,16 +26,24 @@ use std::time::{Duration, Instant};
 const REFUSED: u8 = 78;
 
 const GUARDS: &str = "\
+Starting a node:
+  - a new cluster: every member with the same cluster file (--cluster); they wait for each other;
+  - a node joining a running cluster: --join <any member's address> --listen <its own address>
+    (no --cluster). It waits until an admin runs `counter-cli cluster add-node ID ADDR` (or
+    `cluster replace-node OLD_ID ID ADDR`), then serves;
+  - a restart: the same command line as the first start (the data dir then decides).
 Guards: counter-node refuses to start (exit status 78, one line on stderr, nothing written to
 the data dir) when
   - the data dir belongs to another node id than --id;
-  - the cluster file's members, replication or shards differ from the configuration the data
-    dir was created with. Membership changes by editing the cluster file are not supported:
-    restore the original file (`cluster add-node/remove-node/replace-node` admin commands are
-    planned, not yet available);
-  - the data dir is empty but another member has served with this node as a member: its disk
-    was lost or wiped, and starting it empty could lose acknowledged counts. Restore the data
-    dir it last ran with; never start it empty under its old id.
+  - the cluster file's members, replication or shards differ both from the configuration the
+    data dir was created with and from the agreed configuration it runs. Members are changed
+    with `counter-cli cluster add-node/remove-node/replace-node`, never by editing the file:
+    restart with the original cluster file (or one listing the agreed members);
+  - the data dir is empty but the cluster already counts this node as a member (its disk was
+    lost or wiped): never start it empty under its old id. Restore the data dir it last ran
+    with, or replace it: start a node with a NEW id with --join and run
+    `counter-cli cluster replace-node OLD_ID NEW_ID NEW_ADDR`;
+  - --join with an id the cluster removed (ids are never reused) or already counts as a member.
 Creating a new cluster needs every member once: a node creates its empty data dir only after
 every other member has answered that it has not served yet, and serves only after every member
 has created its own. They wait for each other up to --bootstrap-timeout-secs, then exit 1 (an
@@ -45,20 +55,24 @@ recorded) adopts the cluster file's at its first start.";
 #[derive(Parser)]
 #[command(version, about, after_help = GUARDS)]
 struct Args {
-    /// This node's id in the cluster file.
+    /// This node's id.
     #[arg(long)]
     id: u32,
-    /// The cluster file (TOML).
-    #[arg(long)]
-    cluster: PathBuf,
+    /// The cluster file (TOML) of a new cluster (or of the cluster this node was created in).
+    #[arg(long, required_unless_present = "join", conflicts_with = "join")]
+    cluster: Option<PathBuf>,
+    /// Join a running cluster through the member at this address (a new node; see below).
+    #[arg(long, value_name = "MEMBER_ADDR")]
+    join: Option<String>,
     /// Where this node keeps its RocksDB data.
     #[arg(long)]
     data_dir: PathBuf,
-    /// Address to bind (default: this node's addr in the cluster file).
-    #[arg(long)]
+    /// Address to bind (default: this node's addr in the cluster file; required with --join:
+    /// the address the other members reach it at).
+    #[arg(long, required_if_eq_any = [("join", ".+")])]
     listen: Option<String>,
-    /// How long a node of a new cluster waits for the other members (see Guards), then
-    /// exits 1.
+    /// How long a node of a new cluster waits for the other members (see Guards), or a joining
+    /// node for the member it joins through, then exits 1.
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     bootstrap_timeout_secs: u64,
 }
@@ -68,7 +82,11 @@ async fn main() -> ExitCode {
     let started = Instant::now();
     counter::logging::init("info");
     let args = Args::parse();
-    let cluster = match Cluster::load(&args.cluster) {
+    if let Some(seed) = args.join.clone() {
+        return run_joining(&args, &seed, started).await;
+    }
+    let cluster_file = args.cluster.clone().expect("clap: --cluster unless --join");
+    let cluster = match Cluster::load(&cluster_file) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
@@ -76,7 +94,7 @@ async fn main() -> ExitCode {
         return fail(format!(
             "node id {} is not in cluster file {}",
             args.id,
-            args.cluster.display()
+            cluster_file.display()
         ));
     };
     let listen = args.listen.clone().unwrap_or_else(|| addr.to_string());
@@ -104,11 +122,16 @@ async fn main() -> ExitCode {
         args.id,
         listen.clone(),
         me.cluster_id,
-        &cluster,
-        Placement::new(&cluster),
         started,
     ));
-    let handler = Starting::new(args.id, me.cluster_id, state, reporter.clone());
+    let bootstrap = Arc::new(cluster.bootstrap_config(me.cluster_id));
+    let handler = Starting::new(
+        args.id,
+        me.cluster_id,
+        state,
+        reporter.clone(),
+        bootstrap.clone(),
+    );
     let server = {
         let handler = handler.clone();
         tokio::spawn(serve(listener, ServerConfig::default(), move |msg| {
@@ -126,15 +149,29 @@ async fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    let node = Node::new(args.id, &cluster, store.clone(), reporter);
+    let membership = match Membership::open(args.id, store.clone(), Some((*bootstrap).clone())) {
+        Ok(m) => m,
+        Err(e) => return fail(e),
+    };
+    let config = membership.config();
+    let node = Node::new(
+        args.id,
+        cluster.limits,
+        store.clone(),
+        membership.clone(),
+        reporter,
+    );
     handler.serve(node);
+    membership.spawn_refresh();
     tracing::info!(
         id = args.id,
         %listen,
         epoch = store.epoch(),
-        shards = cluster.shards,
-        replication = cluster.replication,
-        cluster_id = %format!("{:016x}", me.cluster_id),
+        shards = config.shard_count(),
+        replication = config.replication,
+        config_version = config.version,
+        member = config.is_member(args.id),
+        cluster_id = %format!("{:016x}", config.cluster_id),
         "counter-node serving"
     );
     tokio::select! {
@@ -168,7 +205,7 @@ async fn start(
             StartError::Failed(format!("cannot create {}: {e}", args.data_dir.display()))
         })?;
     }
-    let mut store = Store::open_node(&args.data_dir, me).map_err(storage_error)?;
+    let store = Store::open_node(&args.data_dir, me).map_err(storage_error)?;
     if store.data_state() == DataState::Created {
         handler.set_state(DataState::Created);
         asker
@@ -177,6 +214,59 @@ async fn start(
         store.mark_serving().map_err(storage_error)?;
     }
     Ok(Arc::new(store))
+}
+
+/// A node started with `--join`: its data dir is opened (created for a new member, after the
+/// checks of [`counter::join`]), then it serves like any node.
+async fn run_joining(args: &Args, seed: &str, started: Instant) -> ExitCode {
+    let listen = args.listen.clone().expect("clap: --listen with --join");
+    let timeout = Duration::from_secs(args.bootstrap_timeout_secs);
+    let store = match counter::join::open(args.id, seed, &args.data_dir, timeout).await {
+        Ok(store) => store,
+        Err(e) => return exit(e),
+    };
+    let listener = match tokio::net::TcpListener::bind(&listen).await {
+        Ok(l) => l,
+        Err(e) => return fail(format!("cannot listen on {listen}: {e}")),
+    };
+    let membership = match Membership::open(args.id, store.clone(), None) {
+        Ok(m) => m,
+        Err(e) => return fail(e),
+    };
+    let config = membership.config();
+    if let Some(addr) = config.addr(args.id) {
+        if addr != listen {
+            tracing::warn!(%listen, member_addr = addr, "listening on another address than the one the cluster knows this node by");
+        }
+    }
+    let reporter = Arc::new(Reporter::new(
+        args.id,
+        listen.clone(),
+        config.cluster_id,
+        started,
+    ));
+    let node = Node::new(
+        args.id,
+        counter_core::Limits::default(),
+        store.clone(),
+        membership.clone(),
+        reporter,
+    );
+    membership.spawn_refresh();
+    tracing::info!(
+        id = args.id,
+        %listen,
+        epoch = store.epoch(),
+        config_version = config.version,
+        member = config.is_member(args.id),
+        cluster_id = %format!("{:016x}", config.cluster_id),
+        "counter-node serving (joined through {seed}); a member once `cluster add-node` adds it"
+    );
+    tokio::select! {
+        _ = serve(listener, ServerConfig::default(), move |msg| node.clone().handle(msg)) => {}
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+    }
+    ExitCode::SUCCESS
 }
 
 fn storage_error(e: StorageError) -> StartError {

@@ -45,6 +45,7 @@ async fn main() -> ExitCode {
     };
     tracing::info!(listen = %args.listen, nodes = cluster.nodes.len(), "counter-router serving");
     let router = Arc::new(Router::new(cluster));
+    router.spawn_refresh();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");
     tokio::select! {

@@ -54,15 +54,25 @@ impl Sim {
     }
 
     pub(super) fn client_next(&mut self, c: usize) {
-        if self.clients[c].done >= self.cfg.ops_per_client {
-            return;
-        }
-        let key = format!("k{}", self.rng.range(0, self.cfg.keys as u64 - 1));
-        let op = match self.rng.range(0, 99) {
-            0..=59 => Op::Incr(self.rng.range(1, 3)),
-            60..=74 => Op::Decr(1),
-            75..=94 => Op::Get,
-            _ => Op::Reset,
+        let (key, op) = if c == self.cfg.clients {
+            // The last reader (`membership` setting): every key once more after the changes,
+            // each until a read is answered.
+            match self.final_keys.as_ref().and_then(|keys| keys.first()) {
+                Some(key) => (key.clone(), Op::Get),
+                None => return,
+            }
+        } else {
+            if self.clients[c].done >= self.cfg.ops_per_client {
+                return;
+            }
+            let key = format!("k{}", self.rng.range(0, self.cfg.keys as u64 - 1));
+            let op = match self.rng.range(0, 99) {
+                0..=59 => Op::Incr(self.rng.range(1, 3)),
+                60..=74 => Op::Decr(1),
+                75..=94 => Op::Get,
+                _ => Op::Reset,
+            };
+            (key, op)
         };
         let req = self.clients[c].next_req;
         self.clients[c].next_req += 1;
@@ -116,12 +126,16 @@ impl Sim {
     fn dispatch(&mut self, c: usize, first: bool) {
         let (req, index) = self.clients[c].pending.expect("a pending request");
         let (key, cmd) = self.clients[c].current.clone().expect("a current command");
-        // The router: a live node, chosen at random; none live means "not sent".
+        // The router: a live replica of the key's shard in the configuration it knows (both
+        // sets while the shard moves), chosen at random; none live means "not sent".
+        let shard = super::membership::shard_of(&self.cfg, &key);
+        let replicas = self.router.shard(shard).expect("a shard").nodes();
         let live: Vec<NodeId> = self
             .nodes
             .iter()
             .filter(|(id, n)| {
-                n.up && (self.cfg.coordinators.is_empty() || self.cfg.coordinators.contains(id))
+                n.up && replicas.contains(id)
+                    && (self.cfg.coordinators.is_empty() || self.cfg.coordinators.contains(id))
             })
             .map(|(&id, _)| id)
             .collect();
@@ -179,6 +193,13 @@ impl Sim {
         op.outcome = match result {
             Ok(v) => {
                 self.stats.ok += 1;
+                if let Some(keys) = self
+                    .final_keys
+                    .as_mut()
+                    .filter(|_| client == self.cfg.clients)
+                {
+                    keys.retain(|k| *k != op.key);
+                }
                 Outcome::Ok(v)
             }
             Err(Failed::NotApplied) => {

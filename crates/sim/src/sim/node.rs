@@ -1,21 +1,23 @@
-//! What a node does with a message, as `counter-node` does: its intake check, the acceptor
-//! rules (persisting before replying), and the coordinator's batches driven through
-//! `counter-core`'s `Decider` and `QuietRead`; planted bugs ([`Mutation`]) change it here.
+//! What a node does with a message, as `counter-node` does: its intake check, the fence every
+//! acceptor request passes, the acceptor rules (persisting before replying), and the
+//! coordinator's batches driven through `counter-core`'s `Decider` and `QuietRead`, under the
+//! configuration the node runs; planted bugs ([`Mutation`]) change it here.
 
-use super::{Event, Failed, Lead, Payload, Sim, CLIENT_BASE};
+use super::membership::{quorum, shard_of, Refusal};
+use super::{Event, Failed, Lead, Payload, Queued, Sim, Waiter, CLIENT_BASE};
 use crate::Mutation;
 use counter_core::{AcceptorReply, AcceptorState, Action, Decider, Failure, QuietRead, ReadStep};
-use counter_proto::{Ballot, NodeId, Op};
+use counter_proto::{Ballot, Command, NodeId, Op};
 
 impl Sim {
     /// Runs `f` on the lead of `key` at `node` if it is still the one the timer was for.
-    pub(super) fn with_lead(
+    pub(super) fn with_lead<T>(
         &mut self,
         node: NodeId,
         key: &str,
         gen: u64,
-        f: impl FnOnce(&mut Lead) -> Option<Action>,
-    ) -> Option<Action> {
+        f: impl FnOnce(&mut Lead) -> T,
+    ) -> Option<T> {
         let n = self.nodes.get_mut(&node)?;
         if !n.up {
             return None;
@@ -24,7 +26,7 @@ impl Sim {
         if lead.gen != gen {
             return None;
         }
-        f(lead)
+        Some(f(lead))
     }
 
     pub(super) fn deliver(&mut self, from: NodeId, to: NodeId, payload: Payload) {
@@ -52,6 +54,7 @@ impl Sim {
                 if self.cfg.mutation == Mutation::ForgetRequestIds {
                     cmd.request = None;
                 }
+                let waiter = Waiter::Client(client, req);
                 if self.cfg.mutation == Mutation::ReadOneReplica && cmd.op == Op::Get {
                     let v = self.nodes[&to]
                         .volatile
@@ -59,25 +62,33 @@ impl Sim {
                         .and_then(|s| s.accepted.as_ref())
                         .map(|(_, r)| r.value)
                         .unwrap_or(0);
-                    self.respond(to, client, req, Ok(v));
+                    self.respond(to, waiter, Ok(v));
                     return;
                 }
                 // The node's intake check of the request id, by its own clock: `expired`
                 // (node.rs).
                 if counter_core::change::check_request(&cmd, &self.ctx(to)).is_err() {
-                    self.respond(to, client, req, Err(Failed::Expired));
+                    self.respond(to, waiter, Err(Failed::Expired));
                     return;
                 }
-                let node = self.nodes.get_mut(&to).expect("node");
-                node.queues
-                    .entry(key.clone())
-                    .or_default()
-                    .push((client, req, cmd));
-                if !node.leads.contains_key(&key) {
-                    self.start_lead(to, &key);
+                // Only a member coordinates (node.rs: "not a member ... send commands to a
+                // member", an `unavailable`).
+                if !self.nodes[&to].config.is_member(to) {
+                    self.respond(to, waiter, Err(Failed::NotApplied));
+                    return;
                 }
+                self.enqueue(to, key, waiter, cmd, false);
             }
-            Payload::Prepare { key, ballot } => {
+            Payload::Prepare {
+                key,
+                ballot,
+                version,
+                gen,
+            } => {
+                if let Some(why) = self.fence(to, shard_of(&self.cfg, &key), version) {
+                    self.send(to, from, Payload::Refused { key, gen, why });
+                    return;
+                }
                 let reply = self.acceptor(to, &key, |s| s.prepare(ballot), true);
                 self.send(to, from, Payload::Reply { key, reply });
             }
@@ -86,7 +97,13 @@ impl Sim {
                 ballot,
                 register,
                 next,
+                version,
+                gen,
             } => {
+                if let Some(why) = self.fence(to, shard_of(&self.cfg, &key), version) {
+                    self.send(to, from, Payload::Refused { key, gen, why });
+                    return;
+                }
                 let reply = self.acceptor(to, &key, |s| s.accept(ballot, register, next), false);
                 self.send(to, from, Payload::Reply { key, reply });
             }
@@ -100,7 +117,11 @@ impl Sim {
                     self.act(to, &key, action);
                 }
             }
-            Payload::Read { key } => {
+            Payload::Read { key, version, gen } => {
+                if let Some(why) = self.fence(to, shard_of(&self.cfg, &key), version) {
+                    self.send(to, from, Payload::Refused { key, gen, why });
+                    return;
+                }
                 let accepted = self.nodes[&to]
                     .durable
                     .get(&key)
@@ -109,7 +130,61 @@ impl Sim {
                 self.send(to, from, Payload::ReadReply { key, accepted });
             }
             Payload::ReadReply { key, accepted } => self.on_read_reply(to, from, &key, accepted),
+            Payload::Refused { key, gen, why } => self.on_refused(to, from, &key, gen, why),
             Payload::Response { .. } => {}
+            Payload::InstallConfig(_)
+            | Payload::ConfigInstalled { .. }
+            | Payload::GetConfig
+            | Payload::ConfigIs(_)
+            | Payload::ListKeys { .. }
+            | Payload::Keys { .. }
+            | Payload::ListRefused { .. } => self.deliver_membership(from, to, payload),
+        }
+    }
+
+    /// A refusal of a round's or a quiet read's request (the coordinator's `refused`): a newer
+    /// configuration is installed and ends the round's phase at once (what it sent stays in
+    /// doubt; the retry runs under the new quorum); a replica behind is sent ours.
+    fn on_refused(&mut self, node: NodeId, from: NodeId, key: &str, gen: u64, why: Refusal) {
+        match why {
+            Refusal::Stale(config) => {
+                self.install(node, &config);
+                // Only a round's phase ends: a quiet read just does not count the reply.
+                let action = self
+                    .nodes
+                    .get_mut(&node)
+                    .and_then(|n| n.leads.get_mut(key))
+                    .filter(|l| l.gen == gen && l.quiet.is_none())
+                    .and_then(|l| l.decider.on_phase_timeout());
+                if let Some(action) = action {
+                    self.act(node, key, action);
+                }
+            }
+            Refusal::Behind => {
+                let config = self.nodes[&node].config.clone();
+                self.send(node, from, Payload::InstallConfig(Box::new(config)));
+            }
+            Refusal::NotHeld => {}
+        }
+    }
+
+    /// Queues `cmd` on `key` at coordinator `node`, starting a lead if none runs.
+    pub(super) fn enqueue(
+        &mut self,
+        node: NodeId,
+        key: String,
+        waiter: Waiter,
+        cmd: Command,
+        write_back: bool,
+    ) {
+        let n = self.nodes.get_mut(&node).expect("node");
+        n.queues.entry(key.clone()).or_default().push(Queued {
+            waiter,
+            cmd,
+            write_back,
+        });
+        if !n.leads.contains_key(&key) {
+            self.start_lead(node, &key);
         }
     }
 
@@ -147,15 +222,16 @@ impl Sim {
     }
 
     fn start_lead(&mut self, node: NodeId, key: &str) {
-        let replicas = self.replicas();
         let deadline = self.now + self.cfg.coordinator_deadline;
         let ctx = self.ctx(node);
+        let shard = shard_of(&self.cfg, key);
+        let mutation = self.cfg.mutation;
         let n = self.nodes.get_mut(&node).expect("node");
         let Some(mut queue) = n.queues.remove(key).filter(|q| !q.is_empty()) else {
             return;
         };
         // The node's batching: at most as many request clients as a register keeps.
-        let len = counter_core::change::batch_len(queue.iter().map(|q| q.2), &ctx.limits);
+        let len = counter_core::change::batch_len(queue.iter().map(|q| q.cmd), &ctx.limits);
         let rest = queue.split_off(len);
         let batch = queue;
         if !rest.is_empty() {
@@ -166,27 +242,38 @@ impl Sim {
             .get(key)
             .map(|s| s.highest())
             .unwrap_or(Ballot::ZERO);
-        let ops = batch.iter().map(|&(_, _, op)| op).collect();
-        let decider = Decider::new(node, n.epoch, &replicas, ops, seen, ctx);
-        let reads = batch.iter().all(|(_, _, cmd)| cmd.op.is_read());
+        // The key's replicas under the configuration the node runs now.
+        let version = n.config.version;
+        let (targets, counted) = quorum(&n.config, shard, mutation);
+        let ops = batch.iter().map(|q| q.cmd).collect();
+        let decider = Decider::new(node, n.epoch, counted.clone(), ops, seen, ctx);
+        let reads = batch.iter().all(|q| q.cmd.op.is_read() && !q.write_back);
         let mut lead = Lead {
             decider,
             quiet: None,
-            waiters: batch.iter().map(|&(c, r, _)| (c, r)).collect(),
+            waiters: batch.into_iter().map(|q| q.waiter).collect(),
             deadline,
             gen: 0,
+            shard,
+            version,
+            targets: targets.members().to_vec(),
         };
         if reads {
-            lead.quiet = Some(QuietRead::new(&replicas));
+            lead.quiet = Some(QuietRead::new(counted));
             lead.gen = 1;
             n.leads.insert(key.to_string(), lead);
-            let payload = Payload::Read { key: key.into() };
+            let payload = Payload::Read {
+                key: key.into(),
+                version,
+                gen: 1,
+            };
             self.start_phase(node, key, 1, payload);
             return;
         }
+        // A prepared round is used only under the configuration it was prepared under.
         let action = match n.warm.remove(key) {
-            Some(warm) => lead.decider.start_warm(warm),
-            None => lead.decider.start_round(),
+            Some((at, warm)) if at == version => lead.decider.start_warm(warm),
+            _ => lead.decider.start_round(),
         };
         if matches!(action, Action::Accept(..)) {
             self.stats.warm_rounds += 1;
@@ -218,33 +305,51 @@ impl Sim {
             ReadStep::Pending => {}
             ReadStep::Value(v) => {
                 let lead = self.finish_lead(node, key);
-                for (client, req) in lead.waiters {
-                    self.respond(node, client, req, Ok(v));
+                for waiter in lead.waiters {
+                    self.respond(node, waiter, Ok(v));
                 }
             }
             ReadStep::Disagree => {
                 lead.quiet = None;
-                let action = lead.decider.start_round();
+                let action = self.start_round(node, key);
                 self.act(node, key, action);
             }
         }
     }
 
+    /// Starts a round of the lead of `key` at `node` (between rounds), under the configuration
+    /// the node runs now: a newer one than the lead's changes the quorum (the coordinator's
+    /// `set_quorum` before a retry).
+    pub(super) fn start_round(&mut self, node: NodeId, key: &str) -> Action {
+        let mutation = self.cfg.mutation;
+        let n = self.nodes.get_mut(&node).expect("node");
+        let lead = n.leads.get_mut(key).expect("a live lead");
+        if lead.version != n.config.version {
+            let (targets, counted) = quorum(&n.config, lead.shard, mutation);
+            lead.version = n.config.version;
+            lead.targets = targets.members().to_vec();
+            lead.decider.set_quorum(counted);
+        }
+        lead.decider.start_round()
+    }
+
     pub(super) fn act(&mut self, node: NodeId, key: &str, action: Action) {
-        let gen = {
+        let (gen, version) = {
             let lead = self
                 .nodes
                 .get_mut(&node)
                 .and_then(|n| n.leads.get_mut(key))
                 .expect("acting on a live lead");
             lead.gen += 1;
-            lead.gen
+            (lead.gen, lead.version)
         };
         match action {
             Action::Prepare(ballot) => {
                 let payload = Payload::Prepare {
                     key: key.into(),
                     ballot,
+                    version,
+                    gen,
                 };
                 self.start_phase(node, key, gen, payload);
             }
@@ -254,6 +359,8 @@ impl Sim {
                     ballot,
                     register,
                     next,
+                    version,
+                    gen,
                 };
                 self.start_phase(node, key, gen, payload);
             }
@@ -272,11 +379,13 @@ impl Sim {
             Action::Done(results) => {
                 self.stats.chosen_values += 1;
                 let n = self.nodes.get_mut(&node).expect("node");
-                if let Some(warm) = n.leads.get(key).and_then(|l| l.decider.warm()) {
-                    n.warm.insert(key.to_string(), warm);
+                if let Some(lead) = n.leads.get(key) {
+                    if let Some(warm) = lead.decider.warm() {
+                        n.warm.insert(key.to_string(), (lead.version, warm));
+                    }
                 }
                 let lead = self.finish_lead(node, key);
-                for (&(client, req), outcome) in lead.waiters.iter().zip(results) {
+                for (waiter, outcome) in lead.waiters.into_iter().zip(results) {
                     // What the node answers (node.rs, outcome_msg): expired is its own kind.
                     let result = match outcome {
                         counter_proto::Outcome::Value(v) => Ok(v),
@@ -288,7 +397,7 @@ impl Sim {
                         counter_proto::Outcome::Expired => Err(Failed::Expired),
                         _ => Err(Failed::NotApplied),
                     };
-                    self.respond(node, client, req, result);
+                    self.respond(node, waiter, result);
                 }
             }
             Action::Failed(f) => {
@@ -302,31 +411,48 @@ impl Sim {
                     let ops = lead.decider.ops().to_vec();
                     let n = self.nodes.get_mut(&node).expect("node");
                     let q = n.queues.entry(key.to_string()).or_default();
-                    for (&(c, r), op) in lead.waiters.iter().zip(ops) {
-                        q.insert(0, (c, r, op));
+                    for (waiter, cmd) in lead.waiters.into_iter().zip(ops) {
+                        let write_back = matches!(waiter, Waiter::Mover { .. });
+                        q.insert(
+                            0,
+                            Queued {
+                                waiter,
+                                cmd,
+                                write_back,
+                            },
+                        );
                     }
                 } else {
-                    for &(client, req) in &lead.waiters {
-                        self.respond(node, client, req, Err(kind));
+                    for waiter in lead.waiters {
+                        self.respond(node, waiter, Err(kind));
                     }
                 }
             }
         }
     }
 
-    /// Answers a client's request.
-    fn respond(&mut self, node: NodeId, client: usize, req: u64, result: Result<i64, Failed>) {
-        let payload = Payload::Response {
-            client,
-            req,
-            result,
-        };
-        self.send(node, CLIENT_BASE + client as NodeId, payload);
+    /// Answers a client's request, or tells the mover how its identity round ended.
+    fn respond(&mut self, node: NodeId, waiter: Waiter, result: Result<i64, Failed>) {
+        match waiter {
+            Waiter::Client(client, req) => {
+                let payload = Payload::Response {
+                    client,
+                    req,
+                    result,
+                };
+                self.send(node, CLIENT_BASE + client as NodeId, payload);
+            }
+            Waiter::Mover { run, key } => {
+                let ok = result.is_ok();
+                self.schedule(0, Event::IdentityDone { run, key, ok });
+            }
+        }
     }
 
-    /// Sends a phase's request to every replica and arms the phase's timeout.
+    /// Sends a phase's request to every replica of the round and arms the phase's timeout.
     fn start_phase(&mut self, node: NodeId, key: &str, gen: u64, payload: Payload) {
-        for to in self.replicas() {
+        let targets = self.nodes[&node].leads[key].targets.clone();
+        for to in targets {
             self.send(node, to, payload.clone());
         }
         let t = self.cfg.phase_timeout;

@@ -1,0 +1,148 @@
+//! What a node keeps of the cluster's configuration (in the `meta` column family, every write
+//! synced before it is acted on): the newest agreed configuration it installed, and its
+//! acceptor state of the configuration register. And the two shard-wide operations a move
+//! needs: listing a shard's keys in order, and dropping a shard that left the node.
+
+use crate::meta::{META_AGREED, META_CF, META_CONFIG_REGISTER};
+use crate::{StorageError, Store};
+use counter_core::membership::ConfigAcceptor;
+use counter_proto::{Ballot, Config, ShardId};
+use rocksdb::{IteratorMode, WriteOptions};
+
+/// The configuration register's acceptor state as stored.
+type StoredRegister = (Ballot, Option<(Ballot, Config)>);
+
+impl Store {
+    fn meta_get<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
+        let meta = self.meta()?;
+        match self.db.get_cf(&meta, key)? {
+            None => Ok(None),
+            Some(bytes) => postcard::from_bytes(&bytes).map(Some).map_err(|e| {
+                StorageError::Corrupt(format!("meta {}: {e}", String::from_utf8_lossy(key)))
+            }),
+        }
+    }
+
+    fn meta_put_synced<T: serde::Serialize>(
+        &self,
+        key: &[u8],
+        value: &T,
+    ) -> Result<(), StorageError> {
+        let meta = self.meta()?;
+        let bytes = postcard::to_stdvec(value).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        self.db.put_cf_opt(&meta, key, bytes, &sync)?;
+        Ok(())
+    }
+
+    fn meta(&self) -> Result<&rocksdb::ColumnFamily, StorageError> {
+        self.db
+            .cf_handle(META_CF)
+            .ok_or_else(|| StorageError::Corrupt("the meta column family disappeared".into()))
+    }
+
+    /// The newest agreed configuration this node installed (`None`: none yet, the bootstrap
+    /// configuration of its cluster file applies).
+    pub fn agreed(&self) -> Result<Option<Config>, StorageError> {
+        self.meta_get(META_AGREED)
+    }
+
+    /// Records (synced) `config` as the newest agreed configuration.
+    pub fn save_agreed(&self, config: &Config) -> Result<(), StorageError> {
+        self.meta_put_synced(META_AGREED, config)
+    }
+
+    /// This node's acceptor state of the configuration register.
+    pub fn config_acceptor(&self) -> Result<ConfigAcceptor, StorageError> {
+        Ok(
+            match self.meta_get::<StoredRegister>(META_CONFIG_REGISTER)? {
+                Some((promised, accepted)) => ConfigAcceptor { promised, accepted },
+                None => ConfigAcceptor::default(),
+            },
+        )
+    }
+
+    /// Records (synced) the configuration register's acceptor state.
+    pub fn save_config_acceptor(&self, state: &ConfigAcceptor) -> Result<(), StorageError> {
+        let stored: StoredRegister = (state.promised, state.accepted.clone());
+        self.meta_put_synced(META_CONFIG_REGISTER, &stored)
+    }
+
+    /// Up to `limit` keys of `shard` after `after`, in byte order, and at most about `max_bytes`
+    /// of them; `true` if the shard has none after them.
+    pub fn keys(
+        &self,
+        shard: ShardId,
+        after: Option<&str>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<String>, bool), StorageError> {
+        let cf = self.shard_cf(shard)?;
+        let mode = match after {
+            Some(k) => IteratorMode::From(k.as_bytes(), rocksdb::Direction::Forward),
+            None => IteratorMode::Start,
+        };
+        let mut keys = Vec::new();
+        let mut bytes = 0;
+        for item in self.db.iterator_cf(&cf, mode) {
+            let (key, _) = item?;
+            if after.is_some_and(|a| a.as_bytes() == &*key) {
+                continue;
+            }
+            if keys.len() >= limit || bytes >= max_bytes {
+                return Ok((keys, false));
+            }
+            let key = String::from_utf8(key.to_vec())
+                .map_err(|_| StorageError::Corrupt(format!("shard {shard}: a key is not UTF-8")))?;
+            bytes += key.len() + 4;
+            keys.push(key);
+        }
+        Ok((keys, true))
+    }
+
+    /// Deletes every record of `shard` (synced): the node left the shard's replica set in a
+    /// configuration it installed, so its copy can count in no quorum any more.
+    pub fn drop_shard(&self, shard: ShardId) -> Result<u64, StorageError> {
+        let cf = self.shard_cf(shard)?;
+        let mut dropped = 0u64;
+        let mut first: Option<Vec<u8>> = None;
+        let mut last: Option<Vec<u8>> = None;
+        for item in self.db.iterator_cf(&cf, IteratorMode::Start) {
+            let (key, _) = item?;
+            if first.is_none() {
+                first = Some(key.to_vec());
+            }
+            last = Some(key.to_vec());
+            dropped += 1;
+        }
+        let (Some(first), Some(mut last)) = (first, last) else {
+            return Ok(0);
+        };
+        // delete_range's end is exclusive: one byte past the last key.
+        last.push(0);
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.delete_range_cf(&cf, first, last);
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        self.db.write_opt(batch, &sync)?;
+        self.synced.retain(|(s, _), _| *s != shard);
+        Ok(dropped)
+    }
+
+    /// Whether `shard` holds any record.
+    pub fn shard_is_empty(&self, shard: ShardId) -> Result<bool, StorageError> {
+        let cf = self.shard_cf(shard)?;
+        let empty = match self.db.iterator_cf(&cf, IteratorMode::Start).next() {
+            None => true,
+            Some(item) => {
+                item?;
+                false
+            }
+        };
+        Ok(empty)
+    }
+}
