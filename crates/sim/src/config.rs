@@ -269,10 +269,11 @@ impl Config {
     pub fn membership(nodes: usize) -> Config {
         Config {
             setting: "membership",
-            clients: 4,
-            keys: 6,
+            clients: 6,
+            keys: 3,
             ops_per_client: 20,
             shards: 3,
+            loss: 200,
             replication: 3,
             membership: true,
             ..Config::cluster(nodes)

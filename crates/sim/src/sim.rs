@@ -509,6 +509,20 @@ impl Sim {
         self.schedule(back, Event::Restart(id));
     }
 
+    /// Whether one more node may go down or be cut off: fewer than a minority of the members
+    /// of the newest configuration are (every node but in the `membership` setting), so that a
+    /// majority can work most of the time and runs make progress.
+    fn may_fault(&self) -> bool {
+        let members = &self.mover.register().members;
+        let down = members
+            .keys()
+            .filter(|id| self.nodes.get(id).is_none_or(|n| !n.up))
+            .count()
+            + self.cut.len();
+        let minority = (members.len() - 1) / 2;
+        down < minority.max(1)
+    }
+
     fn fault(&mut self) {
         let ids: Vec<NodeId> = self
             .nodes
@@ -516,16 +530,7 @@ impl Sim {
             .filter(|(_, n)| !n.gone)
             .map(|(&id, _)| id)
             .collect();
-        // Members of the newest configuration (every node but in the `membership` setting).
-        let members = &self.mover.register().members;
-        let down = members
-            .keys()
-            .filter(|id| self.nodes.get(id).is_none_or(|n| !n.up))
-            .count()
-            + self.cut.len();
-        // Keep a majority able to work most of the time, so runs make progress.
-        let minority = (members.len() - 1) / 2;
-        if down < minority.max(1) {
+        if self.may_fault() {
             let victim = ids[self.rng.range(0, ids.len() as u64 - 1) as usize];
             let crashable = self.cfg.crashable.is_empty() || self.cfg.crashable.contains(&victim);
             if crashable && self.rng.chance(self.cfg.crash) && self.nodes[&victim].up {

@@ -22,7 +22,7 @@
 //! one cluster agree on it, and nodes started with differing files see that they differ. It
 //! names the configuration, not the moment: a cluster created again from the same file (every
 //! data dir emptied) gets the same id. It is fixed at creation; a later configuration version
-//! (membership changes, not yet available) keeps it.
+//! (after membership changes) keeps it.
 
 use counter_proto::NodeId;
 use serde::{Deserialize, Serialize};

@@ -554,6 +554,9 @@ impl Sim {
     }
 
     fn start_install(&mut self, config: ClusterConfig, barrier: bool, extra: &[NodeId]) {
+        if barrier {
+            self.cut_off_one(&config);
+        }
         let mut targets: BTreeSet<NodeId> = config.members.keys().copied().collect();
         targets.extend(extra);
         self.mover.step = Step::Install {
@@ -564,6 +567,33 @@ impl Sim {
             barrier,
         };
         self.install_poll();
+    }
+
+    /// The fault a move is most sensitive to, half the time (when the fault budget allows):
+    /// a replica of a moving shard's old set other than the host is cut off from the other
+    /// nodes as the joint configuration is installed, for long enough that the barrier goes
+    /// on without it. Clients may still reach it; when the cut heals it runs the older
+    /// configuration until a refusal, a push or its refresh tells it of the newer one.
+    fn cut_off_one(&mut self, joint: &ClusterConfig) {
+        if !self.rng.chance(500) || !self.may_fault() {
+            return;
+        }
+        let host = self.mover.host;
+        let old: BTreeSet<NodeId> = joint
+            .moving()
+            .flat_map(|(_, set)| set.old.iter().copied())
+            .filter(|&n| n != host && self.nodes[&n].up && !self.cut.contains(&n))
+            .collect();
+        let old: Vec<NodeId> = old.into_iter().collect();
+        if old.is_empty() {
+            return;
+        }
+        let victim = old[self.rng.range(0, old.len() as u64 - 1) as usize];
+        if std::env::var_os("DBG").is_some() { eprintln!("CUT {} node {victim} joint v{}", self.now, joint.version); }
+        self.stats.partitions += 1;
+        self.cut.insert(victim);
+        let heal = self.rng.range(300, 1_500);
+        self.schedule(heal, Event::Heal(victim));
     }
 
     /// Step 2 (and the end of step 4): ends the install when every target has the
@@ -764,6 +794,7 @@ impl Sim {
     /// left too (they drop their data when they install it).
     fn finish_change(&mut self, joint: ClusterConfig) {
         let done = finish(&joint);
+        if std::env::var_os("DBG").is_some() { eprintln!("FINISH {} v{}", self.now, done.version); }
         if !self.agree(&joint, &done) {
             self.mover_fail();
             return;
