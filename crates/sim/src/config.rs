@@ -269,11 +269,10 @@ impl Config {
     pub fn membership(nodes: usize) -> Config {
         Config {
             setting: "membership",
-            clients: 6,
-            keys: 3,
+            clients: 4,
+            keys: 6,
             ops_per_client: 20,
             shards: 3,
-            loss: 200,
             replication: 3,
             membership: true,
             ..Config::cluster(nodes)
