@@ -128,6 +128,11 @@ enum Event {
     /// Every node crashes at once (`Config::blackout`).
     Blackout,
     Heal(NodeId),
+    /// Heals `heal`, and may cut off one of `then` (`membership` setting).
+    HealThenCut {
+        heal: NodeId,
+        then: Vec<NodeId>,
+    },
     Restart(NodeId),
     /// A node asks the members for a newer configuration (`membership` setting).
     Refresh(NodeId),
@@ -480,6 +485,7 @@ impl Sim {
             Event::Heal(n) => {
                 self.cut.remove(&n);
             }
+            Event::HealThenCut { heal, then } => self.heal_then_cut(heal, &then),
             Event::Restart(n) => {
                 let node = self.nodes.get_mut(&n).expect("node");
                 if node.gone {

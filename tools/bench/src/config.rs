@@ -221,6 +221,9 @@ pub enum Distribution {
     Zipf(f64),
     /// Every op on key 0.
     Hot,
+    /// Keys 0, 1, 2, ... in turn across all clients (wrapping): `--ops N --keys N` touches
+    /// every key once (a fill).
+    Sequential,
 }
 
 impl FromStr for Distribution {
@@ -230,6 +233,7 @@ impl FromStr for Distribution {
         match s.trim() {
             "uniform" => Ok(Distribution::Uniform),
             "hot" => Ok(Distribution::Hot),
+            "sequential" => Ok(Distribution::Sequential),
             "zipf" => Err("zipf needs an exponent, e.g. zipf:0.99".into()),
             other => match other.strip_prefix("zipf:") {
                 Some(theta) => match theta.trim().parse::<f64>() {
@@ -240,7 +244,7 @@ impl FromStr for Distribution {
                     Err(_) => Err(format!("zipf exponent `{theta}` is not a number")),
                 },
                 None => Err(format!(
-                    "unknown distribution `{other}` (uniform, zipf:THETA or hot)"
+                    "unknown distribution `{other}` (uniform, zipf:THETA, hot or sequential)"
                 )),
             },
         }
@@ -253,6 +257,7 @@ impl fmt::Display for Distribution {
             Distribution::Uniform => f.write_str("uniform"),
             Distribution::Zipf(t) => write!(f, "zipf:{t}"),
             Distribution::Hot => f.write_str("hot"),
+            Distribution::Sequential => f.write_str("sequential"),
         }
     }
 }

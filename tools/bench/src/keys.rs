@@ -48,7 +48,11 @@ pub enum KeyPicker {
     /// constant setup, no table of `count` entries.
     Zipf(rand_distr::Zipf<f64>, u64),
     Hot,
+    Sequential(u64),
 }
+
+/// The next key of the sequential distribution, shared by every client of the process.
+static NEXT_KEY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl KeyPicker {
     pub fn new(distribution: Distribution, count: u64) -> KeyPicker {
@@ -59,6 +63,7 @@ impl KeyPicker {
                 count,
             ),
             Distribution::Hot => KeyPicker::Hot,
+            Distribution::Sequential => KeyPicker::Sequential(count),
         }
     }
 
@@ -70,6 +75,9 @@ impl KeyPicker {
                 rank.clamp(1, *count) - 1
             }
             KeyPicker::Hot => 0,
+            KeyPicker::Sequential(count) => {
+                NEXT_KEY.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % count
+            }
         }
     }
 }

@@ -257,17 +257,7 @@ impl Sim {
                 return Some(Refusal::Stale(Box::new(config.clone())))
             }
             Fence::Behind => return Some(Refusal::Behind),
-            Fence::Stale => {
-                if std::env::var_os("DBG").is_some() {
-                    if config.shard(shard).is_some_and(|s| s.is_moving()) {
-                        eprintln!(
-                            "ADMIT {} node {node} shard {shard} v{version} < v{}",
-                            self.now, config.version
-                        );
-                    }
-                }
-            }
-            Fence::Admit => {}
+            Fence::Stale | Fence::Admit => {}
         }
         if !config.holds(node, shard) {
             return Some(Refusal::NotHeld);
@@ -589,11 +579,34 @@ impl Sim {
             return;
         }
         let victim = old[self.rng.range(0, old.len() as u64 - 1) as usize];
-        if std::env::var_os("DBG").is_some() { eprintln!("CUT {} node {victim} joint v{}", self.now, joint.version); }
+        // The replicas that stay in the victim's moving shards: the second fault.
+        let then: Vec<NodeId> = joint
+            .moving()
+            .filter(|(_, set)| set.old.contains(&victim))
+            .flat_map(|(_, set)| set.old.iter().filter(|n| set.new.contains(n)).copied())
+            .filter(|&n| n != victim && n != host)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         self.stats.partitions += 1;
         self.cut.insert(victim);
         let heal = self.rng.range(300, 1_500);
-        self.schedule(heal, Event::Heal(victim));
+        self.schedule(heal, Event::HealThenCut { heal: victim, then });
+    }
+
+    pub(super) fn heal_then_cut(&mut self, heal: NodeId, then: &[NodeId]) {
+        self.cut.remove(&heal);
+        if then.is_empty() || !self.rng.chance(500) || !self.may_fault() {
+            return;
+        }
+        let victim = then[self.rng.range(0, then.len() as u64 - 1) as usize];
+        if !self.nodes[&victim].up || self.cut.contains(&victim) {
+            return;
+        }
+        self.stats.partitions += 1;
+        self.cut.insert(victim);
+        let back = self.rng.range(100, 600);
+        self.schedule(back, Event::Heal(victim));
     }
 
     /// Step 2 (and the end of step 4): ends the install when every target has the
@@ -794,7 +807,6 @@ impl Sim {
     /// left too (they drop their data when they install it).
     fn finish_change(&mut self, joint: ClusterConfig) {
         let done = finish(&joint);
-        if std::env::var_os("DBG").is_some() { eprintln!("FINISH {} v{}", self.now, done.version); }
         if !self.agree(&joint, &done) {
             self.mover_fail();
             return;
