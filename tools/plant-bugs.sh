@@ -8,8 +8,8 @@
 # (counter-sim --mutation ...), whose acceptors and coordinators are the real core types.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-if ! git diff --quiet -- crates/core; then
-  echo "crates/core has uncommitted changes; commit or stash them first" >&2
+if ! git diff --quiet -- crates/core crates/counter/src; then
+  echo "crates/core or crates/counter/src has uncommitted changes; commit or stash them first" >&2
   exit 2
 fi
 
@@ -61,7 +61,7 @@ source_bug "proposer takes a register not the highest-ballot" crates/core/src/pr
   "simulation (counter-sim)" cargo run -q --release -p counter-sim -- --seeds 300
 source_bug "stale replies complete a quorum" crates/core/src/proposer.rs \
   "        ballot == self.ballot
-            && self.replicas.contains(&from)" "        self.replicas.contains(&from)" \
+            && self.quorum.contains(from)" "        self.quorum.contains(from)" \
   "core unit tests" cargo test -q --release -p counter-core
 sim_bug "promise not persisted before replying" promise-not-persisted
 sim_bug "read answered from one replica" read-one-replica
@@ -99,5 +99,25 @@ source_bug "a replayed request applied again" crates/core/src/change.rs \
   "core unit tests" cargo test -q --release -p counter-core
 source_bug "the quiet read tallies replies by value" crates/core/src/read.rs \
   "find(|(b, _, _)| *b == ballot)" "find(|(_, v, _)| *v == value)" \
+  "core unit tests" cargo test -q --release -p counter-core
+# Membership changes (crates/core/src/membership.rs has the recipe; tests/membership.rs runs it
+# on real processes).
+source_bug "membership: rescan skipped" crates/counter/src/membership.rs \
+  "        let keys = self.rescan(&joint, coordinator).await?;" "        let keys = 0u64; let _ = Self::rescan;" \
+  "real processes (tests/membership.rs)" cargo test -q --release -p counter --test membership
+source_bug "membership: old set's votes make a joint quorum" crates/core/src/quorum.rs \
+  "        if new.is_empty() || same_set(old, new) {" "        if true {" \
+  "core unit tests" cargo test -q --release -p counter-core
+source_bug "membership: a shard deleted before the switch" crates/counter/src/membership.rs \
+  "            if old.holds(self.id, shard) && !new.holds(self.id, shard) {" \
+  "            if old.holds(self.id, shard) && !new.shard(shard).is_some_and(|s| s.target().contains(&self.id)) {" \
+  "real processes (tests/membership.rs)" cargo test -q --release -p counter --test membership
+source_bug "membership: acceptors admit an older configuration" crates/core/src/membership.rs \
+  "        std::cmp::Ordering::Less => Fence::Stale," "        std::cmp::Ordering::Less => Fence::Admit," \
+  "core unit tests" cargo test -q --release -p counter-core
+source_bug "membership: a config change needs only the old members" crates/core/src/membership.rs \
+  "    Quorum::joint(&old, &new)
+}" "    Quorum::joint(&old, &[])
+}" \
   "core unit tests" cargo test -q --release -p counter-core
 exit $failed

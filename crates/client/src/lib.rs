@@ -31,6 +31,7 @@
 //! ```
 
 use counter_cluster::Directory;
+use counter_proto::NOT_A_MEMBER;
 use counter_net::{CallError, Pool};
 use counter_proto::Msg;
 use rand::Rng;
@@ -566,8 +567,8 @@ impl Client {
     }
 
     /// Sends `msg` to the first of `first`, then `then`, that takes it, failing over only while that is
-    /// safe: nothing was sent, or a node answered that it is not a replica of the key (its
-    /// cluster file differs from the router's; nothing was applied). `msg` is copied only
+    /// safe: nothing was sent, or a node answered that it is not a member any more (it was
+    /// removed since the directory was fetched; nothing was applied). `msg` is copied only
     /// while another candidate remains.
     async fn call_first(
         &self,
@@ -595,9 +596,9 @@ impl Client {
                     last = Err(CallError::NotSent(format!("{addr}: {e}")));
                 }
                 Ok(Msg::Error(e))
-                    if e.kind == ErrorKind::Unavailable && e.message.contains("not a replica") =>
+                    if e.kind == ErrorKind::Unavailable && e.message.contains(NOT_A_MEMBER) =>
                 {
-                    tracing::warn!(%addr, error = %e, "placement differs; trying the next");
+                    tracing::warn!(%addr, error = %e, "not a member any more; trying the next");
                     last = Ok(Msg::Error(e));
                 }
                 Err(CallError::Lost(e)) => return Err(CallError::Lost(format!("{addr}: {e}"))),

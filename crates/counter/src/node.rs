@@ -8,6 +8,7 @@ use counter_core::change::MAX_CLIENTS_LIMIT;
 use counter_core::{AcceptorReply, Limits};
 use counter_proto::{
     validate_command, validate_key, validate_register, ClientError, Command, Msg, NodeId, Outcome,
+    NOT_A_MEMBER,
 };
 use counter_router::forward::{msg_name, DEFAULT_TIMEOUT_MS};
 use counter_storage::Store;
@@ -68,7 +69,7 @@ impl Node {
                 let config = self.membership.config();
                 if !config.is_member(self.id) {
                     return Msg::Error(ClientError::unavailable(format!(
-                        "node {} is not a member of the cluster (configuration version {}); \
+                        "node {} {NOT_A_MEMBER} (configuration version {}); \
                          send commands to a member",
                         self.id, config.version
                     )));

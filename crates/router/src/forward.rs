@@ -5,7 +5,7 @@ use counter_cluster::{Cluster, Placement};
 use counter_net::{CallError, Pool};
 use counter_proto::{
     validate_command, validate_key, Change, ClientError, Command, Config, ErrorKind, Msg, NodeId,
-    ShardId,
+    ShardId, NOT_A_MEMBER,
 };
 use dashmap::DashMap;
 use std::sync::{Arc, RwLock};
@@ -39,6 +39,8 @@ pub struct Router {
     pool: Pool,
     /// Nodes that recently could not be reached, and since when.
     down: DashMap<NodeId, Instant>,
+    /// Wakes the refresh task early.
+    refresh_now: Arc<tokio::sync::Notify>,
 }
 
 impl Router {
@@ -53,6 +55,7 @@ impl Router {
             view: RwLock::new(Arc::new(View { config, placement })),
             pool: Pool::new(Duration::from_millis(500)),
             down: DashMap::new(),
+            refresh_now: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -115,15 +118,22 @@ impl Router {
         }
     }
 
-    /// Refreshes the configuration now and every [`REFRESH_EVERY`], while the router lives.
+    /// Asks for the newest configuration in the background (a node said it left).
+    fn refresh_soon(&self) {
+        self.refresh_now.notify_one();
+    }
+
+    /// Refreshes the configuration now and every [`REFRESH_EVERY`] (or sooner when asked),
+    /// while the router lives.
     pub fn spawn_refresh(self: &Arc<Self>) {
         let this = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
                 let Some(router) = this.upgrade() else { return };
                 router.refresh().await;
+                let wake = router.refresh_now.clone();
                 drop(router);
-                tokio::time::sleep(REFRESH_EVERY).await;
+                let _ = tokio::time::timeout(REFRESH_EVERY, wake.notified()).await;
             }
         });
     }
@@ -244,6 +254,14 @@ impl Router {
                     timeout_ms: budget.max(1),
                 };
                 match self.pool.call(addr, msg, left).await {
+                    // A node that left the cluster (the router has not heard yet): it applied
+                    // nothing, so the next replica may take the command.
+                    Ok(Msg::Error(e))
+                        if e.kind == ErrorKind::Unavailable && e.message.contains(NOT_A_MEMBER) =>
+                    {
+                        self.refresh_soon();
+                        errors.push(format!("node {node}: {}", e.message));
+                    }
                     Ok(Msg::Error(e)) if e.kind == ErrorKind::Unknown && retry_safe => {
                         tracing::info!(node, error = %e, "coordinator answered unknown; retrying the request");
                         unknown = Some(e);

@@ -57,6 +57,8 @@ pub struct Stats {
     pub moves_retried: usize,
     /// Identity rounds of the rescans.
     pub identity_rounds: usize,
+    /// Keys read by the last reader once the changes were done (`membership` setting).
+    pub last_reads: usize,
 }
 
 /// A finished run.

@@ -199,6 +199,7 @@ impl Sim {
                     .filter(|_| client == self.cfg.clients)
                 {
                     keys.retain(|k| *k != op.key);
+                    self.stats.last_reads += 1;
                 }
                 Outcome::Ok(v)
             }
