@@ -103,6 +103,18 @@ pub struct Config {
     /// Ids that left the cluster: never members again (a node that comes back under one
     /// would bring back state the cluster has moved past).
     pub removed: Vec<NodeId>,
+    /// What registers keep of their clients' requests (the bootstrap cluster file's
+    /// `dedup_clients`, `dedup_idle_secs` and `max_clock_skew_secs`), for nodes that join
+    /// without a cluster file.
+    pub dedup: Dedup,
+}
+
+/// The cluster file's exactly-once settings, as the configuration carries them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub struct Dedup {
+    pub max_clients: u32,
+    pub idle_ms: u64,
+    pub skew_ms: u64,
 }
 
 impl Config {

@@ -126,6 +126,7 @@ impl Cluster {
             (0..self.shards)
                 .map(|s| placement.replicas(s).to_vec())
                 .collect(),
+            self.limits,
         )
     }
 }

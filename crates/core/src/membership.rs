@@ -68,6 +68,7 @@ pub fn bootstrap(
     replication: u32,
     members: BTreeMap<NodeId, String>,
     sets: Vec<Vec<NodeId>>,
+    limits: crate::Limits,
 ) -> Config {
     Config {
         version: BOOTSTRAP_CONFIG_VERSION,
@@ -77,6 +78,25 @@ pub fn bootstrap(
         shards: sets.into_iter().map(ShardSet::stable).collect(),
         pending: None,
         removed: Vec::new(),
+        dedup: counter_proto::Dedup {
+            max_clients: limits.max_clients as u32,
+            idle_ms: limits.idle_ms,
+            skew_ms: limits.skew_ms,
+        },
+    }
+}
+
+/// The limits a configuration carries (a node that joined without a cluster file uses them);
+/// the defaults if they are not valid.
+pub fn limits(config: &Config) -> crate::Limits {
+    let limits = crate::Limits {
+        max_clients: config.dedup.max_clients as usize,
+        idle_ms: config.dedup.idle_ms,
+        skew_ms: config.dedup.skew_ms,
+    };
+    match limits.validate() {
+        Ok(()) => limits,
+        Err(_) => crate::Limits::default(),
     }
 }
 
@@ -348,7 +368,7 @@ mod tests {
                     .collect::<Vec<_>>()
             })
             .collect();
-        bootstrap(7, 3, members, sets)
+        bootstrap(7, 3, members, sets, crate::Limits::default())
     }
 
     fn add(id: NodeId) -> Change {

@@ -138,6 +138,7 @@ mod tests {
             shards: vec![ShardSet::stable(vec![1, 2])],
             pending: None,
             removed: vec![5],
+            dedup: Default::default(),
         };
         let dir = Path::new("/d");
         let Err(StartError::Refused(amnesia)) = judge(2, dir, &config) else {

@@ -232,11 +232,11 @@ fn golden() -> Vec<(Msg, &'static str)> {
             Msg::NodeStatusReply(sample_node_status()),
             "0401140203683a3101010201030405030601760201030001",
         ),
-        (Msg::StaleConfig(Box::new(sample_config())), "040115030903020103683a310403683a3402020104000101010401000403683a340102"),
+        (Msg::StaleConfig(Box::new(sample_config())), "040115030903020103683a310403683a3402020104000101010401000403683a340102010203"),
         (Msg::NeedConfig { have: 2 }, "04011602"),
         (Msg::GetConfig, "040117"),
-        (Msg::ConfigIs(Box::new(sample_config())), "040118030903020103683a310403683a3402020104000101010401000403683a340102"),
-        (Msg::InstallConfig(Box::new(sample_config())), "040119030903020103683a310403683a3402020104000101010401000403683a340102"),
+        (Msg::ConfigIs(Box::new(sample_config())), "040118030903020103683a310403683a3402020104000101010401000403683a340102010203"),
+        (Msg::InstallConfig(Box::new(sample_config())), "040119030903020103683a310403683a3402020104000101010401000403683a340102010203"),
         (Msg::ConfigInstalled { version: 3 }, "04011a03"),
         (Msg::ConfigPrepare { ballot: b }, "04011bac020201"),
         (
@@ -244,14 +244,14 @@ fn golden() -> Vec<(Msg, &'static str)> {
                 ballot: b,
                 accepted: Some((b, Box::new(sample_config()))),
             },
-            "04011cac02020101ac020201030903020103683a310403683a3402020104000101010401000403683a340102",
+            "04011cac02020101ac020201030903020103683a310403683a3402020104000101010401000403683a340102010203",
         ),
         (
             Msg::ConfigAccept {
                 ballot: b,
                 config: Box::new(sample_config()),
             },
-            "04011dac020201030903020103683a310403683a3402020104000101010401000403683a340102",
+            "04011dac020201030903020103683a310403683a3402020104000101010401000403683a340102010203",
         ),
         (
             Msg::ListKeys {
@@ -300,6 +300,11 @@ fn sample_config() -> Config {
             addr: "h:4".into(),
         }),
         removed: vec![2],
+        dedup: crate::Dedup {
+            max_clients: 1,
+            idle_ms: 2,
+            skew_ms: 3,
+        },
     }
 }
 

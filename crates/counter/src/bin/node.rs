@@ -247,7 +247,7 @@ async fn run_joining(args: &Args, seed: &str, started: Instant) -> ExitCode {
     ));
     let node = Node::new(
         args.id,
-        counter_core::Limits::default(),
+        counter_core::membership::limits(&config),
         store.clone(),
         membership.clone(),
         reporter,
