@@ -80,6 +80,7 @@ for KEYS in "${SIZES[@]}"; do
   while kill -0 "$MOVE" 2>/dev/null; do
     n=$((n + 1))
     w3 5s "W3, during move ($n)"
+    "$BIN/counter-cli" --router "$ROUTER" cluster status 2>/dev/null | grep -E "moving|available" | sed 's/^/    status: /' || true
   done
   wait "$MOVE" || echo "add-node failed: $(cat "$DIR/move.out")"
   echo "move: $(cat "$DIR/move.out")"

@@ -34,7 +34,7 @@ pub use frame::{
 };
 pub use identity::DataState;
 pub use register::{Ballot, ClientEntry, Command, Op, Outcome, Register, RequestId};
-pub use status::{ClusterStatus, MemberStatus, NodeStatus, ShardMove};
+pub use status::{ClusterStatus, MemberStatus, NodeStatus, RescanReport, ShardMove};
 pub use validate::{
     max_request_seq, unix_ms, validate_command, validate_key, validate_register, MAX_KEY_LEN,
 };

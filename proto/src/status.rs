@@ -59,6 +59,8 @@ pub struct NodeStatus {
     pub peers_up: Vec<NodeId>,
     /// Of its shards, how many it cannot reach a majority of replicas for.
     pub shards_without_quorum: u32,
+    /// The rescan this node drives (a membership change under way), per moving shard.
+    pub rescan: Vec<RescanReport>,
     /// It serves and reaches a majority of every one of its shards' replicas.
     pub ready: bool,
 }
@@ -73,13 +75,24 @@ pub struct MemberStatus {
     pub status: Result<NodeStatus, String>,
 }
 
-/// A shard moving from one replica set to another. Never produced yet: membership changes
-/// are not supported.
+/// A shard moving from one replica set to another (its joint configuration is agreed).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardMove {
     pub shard: ShardId,
     pub from: Vec<NodeId>,
     pub to: Vec<NodeId>,
+    /// Keys copied to the new set so far (as the node driving the change reports it).
+    pub keys_copied: u64,
+    /// Every key of the shard copied; the final configuration comes next.
+    pub copied: bool,
+}
+
+/// A node's report of the rescan it drives: per shard, keys copied and whether it is done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RescanReport {
+    pub shard: ShardId,
+    pub keys_copied: u64,
+    pub done: bool,
 }
 
 /// The router's view of the cluster, answered to [`Msg::Status`](crate::Msg::Status).

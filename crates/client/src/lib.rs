@@ -31,9 +31,9 @@
 //! ```
 
 use counter_cluster::Directory;
-use counter_proto::NOT_A_MEMBER;
 use counter_net::{CallError, Pool};
 use counter_proto::Msg;
+use counter_proto::NOT_A_MEMBER;
 use rand::Rng;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

@@ -217,6 +217,17 @@ pub fn table(status: &ClusterStatus) -> String {
     for note in notes {
         let _ = writeln!(out, "{note}");
     }
+    for m in &status.moves {
+        let _ = writeln!(
+            out,
+            "shard {} moving {:?} -> {:?}: {} keys copied{}",
+            m.shard,
+            m.from,
+            m.to,
+            m.keys_copied,
+            if m.copied { ", all" } else { "" }
+        );
+    }
     for w in &status.warnings {
         let _ = writeln!(out, "warning: {w}");
     }
@@ -303,7 +314,10 @@ pub fn json(router: &str, status: &ClusterStatus) -> Value {
     let moves: Vec<Value> = status
         .moves
         .iter()
-        .map(|m| json!({"shard": m.shard, "from": m.from, "to": m.to}))
+        .map(|m| {
+            json!({"shard": m.shard, "from": m.from, "to": m.to,
+                   "keys_copied": m.keys_copied, "copied": m.copied})
+        })
         .collect();
     json!({
         "router": router,
@@ -397,6 +411,7 @@ mod tests {
             version: "0.1.0".into(),
             peers_up: if ready { vec![1, 2] } else { vec![] },
             shards_without_quorum: if ready { 0 } else { 8 },
+            rescan: Vec::new(),
             ready,
         }
     }

@@ -288,7 +288,11 @@ impl Starting {
             },
             Msg::NodeStatus => {
                 let state = *self.state.lock().expect("state lock");
-                Msg::NodeStatusReply(self.reporter.report(state, &self.bootstrap, None).await)
+                Msg::NodeStatusReply(
+                    self.reporter
+                        .report(state, &self.bootstrap, None, Vec::new())
+                        .await,
+                )
             }
             other => Msg::Error(ClientError::unavailable(format!(
                 "node {} is starting (waiting for the other members of a new cluster); \

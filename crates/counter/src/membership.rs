@@ -27,9 +27,10 @@ use counter_core::membership::{
 use counter_core::{next_ballot, Quorum};
 use counter_net::Pool;
 use counter_proto::{
-    validate_key, Ballot, Change, ClientError, Config, DataState, Msg, NodeId, ShardId,
+    validate_key, Ballot, Change, ClientError, Config, DataState, Msg, NodeId, RescanReport,
+    ShardId,
 };
-use counter_storage::{StorageError, Store};
+use counter_storage::{RescanProgress, StorageError, Store};
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -65,6 +66,8 @@ pub struct Membership {
     pool: Pool,
     /// One admin command at a time on this node.
     admin: tokio::sync::Mutex<()>,
+    /// The rescan this node drives: the joint configuration's version, and per shard.
+    progress: Mutex<(u64, Vec<RescanReport>)>,
 }
 
 /// How one round on the configuration register ended.
@@ -107,6 +110,7 @@ impl Membership {
             store,
             pool: Pool::new(Duration::from_millis(500)),
             admin: tokio::sync::Mutex::new(()),
+            progress: Mutex::new((0, Vec::new())),
         }))
     }
 
@@ -658,48 +662,91 @@ impl Membership {
         }
     }
 
-    /// Step 3: an identity round on every key of every moving shard, under `joint`.
+    /// Step 3: an identity round on every key of every moving shard, under `joint`. Starts
+    /// where this node's last rescan of the same change stopped (recorded after every page).
     async fn rescan(
         &self,
         joint: &Config,
         coordinator: &Arc<Coordinator>,
     ) -> Result<u64, ClientError> {
-        let mut total = 0u64;
+        let storage = |e: StorageError| ClientError::unavailable(format!("storage: {e}"));
+        let mut progress = self.store.rescan_progress(joint.version).map_err(storage)?;
+        for (shard, _) in joint.moving() {
+            progress.shards.entry(shard).or_default();
+        }
+        self.report(&progress);
         for (shard, set) in joint.moving() {
             let started = Instant::now();
-            let mut after: Option<String> = None;
-            let mut copied = 0u64;
+            let mut done = progress.shards[&shard].clone();
+            if done.done {
+                continue;
+            }
+            if done.after.is_some() {
+                tracing::info!(shard, after = ?done.after, copied = done.copied, "resuming the rescan");
+            }
             loop {
-                let (keys, next) = self.page(joint, shard, &set.old, after.as_deref()).await?;
+                let (keys, next) = self
+                    .page(joint, shard, &set.old, done.after.as_deref())
+                    .await?;
                 let mut inflight = FuturesUnordered::new();
                 for key in keys {
                     if inflight.len() >= WINDOW {
                         if let Some(result) = inflight.next().await {
                             result?;
-                            copied += 1;
+                            done.copied += 1;
                         }
                     }
                     inflight.push(identity(coordinator, shard, key));
                 }
                 while let Some(result) = inflight.next().await {
                     result?;
-                    copied += 1;
+                    done.copied += 1;
                 }
                 match next {
-                    Some(last) => after = Some(last),
-                    None => break,
+                    Some(last) => done.after = Some(last),
+                    None => done.done = true,
+                }
+                progress.shards.insert(shard, done.clone());
+                self.store
+                    .save_rescan_progress(&progress)
+                    .map_err(storage)?;
+                self.report(&progress);
+                if done.done {
+                    break;
                 }
             }
             tracing::info!(
                 shard,
-                keys = copied,
+                keys = done.copied,
                 secs = started.elapsed().as_secs_f64(),
                 version = joint.version,
                 "shard rescanned through its joint quorum"
             );
-            total += copied;
         }
-        Ok(total)
+        Ok(progress.shards.values().map(|p| p.copied).sum())
+    }
+
+    /// Publishes the rescan's progress for `cluster status`.
+    fn report(&self, progress: &RescanProgress) {
+        let report = progress
+            .shards
+            .iter()
+            .map(|(&shard, p)| RescanReport {
+                shard,
+                keys_copied: p.copied,
+                done: p.done,
+            })
+            .collect();
+        *self.progress.lock().expect("progress lock") = (progress.version, report);
+    }
+
+    /// The rescan this node drives, if its change is still under way (for `NodeStatus`).
+    pub fn rescan_report(&self) -> Vec<RescanReport> {
+        let (version, report) = self.progress.lock().expect("progress lock").clone();
+        match self.config().pending {
+            Some(_) if self.config().version == version => report,
+            _ => Vec::new(),
+        }
     }
 
     /// The next page of `shard`'s keys after `after`, from a majority of its `old` set: the

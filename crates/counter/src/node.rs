@@ -174,6 +174,7 @@ impl Node {
                         self.store.data_state(),
                         &self.membership.config(),
                         Some(self.store.epoch()),
+                        self.membership.rescan_report(),
                     )
                     .await,
             ),

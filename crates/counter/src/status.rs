@@ -5,7 +5,7 @@
 
 use counter_cluster::Placement;
 use counter_net::Pool;
-use counter_proto::{Config, DataState, Msg, NodeId, NodeStatus};
+use counter_proto::{Config, DataState, Msg, NodeId, NodeStatus, RescanReport};
 use counter_router::status::{peer_is_up, shards_without_quorum, PEER_TIMEOUT};
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -50,12 +50,13 @@ impl Reporter {
     }
 
     /// This node's status: its data dir is in `state`, it runs `config`, opened with `epoch`
-    /// (`None`: not open yet).
+    /// (`None`: not open yet); `rescan`: the rescan it drives, if any.
     pub async fn report(
         &self,
         state: DataState,
         config: &Config,
         epoch: Option<u32>,
+        rescan: Vec<RescanReport>,
     ) -> NodeStatus {
         let up = self.peers_up(config).await;
         let serving = state == DataState::Serving;
@@ -75,6 +76,7 @@ impl Reporter {
             version: env!("CARGO_PKG_VERSION").to_string(),
             peers_up: up.into_iter().collect(),
             shards_without_quorum: without,
+            rescan,
             ready: serving && without == 0,
         }
     }

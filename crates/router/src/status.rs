@@ -115,6 +115,26 @@ pub fn summarize(config: &Config, members: Vec<MemberStatus>) -> ClusterStatus {
             unavailable_shards.push(shard);
         }
     }
+    let moves: Vec<ShardMove> = config
+        .moving()
+        .map(|(shard, set)| {
+            // The node driving the change reports how far its rescan is.
+            let reported = members
+                .iter()
+                .filter_map(|m| m.status.as_ref().ok())
+                .filter(|s| s.config_version == config.version)
+                .flat_map(|s| s.rescan.iter())
+                .filter(|r| r.shard == shard)
+                .max_by_key(|r| (r.done, r.keys_copied));
+            ShardMove {
+                shard,
+                from: set.old.clone(),
+                to: set.new.clone(),
+                keys_copied: reported.map_or(0, |r| r.keys_copied),
+                copied: reported.is_some_and(|r| r.done),
+            }
+        })
+        .collect();
     let answered = |m: &&MemberStatus| m.status.is_ok();
     ClusterStatus {
         router_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -130,14 +150,7 @@ pub fn summarize(config: &Config, members: Vec<MemberStatus>) -> ClusterStatus {
         members,
         shards_available,
         unavailable_shards,
-        moves: config
-            .moving()
-            .map(|(shard, set)| ShardMove {
-                shard,
-                from: set.old.clone(),
-                to: set.new.clone(),
-            })
-            .collect(),
+        moves,
         warnings,
     }
 }
@@ -260,6 +273,7 @@ mod tests {
                 version: "0".into(),
                 peers_up: peers.into_iter().collect(),
                 shards_without_quorum: without,
+                rescan: Vec::new(),
                 ready: without == 0,
             }),
         }

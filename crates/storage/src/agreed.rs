@@ -3,7 +3,7 @@
 //! acceptor state of the configuration register. And the two shard-wide operations a move
 //! needs: listing a shard's keys in order, and dropping a shard that left the node.
 
-use crate::meta::{META_AGREED, META_CF, META_CONFIG_REGISTER};
+use crate::meta::{META_AGREED, META_CF, META_CONFIG_REGISTER, META_RESCAN};
 use crate::{StorageError, Store};
 use counter_core::membership::ConfigAcceptor;
 use counter_proto::{Ballot, Config, ShardId};
@@ -11,6 +11,23 @@ use rocksdb::{IteratorMode, WriteOptions};
 
 /// The configuration register's acceptor state as stored.
 type StoredRegister = (Ballot, Option<(Ballot, Config)>);
+
+/// How far this node's rescan of a change's moving shards went (the change's joint
+/// configuration `version`): per shard, the last key done, whether the shard is done, and the
+/// keys copied. Lets a resumed admin command start where the last one stopped.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RescanProgress {
+    pub version: u64,
+    pub shards: std::collections::BTreeMap<ShardId, ShardProgress>,
+}
+
+/// One shard's rescan.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ShardProgress {
+    pub after: Option<String>,
+    pub done: bool,
+    pub copied: u64,
+}
 
 impl Store {
     fn meta_get<T: serde::de::DeserializeOwned>(
@@ -70,6 +87,22 @@ impl Store {
     pub fn save_config_acceptor(&self, state: &ConfigAcceptor) -> Result<(), StorageError> {
         let stored: StoredRegister = (state.promised, state.accepted.clone());
         self.meta_put_synced(META_CONFIG_REGISTER, &stored)
+    }
+
+    /// The rescan progress recorded for the change whose joint configuration is `version`.
+    pub fn rescan_progress(&self, version: u64) -> Result<RescanProgress, StorageError> {
+        Ok(self
+            .meta_get::<RescanProgress>(META_RESCAN)?
+            .filter(|p| p.version == version)
+            .unwrap_or(RescanProgress {
+                version,
+                shards: Default::default(),
+            }))
+    }
+
+    /// Records (synced) the rescan progress.
+    pub fn save_rescan_progress(&self, progress: &RescanProgress) -> Result<(), StorageError> {
+        self.meta_put_synced(META_RESCAN, progress)
     }
 
     /// Up to `limit` keys of `shard` after `after`, in byte order, and at most about `max_bytes`

@@ -61,6 +61,7 @@ mod store;
 /// The record encoding of shard column families lives in `counter-core` (pure, fuzzed).
 pub use counter_core::record::{self, encode as encode_state, FORMAT_VERSION};
 pub mod identity;
+pub use agreed::{RescanProgress, ShardProgress};
 pub use identity::{ClusterConfig, Identity, BOOTSTRAP_CONFIG_VERSION};
 pub use meta::{check, inspect, DirContents};
 pub use store::Store;

@@ -23,6 +23,8 @@ pub(crate) const META_STATE: &[u8] = b"state";
 pub(crate) const META_AGREED: &[u8] = b"agreed";
 /// The node's acceptor state of the configuration register.
 pub(crate) const META_CONFIG_REGISTER: &[u8] = b"config_register";
+/// How far the rescan of the change this node drives went (`RescanProgress`).
+pub(crate) const META_RESCAN: &[u8] = b"rescan";
 
 /// The column family of a shard's records (`shard-00000` ..).
 pub(crate) fn shard_cf(shard: ShardId) -> String {

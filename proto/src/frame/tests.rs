@@ -225,12 +225,12 @@ fn golden() -> Vec<(Msg, &'static str)> {
         (Msg::Status, "040111"),
         (
             Msg::ClusterStatus(sample_cluster_status()),
-            "0401120176010305020101020203683a31000203683a31010102010304050306017602010300010303683a32010178040104010101010102010177",
+            "0401120176010305020101020203683a31000203683a3101010201030405030601760201030001010201010303683a320101780401040101010101020500010177",
         ),
         (Msg::NodeStatus, "040113"),
         (
             Msg::NodeStatusReply(sample_node_status()),
-            "0401140203683a3101010201030405030601760201030001",
+            "0401140203683a310101020103040503060176020103000101020101",
         ),
         (Msg::StaleConfig(Box::new(sample_config())), "040115030903020103683a310403683a3402020104000101010401000403683a340102010203"),
         (Msg::NeedConfig { have: 2 }, "04011602"),
@@ -323,6 +323,11 @@ fn sample_node_status() -> NodeStatus {
         version: "v".into(),
         peers_up: vec![1, 3],
         shards_without_quorum: 0,
+        rescan: vec![crate::RescanReport {
+            shard: 1,
+            keys_copied: 2,
+            done: true,
+        }],
         ready: true,
     }
 }
@@ -354,6 +359,8 @@ fn sample_cluster_status() -> ClusterStatus {
             shard: 1,
             from: vec![1],
             to: vec![2],
+            keys_copied: 5,
+            copied: false,
         }],
         warnings: vec!["w".into()],
     }
