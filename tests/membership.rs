@@ -551,3 +551,70 @@ fn bad_admin_commands_change_nothing() {
     assert_eq!(wait_config(&c, &[1, 2, 3, 4]), next, "add-node 4 again");
     incr_to(&c, "bad-admin", 8);
 }
+
+/// The node driving a change is SIGKILLed in the middle of its rescan: the command fails
+/// (unavailable or unknown), `cluster status` showed the move and its progress, and running
+/// the same command again, once the node is back, finishes the change where it stood. No
+/// count is lost.
+#[test]
+fn a_change_resumes_after_its_driver_is_killed() {
+    let mut c = LocalCluster::start(3, 3, 2);
+    const FILLED: u64 = 4000;
+    let mut pipe = c.pipe(10_000);
+    for k in 0..FILLED {
+        assert_eq!(
+            pipe.run_line(&format!("incr resume-{k} {}", k + 1)),
+            (k + 1).to_string()
+        );
+    }
+    pipe.finish();
+    let n4 = c.start_joining_node(1);
+    let addr4 = c.node_addrs[n4].clone();
+    // The router hands the command to the first member that answers: node 1.
+    let run = c.cli_spawn(&[
+        "--timeout-ms",
+        ADMIN_TIMEOUT_MS,
+        "cluster",
+        "add-node",
+        "4",
+        &addr4,
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen_move = false;
+    while Instant::now() < deadline {
+        let (_, v) = c.status_json();
+        let copied = v["moves"]
+            .as_array()
+            .and_then(|m| m.first())
+            .and_then(|m| m["keys_copied"].as_u64())
+            .unwrap_or(0);
+        if copied > 0 {
+            seen_move = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(seen_move, "cluster status never showed the move's progress");
+    c.kill_node(0);
+    let (code, out, err) = cli_wait(run);
+    assert!(
+        code == 3 || code == 4,
+        "add-node with its driver killed: {code} {out:?} {err:?}"
+    );
+    let (_, v) = c.status_json();
+    assert!(
+        !v["moves"].as_array().unwrap().is_empty(),
+        "the move is still under way: {v}"
+    );
+    c.start_node(0);
+    admin(&c, &["add-node", "4", &addr4]);
+    wait_config(&c, &[1, 2, 3, 4]);
+    // Every count survived the interrupted and resumed move.
+    for k in (0..FILLED).step_by(97) {
+        assert_eq!(
+            c.get(&format!("resume-{k}")),
+            (k + 1) as i64,
+            "key resume-{k}"
+        );
+    }
+}

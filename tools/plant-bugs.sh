@@ -120,4 +120,8 @@ source_bug "membership: a config change needs only the old members" crates/core/
 }" "    Quorum::joint(&old, &[])
 }" \
   "core unit tests" cargo test -q --release -p counter-core
+sim_bug "membership: rescan skipped" skip-rescan --setting membership
+sim_bug "membership: old set's votes make a joint quorum" old-votes-count --setting membership
+sim_bug "membership: a shard deleted at the joint configuration" drop-before-commit --setting membership
+sim_bug "membership: acceptors admit an older configuration" no-fence --setting membership
 exit $failed

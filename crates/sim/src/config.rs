@@ -91,7 +91,10 @@ pub enum Mutation {
     /// identity rounds.
     SkipRescan,
     /// Rounds and quiet reads on a moving shard count a majority of its old set alone as a
-    /// quorum (they still send to both sets), instead of a majority of each set.
+    /// quorum (they still send to both sets), instead of a majority of each set. (The other
+    /// way to get it wrong, a majority of the union of both sets, cannot lose a count with the
+    /// moves `plan` makes, one member of a set at a time: 3 of 4 nodes always hold 2 of each
+    /// 3-node set.)
     OldVotesCount,
     /// A node drops a shard's data when it installs the joint configuration that moves the
     /// shard away from it, instead of the final one.
@@ -264,8 +267,9 @@ impl Config {
 
     /// Membership changes under the cluster's faults: keys in a few shards of 3 replicas each,
     /// and a mover that adds a node, removes an original one and replaces another (lost for
-    /// good) while clients count (`sim/membership.rs`). Every history must stay linearizable,
-    /// with a last read of every key once the changes are done.
+    /// good) while clients count, with faults aimed at the moves as well (`sim/membership.rs`).
+    /// Every history must stay linearizable, with a last read of every key once the changes
+    /// are done.
     pub fn membership(nodes: usize) -> Config {
         Config {
             setting: "membership",

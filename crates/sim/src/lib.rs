@@ -13,12 +13,21 @@
 //! what clients send it; clients issue operations one at a time on a few keys through a random
 //! live node (the router's job), with a timeout. Every history is checked by `counter-check`.
 //!
+//! In the `membership` setting, keys are split into shards of 3 replicas and the cluster
+//! changes while clients count: a mover adds a node, removes an original one and replaces
+//! another (lost for good with its disk), as the admin command does (joint configuration,
+//! barrier, rescan, switch), and runs each command again after a fault. Nodes run agreed
+//! configurations and fence every acceptor request by version, as the node does; the
+//! simplifications are listed in `sim/membership.rs`. After the changes every key is read once
+//! more, so a count lost by a move shows in the history.
+//!
 //! # Layout
 //!
 //! - `config`: [`Config`] (fault and workload settings, the presets), [`Mutation`] (planted
 //!   bugs), [`replay_command`].
 //! - `sim`: the simulated cluster and its event loop ([`run`]); `sim/client.rs` the clients,
-//!   `sim/node.rs` what a node does with a message.
+//!   `sim/node.rs` what a node does with a message, `sim/membership.rs` configurations, the
+//!   fence and the mover.
 //! - `rng`: [`Rng`], the seeded PRNG every random choice comes from.
 //! - here: what a run yields ([`Run`], [`Stats`]) and how it is judged ([`Run::problem`]).
 

@@ -100,6 +100,9 @@ enum Failed {
     Ambiguous,
     /// The node's `expired`: not applied now, never will be; an earlier attempt may have been.
     Expired,
+    /// The node's `NOT_A_MEMBER` (it left the cluster, or has not joined yet): nothing was run;
+    /// the router tries another replica.
+    NotAMember,
 }
 
 #[derive(Clone, Debug)]
@@ -403,8 +406,16 @@ impl Sim {
             return;
         }
         // Client requests ride TCP through the router: they may be lost, never duplicated
-        // (a duplicated request is a retry, which only request ids can make safe).
-        let may_duplicate = !matches!(payload, Payload::Request { .. });
+        // (a duplicated request is a retry, which only request ids can make safe). Nor is a
+        // `NOT_A_MEMBER` answer, on which the router sends the request to another replica.
+        let may_duplicate = !matches!(
+            payload,
+            Payload::Request { .. }
+                | Payload::Response {
+                    result: Err(Failed::NotAMember),
+                    ..
+                }
+        );
         let copies = if may_duplicate && self.rng.chance(self.cfg.duplicate) {
             2
         } else {

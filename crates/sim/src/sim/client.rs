@@ -125,10 +125,29 @@ impl Sim {
     /// `first`: never sent before, so "no live node" means it was not applied.
     fn dispatch(&mut self, c: usize, first: bool) {
         let (req, index) = self.clients[c].pending.expect("a pending request");
-        let (key, cmd) = self.clients[c].current.clone().expect("a current command");
-        // The router: a live replica of the key's shard in the configuration it knows (both
-        // sets while the shard moves), chosen at random; none live means "not sent".
-        let shard = super::membership::shard_of(&self.cfg, &key);
+        let Some(to) = self.pick(c) else {
+            if !first {
+                // Sent before, so it may have been applied: keep trying later.
+                self.schedule(10, Event::ClientTimeout { client: c, req });
+                return;
+            }
+            self.clients[c].pending = None;
+            self.history[index].outcome = Outcome::Failed;
+            self.history[index].ret = self.now;
+            self.stats.failed += 1;
+            self.schedule(10, Event::ClientNext(c));
+            return;
+        };
+        let timeout = self.cfg.client_timeout;
+        self.schedule(timeout, Event::ClientTimeout { client: c, req });
+        self.send_request(c, to);
+    }
+
+    /// The router's choice for client `c`'s pending request: a live replica of the key's shard
+    /// in the configuration it knows (both sets while the shard moves), at random.
+    fn pick(&mut self, c: usize) -> Option<NodeId> {
+        let (key, _) = self.clients[c].current.as_ref().expect("a current command");
+        let shard = super::membership::shard_of(&self.cfg, key);
         let replicas = self.router.shard(shard).expect("a shard").nodes();
         let live: Vec<NodeId> = self
             .nodes
@@ -139,23 +158,16 @@ impl Sim {
             })
             .map(|(&id, _)| id)
             .collect();
-        if live.is_empty() && !first {
-            // Sent before, so it may have been applied: keep trying later.
-            self.schedule(10, Event::ClientTimeout { client: c, req });
-            return;
-        }
         if live.is_empty() {
-            self.clients[c].pending = None;
-            self.history[index].outcome = Outcome::Failed;
-            self.history[index].ret = self.now;
-            self.stats.failed += 1;
-            self.schedule(10, Event::ClientNext(c));
-            return;
+            return None;
         }
-        let to = live[self.rng.range(0, live.len() as u64 - 1) as usize];
+        Some(live[self.rng.range(0, live.len() as u64 - 1) as usize])
+    }
+
+    fn send_request(&mut self, c: usize, to: NodeId) {
+        let (req, _) = self.clients[c].pending.expect("a pending request");
+        let (key, cmd) = self.clients[c].current.clone().expect("a current command");
         self.clients[c].sends += 1;
-        let timeout = self.cfg.client_timeout;
-        self.schedule(timeout, Event::ClientTimeout { client: c, req });
         self.send(
             CLIENT_BASE + c as NodeId,
             to,
@@ -168,12 +180,30 @@ impl Sim {
         );
     }
 
-    pub(super) fn client_answer(&mut self, client: usize, req: u64, result: Result<i64, Failed>) {
+    pub(super) fn client_answer(
+        &mut self,
+        client: usize,
+        req: u64,
+        mut result: Result<i64, Failed>,
+    ) {
         let Some((pending, index)) = self.clients[client].pending else {
             return;
         };
         if pending != req {
             return; // a duplicate, or an answer after the client gave up
+        }
+        if result == Err(Failed::NotAMember) {
+            // That node ran nothing: the router learns the newest configuration and sends the
+            // request to another replica, within the client's same call (router.rs).
+            self.router_learn();
+            self.clients[client].sends = self.clients[client].sends.saturating_sub(1);
+            match self.pick(client) {
+                Some(to) => {
+                    self.send_request(client, to);
+                    return;
+                }
+                None => result = Err(Failed::NotApplied),
+            }
         }
         // With request ids an unknown outcome is retried. So is "not applied" once the request
         // was sent before: that attempt did not apply it, an earlier one may have.
@@ -211,6 +241,7 @@ impl Sim {
                 self.stats.unknown += 1;
                 Outcome::Unknown
             }
+            Err(Failed::NotAMember) => unreachable!("the router tried another replica"),
             Err(Failed::Expired) => {
                 // Its outcome is unknown, and the session is over: the next request opens a
                 // new one (the client library's rule).

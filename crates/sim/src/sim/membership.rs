@@ -35,7 +35,25 @@
 //!
 //! Everything else is the node's: data rounds carry the coordinator's version and meet the
 //! fence, configurations travel in messages (with loss, duplication, delay, partitions), and
-//! nodes learn them from pushes, refusals and their periodic refresh.
+//! nodes learn them from pushes, refusals and their periodic refresh. The routers route by a
+//! configuration they refresh as often (so they may send to a node that left, which answers
+//! `NOT_A_MEMBER`: the router then learns the newest and tries another replica).
+//!
+//! Other differences from the node, none of which the safety argument leans on: a key `k{i}`
+//! is in shard `i % shards` (the node hashes); all of a shard's keys fit in one `ListKeys`
+//! page, and the answers of the old set's members are gathered across the mover's polls (the
+//! node needs a majority within one round of asks); a phase ends at its timeout or at a
+//! `StaleConfig`, not also when every replica answered; the mover starts a change's joiner
+//! itself, and loses a replaced node (never restarted under its id) as the change starts.
+//!
+//! # Targeted faults
+//!
+//! Besides the setting's random faults, as the mover installs a joint configuration it cuts off,
+//! half the time, one replica of a moving shard's old set (not its host) for a while, and when
+//! that heals, half the time, one replica that stays in those shards ([`Sim::heal_then_cut`]).
+//! The first makes a node that runs the older configuration for a while after it returns, which
+//! the fence is for; the second makes a replica that misses writes, which, with single-member
+//! moves (the only kind `plan` makes), a lost fence needs as well before a count is lost.
 
 use super::{Event, Payload, Sim, SimNode, Waiter};
 use crate::{Config, Mutation};
@@ -108,7 +126,13 @@ pub(super) fn bootstrap(cfg: &Config) -> ClusterConfig {
     let sets = (0..cfg.shards.max(1))
         .map(|s| (0..r).map(|i| ((s + i) % n) as NodeId + 1).collect())
         .collect();
-    first_config(0x5eed, r as u32, members, sets)
+    first_config(
+        0x5eed,
+        r as u32,
+        members,
+        sets,
+        counter_core::Limits::default(),
+    )
 }
 
 fn addr(id: NodeId) -> String {
@@ -324,6 +348,12 @@ impl Sim {
     /// The routers ask the nodes for their configurations and route by the newest (the
     /// router's `refresh`, every 2 s: between two, it may send to a node that left).
     pub(super) fn router_refresh(&mut self) {
+        self.router_learn();
+        self.schedule(REFRESH_EVERY, Event::RouterRefresh);
+    }
+
+    /// The routers' view moves to the newest configuration a live node runs.
+    pub(super) fn router_learn(&mut self) {
         let newest = self
             .nodes
             .values()
@@ -333,7 +363,6 @@ impl Sim {
         if let Some(newest) = newest.filter(|c| c.version > self.router.version) {
             self.router = newest.clone();
         }
-        self.schedule(REFRESH_EVERY, Event::RouterRefresh);
     }
 
     /// Configuration messages, and the mover's.
@@ -594,6 +623,8 @@ impl Sim {
         self.schedule(heal, Event::HealThenCut { heal: victim, then });
     }
 
+    /// Heals the node [`Sim::cut_off_one`] cut off, and half the time (when the fault budget
+    /// allows) cuts off one of `then`, the replicas that stay in its moving shards, for a while.
     pub(super) fn heal_then_cut(&mut self, heal: NodeId, then: &[NodeId]) {
         self.cut.remove(&heal);
         if then.is_empty() || !self.rng.chance(500) || !self.may_fault() {

@@ -71,10 +71,9 @@ impl Sim {
                     self.respond(to, waiter, Err(Failed::Expired));
                     return;
                 }
-                // Only a member coordinates (node.rs: "not a member ... send commands to a
-                // member", an `unavailable`).
+                // Only a member coordinates (node.rs: `NOT_A_MEMBER`).
                 if !self.nodes[&to].config.is_member(to) {
-                    self.respond(to, waiter, Err(Failed::NotApplied));
+                    self.respond(to, waiter, Err(Failed::NotAMember));
                     return;
                 }
                 self.enqueue(to, key, waiter, cmd, false);
