@@ -60,6 +60,30 @@ pub enum PlanError {
     Busy(Change),
     #[error("invalid address {0:?}: expected HOST:PORT")]
     BadAddr(String),
+    #[error(
+        "the configuration of this change ({0} shards) would not fit in one message (frames are \
+         at most {max} bytes): online membership changes need fewer shards",
+        max = counter_proto::MAX_FRAME_LEN
+    )]
+    TooLarge(u32),
+}
+
+/// Whether `config` fits in every message that carries it (the largest: a promise of the
+/// configuration register with it as the accepted value).
+pub fn fits_in_a_frame(config: &Config) -> bool {
+    let ballot = Ballot {
+        round: u64::MAX,
+        node: NodeId::MAX,
+        epoch: u32::MAX,
+    };
+    let frame = counter_proto::Frame {
+        id: u64::MAX,
+        msg: counter_proto::Msg::ConfigPromise {
+            ballot,
+            accepted: Some((ballot, Box::new(config.clone()))),
+        },
+    };
+    counter_proto::encode_frame(&frame, &mut Vec::new()).is_ok()
 }
 
 /// The first configuration of a cluster created from a cluster file.
@@ -149,6 +173,17 @@ pub fn plan(cur: &Config, change: &Change) -> Result<Config, PlanError> {
         }
         Ok(())
     };
+    // The largest configuration this change can make (every shard moving, one more member)
+    // must fit in a frame; checked first, so that a huge shard count costs nothing more.
+    let mut worst = cur.clone();
+    for set in &mut worst.shards {
+        set.new = set.old.clone();
+    }
+    worst.members.insert(NodeId::MAX, "x".repeat(64));
+    worst.pending = Some(change.clone());
+    if !fits_in_a_frame(&worst) {
+        return Err(PlanError::TooLarge(cur.shard_count()));
+    }
     let mut next = cur.clone();
     next.version = cur.version + 1;
     next.pending = Some(change.clone());
@@ -161,29 +196,34 @@ pub fn plan(cur: &Config, change: &Change) -> Result<Config, PlanError> {
             load.insert(*id, 0);
             let replicas: usize = targets.iter().map(Vec::len).sum();
             let fair = replicas / load.len();
-            while load[id] < fair {
-                // The most loaded member gives one of its shards (lowest shard first) that the
-                // new node does not hold yet.
-                let Some((shard, giver)) = targets
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, set)| !set.contains(id))
-                    .flat_map(|(s, set)| set.iter().map(move |&n| (s, n)))
-                    .max_by_key(|&(s, n)| (load[&n], std::cmp::Reverse(s), n))
-                else {
-                    break;
-                };
-                if load[&giver] <= load[id] + 1 {
+            // Shards in order: each gives the new node the replica of its most loaded member,
+            // while that member holds more than the new node would after taking it. One pass
+            // per round, a few rounds at most: linear in the number of shards.
+            for _round in 0..4 {
+                let before = load[id];
+                for set in targets.iter_mut() {
+                    if load[id] >= fair {
+                        break;
+                    }
+                    if set.contains(id) {
+                        continue;
+                    }
+                    let (at, giver) = set
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &n)| (i, n))
+                        .max_by_key(|&(_, n)| (load[&n], n))
+                        .expect("a replica set is not empty");
+                    if load[&giver] <= load[id] + 1 {
+                        continue;
+                    }
+                    set[at] = *id;
+                    *load.get_mut(&giver).expect("member") -= 1;
+                    *load.get_mut(id).expect("added") += 1;
+                }
+                if load[id] == before || load[id] >= fair {
                     break;
                 }
-                let set = &mut targets[shard];
-                let at = set
-                    .iter()
-                    .position(|&n| n == giver)
-                    .expect("giver holds it");
-                set[at] = *id;
-                *load.get_mut(&giver).expect("member") -= 1;
-                *load.get_mut(id).expect("added") += 1;
             }
         }
         Change::RemoveNode { id } => {
@@ -471,6 +511,15 @@ mod tests {
         assert!(matches!(plan(&cur, &bad), Err(PlanError::BadAddr(_))));
         let joint = plan(&cur, &add(4)).unwrap();
         assert!(matches!(plan(&joint, &add(5)), Err(PlanError::Busy(_))));
+    }
+
+    #[test]
+    fn a_configuration_too_large_for_a_frame_is_refused() {
+        assert!(plan(&cfg(3, 1024), &add(4)).is_ok());
+        assert_eq!(
+            plan(&cfg(3, 20_000), &add(4)),
+            Err(PlanError::TooLarge(20_000))
+        );
     }
 
     #[test]

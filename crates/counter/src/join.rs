@@ -31,8 +31,10 @@ pub async fn open(
         | StorageError::ShardMismatch { .. } => StartError::Refused(e.to_string()),
         e => StartError::Failed(e.to_string()),
     };
-    match counter_storage::inspect(dir).map_err(refused)? {
-        DirContents::Identified { identity, .. } => {
+    let existing = match counter_storage::inspect(dir).map_err(refused)? {
+        DirContents::Identified {
+            identity, state, ..
+        } => {
             if identity.node != id {
                 return Err(refused(StorageError::WrongNode {
                     dir: dir.to_path_buf(),
@@ -41,16 +43,37 @@ pub async fn open(
                 }));
             }
             let store = Store::open_node(dir, &identity).map_err(refused)?;
-            Ok(Arc::new(store))
+            if state != DataState::Created {
+                return Ok(Arc::new(store));
+            }
+            // Created but not finished joining (a crash between creating it and recording the
+            // configuration): it never served, so the join is done again.
+            Some(store)
         }
-        DirContents::Legacy { .. } => Err(StartError::Refused(format!(
-            "data dir {} was created by an earlier build for a cluster file: start it with \
-             --cluster, not --join",
-            dir.display()
-        ))),
-        DirContents::Empty => {
-            let config = ask_config(seed, timeout).await?;
-            judge(id, dir, &config)?;
+        DirContents::Legacy { .. } => {
+            return Err(StartError::Refused(format!(
+                "data dir {} was created by an earlier build for a cluster file: start it with \
+                 --cluster, not --join",
+                dir.display()
+            )))
+        }
+        DirContents::Empty => None,
+    };
+    let config = newest_config(seed, timeout).await?;
+    judge(id, dir, &config)?;
+    let store = match existing {
+        Some(store) => {
+            let recorded = store.identity().map(|i| i.cluster_id);
+            if recorded != Some(config.cluster_id) {
+                return Err(StartError::Refused(format!(
+                    "data dir {} was created for another cluster than the one {seed} belongs \
+                     to: use another data dir",
+                    dir.display()
+                )));
+            }
+            store
+        }
+        None => {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StartError::Failed(format!("cannot create {}: {e}", dir.display())))?;
             let identity = Identity {
@@ -63,18 +86,48 @@ pub async fn open(
                     members: config.members.clone(),
                 },
             };
-            let store = Store::open_node(dir, &identity).map_err(refused)?;
-            store.save_agreed(&config).map_err(refused)?;
-            store.set_state(DataState::Joining).map_err(refused)?;
-            tracing::info!(
-                dir = %dir.display(),
-                cluster_id = %format!("{:016x}", config.cluster_id),
-                version = config.version,
-                "data dir created for a node joining the cluster"
-            );
-            Ok(Arc::new(store))
+            Store::open_node(dir, &identity).map_err(refused)?
+        }
+    };
+    store.save_agreed(&config).map_err(refused)?;
+    store.set_state(DataState::Joining).map_err(refused)?;
+    tracing::info!(
+        dir = %dir.display(),
+        cluster_id = %format!("{:016x}", config.cluster_id),
+        version = config.version,
+        "data dir created for a node joining the cluster"
+    );
+    Ok(Arc::new(store))
+}
+
+/// The newest agreed configuration: the seed's, then every member's it names, until no member
+/// names a newer one (a seed that was down or cut off may answer an old configuration, in
+/// which a wiped member would not be a member yet).
+async fn newest_config(seed: &str, timeout: Duration) -> Result<Config, StartError> {
+    let mut newest = ask_config(seed, timeout).await?;
+    let pool = Pool::new(Duration::from_millis(500));
+    for _ in 0..5 {
+        let asks = newest.members.values().map(|addr| {
+            let pool = &pool;
+            async move {
+                pool.call(addr, Msg::GetConfig, Duration::from_secs(2))
+                    .await
+            }
+        });
+        let mut changed = false;
+        for answer in futures::future::join_all(asks).await {
+            if let Ok(Msg::ConfigIs(config)) = answer {
+                if config.cluster_id == newest.cluster_id && config.version > newest.version {
+                    newest = *config;
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
         }
     }
+    Ok(newest)
 }
 
 /// Whether node `id` may be created empty to join the cluster `config` describes.

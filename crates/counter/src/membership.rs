@@ -68,6 +68,8 @@ pub struct Membership {
     admin: tokio::sync::Mutex<()>,
     /// The rescan this node drives: the joint configuration's version, and per shard.
     progress: Mutex<(u64, Vec<RescanReport>)>,
+    /// Held by [`Membership::install`] from start to end.
+    installing: Mutex<()>,
 }
 
 /// How one round on the configuration register ended.
@@ -97,8 +99,8 @@ impl Membership {
         let register = store.config_acceptor()?;
         for shard in 0..agreed.shard_count() {
             if !agreed.holds(id, shard) && !store.shard_is_empty(shard)? {
-                let n = store.drop_shard(shard)?;
-                tracing::info!(shard, keys = n, "dropped a shard this node no longer holds");
+                store.drop_shard(shard)?;
+                tracing::info!(shard, "dropped a shard this node no longer holds");
             }
         }
         Ok(Arc::new(Membership {
@@ -111,6 +113,7 @@ impl Membership {
             pool: Pool::new(Duration::from_millis(500)),
             admin: tokio::sync::Mutex::new(()),
             progress: Mutex::new((0, Vec::new())),
+            installing: Mutex::new(()),
         }))
     }
 
@@ -134,24 +137,43 @@ impl Membership {
     /// Installs `config` if it is newer than the one this node runs (persisted first), and drops
     /// the data of shards it leaves. `Ok(false)`: not newer, or not of this cluster (ignored).
     pub fn install(&self, config: Config) -> Result<bool, StorageError> {
-        let old = {
-            let mut current = self.current.write().expect("config lock");
-            if config.version <= current.version {
-                return Ok(false);
-            }
-            if config.cluster_id != current.cluster_id
-                || config.shard_count() != current.shard_count()
-            {
-                tracing::warn!(
-                    cluster_id = %format!("{:016x}", config.cluster_id),
-                    shards = config.shard_count(),
-                    "ignored a configuration of another cluster"
-                );
-                return Ok(false);
-            }
-            self.store.save_agreed(&config)?;
-            std::mem::replace(&mut *current, Arc::new(config))
-        };
+        // One install at a time, from the version check to the last drop: a newer
+        // configuration that gives a shard back cannot be installed (and its rounds admitted)
+        // while this one deletes the shard.
+        let _one = self.installing.lock().expect("install lock");
+        let old = self.config();
+        if config.version <= old.version {
+            return Ok(false);
+        }
+        if config.cluster_id != old.cluster_id || config.shard_count() != old.shard_count() {
+            tracing::warn!(
+                cluster_id = %format!("{:016x}", config.cluster_id),
+                shards = config.shard_count(),
+                "ignored a configuration of another cluster"
+            );
+            return Ok(false);
+        }
+        if self.store.data_state() == DataState::Joining
+            && config.is_member(self.id)
+            && !adds(&config, self.id)
+        {
+            // A node that joined becomes a member only through the change that adds it (it
+            // installs that change's joint configuration before anything is copied to it).
+            // Otherwise the cluster counts this id as a member whose state this empty data
+            // dir does not have: a wiped member restarted with --join.
+            tracing::error!(
+                version = config.version,
+                "this node joined with an empty data dir, but configuration {} already counts \
+                 node {} as a member: refusing to become that member (a wiped member must be \
+                 replaced under a new id: counter-cli cluster replace-node {} NEW_ID NEW_ADDR)",
+                config.version,
+                self.id,
+                self.id
+            );
+            return Ok(false);
+        }
+        self.store.save_agreed(&config)?;
+        *self.current.write().expect("config lock") = Arc::new(config);
         let new = self.config();
         tracing::info!(
             version = new.version,
@@ -161,10 +183,9 @@ impl Membership {
         );
         for shard in 0..new.shard_count() {
             if old.holds(self.id, shard) && !new.holds(self.id, shard) {
-                let n = self.store.drop_shard(shard)?;
+                self.store.drop_shard(shard)?;
                 tracing::info!(
                     shard,
-                    keys = n,
                     version = new.version,
                     "dropped a shard that moved away"
                 );
@@ -359,6 +380,15 @@ impl Membership {
         };
         let started = Instant::now();
         self.refresh().await;
+        // The node a change brings in may be the only one that has its joint configuration (the
+        // driver of an interrupted command reached it and few others): ask it too.
+        if let Some((_, addr)) = joiner(&change) {
+            if let Ok(Msg::ConfigIs(config)) =
+                self.pool.call(addr, Msg::GetConfig, CALL_TIMEOUT).await
+            {
+                self.learn(*config);
+            }
+        }
         let cur = self.config();
         if is_done(&cur, &change) {
             return Ok(format!(
@@ -387,7 +417,8 @@ impl Membership {
                 self.agree(&cur, joint).await?
             }
         };
-        self.install_everywhere(&joint, &[], true).await?;
+        let must = joiner(&change).map(|(id, _)| id);
+        self.install_everywhere(&joint, &[], must, true).await?;
         let moved = joint.moving().count();
         let keys = self.rescan(&joint, coordinator).await?;
         let done = self.agree(&joint, finish(&joint)).await?;
@@ -398,7 +429,7 @@ impl Membership {
             .filter(|(n, _)| !done.is_member(**n))
             .map(|(&n, a)| (n, a.clone()))
             .collect();
-        if let Err(e) = self.install_everywhere(&done, &left, false).await {
+        if let Err(e) = self.install_everywhere(&done, &left, None, false).await {
             tracing::warn!(error = %e, "some nodes did not install the final configuration yet; they will learn it from their peers");
         }
         tracing::info!(%change, version = done.version, moved, keys, "change done");
@@ -592,12 +623,13 @@ impl Membership {
 
     /// Sends `config` to every member (and to `extra` nodes of the previous configuration) until
     /// they installed it. With `barrier`, fails unless a majority of every moving shard's old
-    /// set did within [`INSTALL_FOR`] (from then on no round of an older configuration can
+    /// set, and the node `must` (the one the change brings in), did within [`INSTALL_FOR`] (from then on no round of an older configuration can
     /// complete on that shard); without, gives up quietly after a few seconds.
     async fn install_everywhere(
         &self,
         config: &Config,
         extra: &[(NodeId, String)],
+        must: Option<NodeId>,
         barrier: bool,
     ) -> Result<(), ClientError> {
         let mut targets: BTreeMap<NodeId, Option<String>> = config
@@ -628,7 +660,8 @@ impl Membership {
             let have: Vec<NodeId> = installed.iter().copied().collect();
             let fenced = config
                 .moving()
-                .all(|(_, set)| Quorum::majority(&set.old).is_met(&have));
+                .all(|(_, set)| Quorum::majority(&set.old).is_met(&have))
+                && must.is_none_or(|n| installed.contains(&n));
             let everyone = installed.len() == targets.len();
             if everyone || (fenced && started.elapsed() > Duration::from_secs(3)) {
                 return Ok(());
@@ -849,6 +882,12 @@ async fn identity(
          resumes)",
         last.map(|e| e.to_string()).unwrap_or_default()
     )))
+}
+
+/// Whether `config` is the joint configuration of the change that adds `node`.
+fn adds(config: &Config, node: NodeId) -> bool {
+    matches!(&config.pending, Some(Change::AddNode { id, .. }) if *id == node)
+        || matches!(&config.pending, Some(Change::ReplaceNode { new, .. }) if *new == node)
 }
 
 /// The node a change brings in, and its address.

@@ -137,33 +137,19 @@ impl Store {
         Ok((keys, true))
     }
 
-    /// Deletes every record of `shard` (synced): the node left the shard's replica set in a
-    /// configuration it installed, so its copy can count in no quorum any more.
-    pub fn drop_shard(&self, shard: ShardId) -> Result<u64, StorageError> {
+    /// Deletes every record of `shard` (one synced range deletion, whatever the shard's size):
+    /// the node left the shard's replica set in a configuration it installed, so its copy can
+    /// count in no quorum any more. Keys are UTF-8, so none holds the byte 0xFF: the range
+    /// from the empty key to `[0xFF]` covers them all.
+    pub fn drop_shard(&self, shard: ShardId) -> Result<(), StorageError> {
         let cf = self.shard_cf(shard)?;
-        let mut dropped = 0u64;
-        let mut first: Option<Vec<u8>> = None;
-        let mut last: Option<Vec<u8>> = None;
-        for item in self.db.iterator_cf(&cf, IteratorMode::Start) {
-            let (key, _) = item?;
-            if first.is_none() {
-                first = Some(key.to_vec());
-            }
-            last = Some(key.to_vec());
-            dropped += 1;
-        }
-        let (Some(first), Some(mut last)) = (first, last) else {
-            return Ok(0);
-        };
-        // delete_range's end is exclusive: one byte past the last key.
-        last.push(0);
         let mut batch = rocksdb::WriteBatch::default();
-        batch.delete_range_cf(&cf, first, last);
+        batch.delete_range_cf(cf, b"".as_slice(), [0xFFu8].as_slice());
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
         self.db.write_opt(batch, &sync)?;
         self.synced.retain(|(s, _), _| *s != shard);
-        Ok(dropped)
+        Ok(())
     }
 
     /// Whether `shard` holds any record.
@@ -177,5 +163,66 @@ impl Store {
             }
         };
         Ok(empty)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tests::b;
+
+    #[tokio::test]
+    async fn keys_page_in_order_and_a_dropped_shard_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 2).unwrap();
+        for k in ["b", "a", "c", "é", "d"] {
+            store.prepare(0, k, b(1, 1)).await.unwrap();
+        }
+        store.prepare(1, "other", b(1, 1)).await.unwrap();
+        let (page, done) = store.keys(0, None, 2, 1 << 20).unwrap();
+        assert_eq!(
+            (page, done),
+            (vec!["a".to_string(), "b".to_string()], false)
+        );
+        let (page, done) = store.keys(0, Some("b"), 10, 1 << 20).unwrap();
+        assert_eq!(page, ["c", "d", "é"]);
+        assert!(done);
+        assert!(!store.shard_is_empty(0).unwrap());
+        store.drop_shard(0).unwrap();
+        assert!(store.shard_is_empty(0).unwrap());
+        assert_eq!(store.keys(0, None, 10, 1 << 20).unwrap(), (vec![], true));
+        assert_eq!(store.peek(0, "a").unwrap(), Default::default());
+        // Other shards are untouched, and the drop survives a restart.
+        drop(store);
+        let store = Store::open(dir.path(), 2).unwrap();
+        assert!(store.shard_is_empty(0).unwrap());
+        assert_eq!(store.keys(1, None, 10, 1 << 20).unwrap().0, ["other"]);
+    }
+
+    #[test]
+    fn the_configuration_register_and_rescan_progress_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1).unwrap();
+        assert_eq!(store.config_acceptor().unwrap(), ConfigAcceptor::default());
+        let mut acceptor = ConfigAcceptor::default();
+        acceptor.prepare(b(3, 1)).unwrap();
+        store.save_config_acceptor(&acceptor).unwrap();
+        let mut progress = store.rescan_progress(5).unwrap();
+        progress.shards.insert(
+            0,
+            ShardProgress {
+                after: Some("k".into()),
+                done: false,
+                copied: 7,
+            },
+        );
+        store.save_rescan_progress(&progress).unwrap();
+        drop(store);
+        let store = Store::open(dir.path(), 1).unwrap();
+        assert_eq!(store.config_acceptor().unwrap(), acceptor);
+        assert_eq!(store.rescan_progress(5).unwrap(), progress);
+        // Progress of another change does not count.
+        assert!(store.rescan_progress(7).unwrap().shards.is_empty());
+        assert_eq!(store.agreed().unwrap(), None);
     }
 }
