@@ -3,6 +3,7 @@
 # W3 load (64 clients, 10^4 keys, uniform increments) runs.
 #
 #   tools/rebalance-bench.sh [KEYS_PER_SHARD ...]     default: 100000
+#   LOAD=0 tools/rebalance-bench.sh 1000000           the move alone (no W3 beside it)
 #
 # For each size, on loopback in a fresh temporary folder: a 3-node cluster (R = 3, 2 shards)
 # and a router; a fill of every key of both shards (2 x KEYS_PER_SHARD keys, sequential
@@ -79,6 +80,7 @@ for KEYS in "${SIZES[@]}"; do
   n=0
   while kill -0 "$MOVE" 2>/dev/null; do
     n=$((n + 1))
+    if [ "${LOAD:-1}" = 0 ]; then sleep 5; continue; fi
     w3 5s "W3, during move ($n)"
     "$BIN/counter-cli" --router "$ROUTER" cluster status 2>/dev/null | grep -E "moving|available" | sed 's/^/    status: /' || true
   done
