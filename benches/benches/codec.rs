@@ -22,6 +22,7 @@ fn frames() -> Vec<(&'static str, Frame)> {
                 round: 813,
                 ..ballot
             }),
+            config: 3,
         },
     };
     vec![

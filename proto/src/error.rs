@@ -91,6 +91,10 @@ impl fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
+/// Part of the message a node that is not a member (removed, or not added yet) answers a
+/// command with: it applied nothing, so a client or router may try another node.
+pub const NOT_A_MEMBER: &str = "is not a member of the cluster";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,7 +122,3 @@ mod tests {
         );
     }
 }
-
-/// Part of the message a node that is not a member (removed, or not added yet) answers a
-/// command with: it applied nothing, so a client or router may try another node.
-pub const NOT_A_MEMBER: &str = "is not a member of the cluster";

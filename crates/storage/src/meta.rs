@@ -32,6 +32,7 @@ pub(crate) fn shard_cf(shard: ShardId) -> String {
 }
 
 /// What a data dir holds, as far as who it belongs to is concerned.
+#[allow(clippy::large_enum_variant)] // read once at start-up, never stored in bulk
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DirContents {
     /// No database, or one that never recorded its shard count (a first start that stopped
