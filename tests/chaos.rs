@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{Answer, LocalCluster};
+use common::{Answer, LocalCluster, Rng};
 use counter_check::{check_history, OpKind, Operation, Outcome, Verdict};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,21 +22,6 @@ use std::time::{Duration, Instant};
 
 const CLIENTS: usize = 6;
 const KEYS: [&str; 3] = ["chaos-a", "chaos-b", "chaos-c"];
-
-/// SplitMix64, so a run's choices can be replayed from its printed seed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn signal(pid: u32, sig: &str) {
     let _ = std::process::Command::new("kill")

@@ -17,7 +17,7 @@
 
 mod common;
 
-use common::{cli_wait, free_port, LocalCluster};
+use common::{cli_wait, free_port, LocalCluster, Rng};
 use counter_check::{check_history, OpKind, Operation, Outcome, Verdict};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -41,21 +41,6 @@ const LOAD_LIMIT: Duration = Duration::from_secs(75);
 const PAUSE: Duration = Duration::from_millis(3);
 /// `--timeout-ms` of the clients.
 const CLIENT_TIMEOUT_MS: u32 = 5_000;
-
-/// SplitMix64, so a run's choices can be replayed from its printed seed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// Sets the flag when dropped: the clients stop however the test ends.
 struct StopOnDrop(Arc<AtomicBool>);
