@@ -117,10 +117,6 @@ impl Membership {
         }))
     }
 
-    pub fn id(&self) -> NodeId {
-        self.id
-    }
-
     /// The configuration this node runs.
     pub fn config(&self) -> Arc<Config> {
         self.current.read().expect("config lock").clone()

@@ -44,10 +44,6 @@ impl Node {
         })
     }
 
-    pub fn membership(&self) -> &Arc<Membership> {
-        &self.membership
-    }
-
     /// Answers one message from a router, a client or another node's coordinator.
     pub async fn handle(self: Arc<Self>, msg: Msg) -> Msg {
         match msg {
