@@ -1,24 +1,41 @@
 //! The accept loop and per-connection request handling.
+//!
+//! A server holds at most `max_connections` connections. Bytes that start a frame must complete
+//! it within `frame_timeout`, and a connection with nothing in flight is closed after
+//! `idle_timeout` without a request: a peer that opens connections and sends half a frame
+//! cannot hold memory or slots for long. When every slot is taken, the connection that has been
+//! idle longest (nothing in flight) is shed to make room for the new one; only when every
+//! connection has a request in flight does the new one wait. Stopping (a drain) ends the accept
+//! loop, stops reading requests, and lets every request already read finish and its reply go out.
 
 use crate::client::write_loop;
 use crate::codec::{FrameCodec, NetError};
 use counter_proto::{ClientError, Frame, Msg};
 use futures::StreamExt;
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Limits of a server.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// Connections served at once; further connections wait in the accept queue.
+    /// Connections served at once; beyond it the longest-idle connection is shed.
     pub max_connections: usize,
     /// Requests of one connection being handled at once; the reader pauses beyond it.
     pub max_inflight_per_conn: usize,
+    /// How long the bytes of one frame may take to arrive once its first byte has.
+    pub frame_timeout: Duration,
+    /// How long a connection with no request in flight may stay without sending one.
+    pub idle_timeout: Duration,
+    /// What the server is, for logs and metrics (`node`, `router`).
+    pub name: &'static str,
 }
 
 impl Default for ServerConfig {
@@ -26,6 +43,85 @@ impl Default for ServerConfig {
         ServerConfig {
             max_connections: 1024,
             max_inflight_per_conn: 4096,
+            frame_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            name: "server",
+        }
+    }
+}
+
+/// Why a server closed a connection (the `reason` label of
+/// `counter_connections_closed_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Closed {
+    /// The peer closed it, or reading failed.
+    Peer,
+    /// A frame that could not be decoded.
+    BadFrame,
+    /// A frame started and did not complete within `frame_timeout`.
+    PartialFrame,
+    /// Nothing in flight and no request for `idle_timeout`.
+    Idle,
+    /// Shed to make room for a new connection.
+    Shed,
+    /// The server is stopping.
+    Stopping,
+}
+
+impl Closed {
+    fn label(self) -> &'static str {
+        match self {
+            Closed::Peer => "peer",
+            Closed::BadFrame => "bad_frame",
+            Closed::PartialFrame => "partial_frame",
+            Closed::Idle => "idle",
+            Closed::Shed => "shed",
+            Closed::Stopping => "stopping",
+        }
+    }
+}
+
+/// What the accept loop knows of a live connection.
+struct Live {
+    /// Milliseconds since the server started, at the connection's last request (or accept).
+    last_active_ms: AtomicU64,
+    /// Requests in flight, as permits taken out of `max_inflight_per_conn`.
+    inflight: Arc<Semaphore>,
+    /// Cancelled to close the connection (shed, or the server stops).
+    close: CancellationToken,
+    shed: AtomicBool,
+}
+
+/// The live connections, for shedding the longest idle.
+struct Registry {
+    started: Instant,
+    max_inflight: usize,
+    conns: Mutex<HashMap<u64, Arc<Live>>>,
+}
+
+impl Registry {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Closes the connection with nothing in flight that has been idle longest; false if every
+    /// connection has a request in flight.
+    fn shed_one(&self) -> bool {
+        let conns = self.conns.lock().expect("registry lock");
+        let victim = conns
+            .values()
+            .filter(|c| {
+                !c.shed.load(Ordering::Relaxed)
+                    && c.inflight.available_permits() == self.max_inflight
+            })
+            .min_by_key(|c| c.last_active_ms.load(Ordering::Relaxed));
+        match victim {
+            Some(live) => {
+                live.shed.store(true, Ordering::Relaxed);
+                live.close.cancel();
+                true
+            }
+            None => false,
         }
     }
 }
@@ -38,11 +134,40 @@ where
     H: Fn(Msg) -> F + Send + Sync + Clone + 'static,
     F: Future<Output = Msg> + Send + 'static,
 {
+    serve_until(listener, config, handler, CancellationToken::new()).await
+}
+
+/// As [`serve`], until `stop` is cancelled: then it accepts no more connections, reads no more
+/// requests, and returns once every request already read has been answered (or its connection
+/// failed). Bound the wait with a timeout: a handler may take its whole budget.
+pub async fn serve_until<H, F>(
+    listener: TcpListener,
+    config: ServerConfig,
+    handler: H,
+    stop: CancellationToken,
+) where
+    H: Fn(Msg) -> F + Send + Sync + Clone + 'static,
+    F: Future<Output = Msg> + Send + 'static,
+{
+    let name = config.name;
     let limit = Arc::new(Semaphore::new(config.max_connections));
+    let registry = Arc::new(Registry {
+        started: Instant::now(),
+        max_inflight: config.max_inflight_per_conn,
+        conns: Mutex::new(HashMap::new()),
+    });
+    let tracker = TaskTracker::new();
+    let open = metrics::gauge!("counter_connections_open", "server" => name);
+    let mut next_id = 0u64;
     let mut backoff = Duration::from_millis(10);
+    let mut shed_since_warning = 0u64;
+    let mut last_warning: Option<Instant> = None;
     loop {
-        let permit = limit.clone().acquire_owned().await.expect("never closed");
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
             Ok(s) => {
                 backoff = Duration::from_millis(10);
                 s
@@ -55,38 +180,140 @@ where
                 continue;
             }
         };
+        let permit = match limit.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if registry.shed_one() {
+                    shed_since_warning += 1;
+                    metrics::counter!("counter_connections_shed_total", "server" => name)
+                        .increment(1);
+                    if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                        tracing::warn!(
+                            max_connections = config.max_connections,
+                            shed = shed_since_warning,
+                            "connection limit reached: closed the longest-idle connections to \
+                             make room (peers that open connections and send nothing, or too \
+                             many clients)"
+                        );
+                        shed_since_warning = 0;
+                        last_warning = Some(Instant::now());
+                    }
+                }
+                // Every connection busy: the new one waits for a slot.
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    permit = limit.clone().acquire_owned() => permit.expect("never closed"),
+                }
+            }
+        };
         let _ = stream.set_nodelay(true);
+        next_id += 1;
+        let id = next_id;
+        let live = Arc::new(Live {
+            last_active_ms: AtomicU64::new(registry.now_ms()),
+            inflight: Arc::new(Semaphore::new(config.max_inflight_per_conn)),
+            close: stop.child_token(),
+            shed: AtomicBool::new(false),
+        });
+        registry
+            .conns
+            .lock()
+            .expect("registry lock")
+            .insert(id, live.clone());
+        open.increment(1.0);
         let handler = handler.clone();
         let config = config.clone();
-        tokio::spawn(async move {
-            serve_conn(stream, peer.to_string(), config, handler).await;
+        let registry = registry.clone();
+        let open = open.clone();
+        tracker.spawn(async move {
+            let why = serve_conn(stream, peer.to_string(), &config, handler, &live, &registry).await;
+            registry.conns.lock().expect("registry lock").remove(&id);
+            open.decrement(1.0);
+            metrics::counter!("counter_connections_closed_total", "server" => name, "reason" => why.label())
+                .increment(1);
             drop(permit);
         });
     }
+    // Closed at once: a connection attempted during the drain is refused, not left waiting.
+    drop(listener);
+    tracker.close();
+    let left = tracker.len();
+    if left > 0 {
+        tracing::info!(
+            connections = left,
+            "{name}: no longer accepting; answering the requests already read"
+        );
+    }
+    tracker.wait().await;
 }
 
 async fn serve_conn<H, F>(
     stream: tokio::net::TcpStream,
     peer: String,
-    config: ServerConfig,
+    config: &ServerConfig,
     handler: H,
-) where
+    live: &Live,
+    registry: &Registry,
+) -> Closed
+where
     H: Fn(Msg) -> F + Send + Sync + Clone + 'static,
     F: Future<Output = Msg> + Send + 'static,
 {
     let (read, write) = stream.into_split();
     let (tx, rx) = mpsc::channel::<Frame>(config.max_inflight_per_conn);
     let writer = tokio::spawn(write_loop(write, rx, Arc::new(AtomicBool::new(false))));
-    let inflight = Arc::new(Semaphore::new(config.max_inflight_per_conn));
     let mut frames = FramedRead::new(read, FrameCodec::default());
-    while let Some(next) = frames.next().await {
+    // How often the timeouts are checked.
+    let tick = (config.frame_timeout.min(config.idle_timeout) / 4).min(Duration::from_secs(1));
+    let mut partial_since: Option<Instant> = None;
+    let mut last_request = Instant::now();
+    let why = loop {
+        let now = Instant::now();
+        if frames.read_buffer().is_empty() {
+            partial_since = None;
+        } else {
+            partial_since.get_or_insert(now);
+        }
+        let deadline = match partial_since {
+            Some(since) => since + config.frame_timeout,
+            None => last_request + config.idle_timeout,
+        };
+        let next = tokio::select! {
+            biased;
+            _ = live.close.cancelled() => {
+                break if live.shed.load(Ordering::Relaxed) { Closed::Shed } else { Closed::Stopping };
+            }
+            next = frames.next() => next,
+            _ = tokio::time::sleep_until(deadline.min(now + tick).into()) => {
+                let now = Instant::now();
+                if now < deadline {
+                    continue;
+                }
+                if partial_since.is_some() {
+                    tracing::debug!(%peer, "closing a connection whose frame did not complete in {:?}", config.frame_timeout);
+                    break Closed::PartialFrame;
+                }
+                if live.inflight.available_permits() == config.max_inflight_per_conn {
+                    tracing::debug!(%peer, "closing a connection idle for {:?}", config.idle_timeout);
+                    break Closed::Idle;
+                }
+                // Requests in flight: not idle.
+                last_request = now;
+                continue;
+            }
+        };
         match next {
-            Ok(Frame { id, msg }) => {
-                let permit = inflight
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("never closed");
+            None => break Closed::Peer,
+            Some(Ok(Frame { id, msg })) => {
+                last_request = Instant::now();
+                live.last_active_ms
+                    .store(registry.now_ms(), Ordering::Relaxed);
+                let permit = tokio::select! {
+                    _ = live.close.cancelled() => {
+                        break if live.shed.load(Ordering::Relaxed) { Closed::Shed } else { Closed::Stopping };
+                    }
+                    permit = live.inflight.clone().acquire_owned() => permit.expect("never closed"),
+                };
                 let handler = handler.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
@@ -95,11 +322,11 @@ async fn serve_conn<H, F>(
                     drop(permit);
                 });
             }
-            Err(NetError::Io(e)) => {
+            Some(Err(NetError::Io(e))) => {
                 tracing::debug!(%peer, error = %e, "connection read failed");
-                break;
+                break Closed::Peer;
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 tracing::warn!(%peer, error = %e, "closing connection after a bad frame");
                 let _ = tx
                     .send(Frame {
@@ -107,13 +334,14 @@ async fn serve_conn<H, F>(
                         msg: Msg::Error(ClientError::invalid(e.to_string())),
                     })
                     .await;
-                break;
+                break Closed::BadFrame;
             }
         }
-    }
+    };
     // Let in-flight requests finish and their replies go out, then close.
     drop(tx);
     let _ = writer.await;
+    why
 }
 
 #[cfg(test)]
@@ -187,6 +415,142 @@ mod tests {
             good.call(Msg::Value(1), Duration::from_secs(5)).await,
             Ok(Msg::Value(2))
         );
+    }
+
+    /// A server with small limits that answers `Value(v)` with `2v` after `v` ms.
+    async fn small_server(max_connections: usize, stop: CancellationToken) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let config = ServerConfig {
+            max_connections,
+            frame_timeout: Duration::from_millis(300),
+            idle_timeout: Duration::from_secs(3),
+            ..ServerConfig::default()
+        };
+        tokio::spawn(serve_until(
+            listener,
+            config,
+            |msg| async move {
+                match msg {
+                    Msg::Value(v) => {
+                        tokio::time::sleep(Duration::from_millis(v.clamp(0, 5000) as u64)).await;
+                        Msg::Value(v * 2)
+                    }
+                    other => other,
+                }
+            },
+            stop,
+        ));
+        addr
+    }
+
+    /// Reads until the server closes the connection; true if it did within `within`.
+    async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+        let mut buf = [0u8; 256];
+        let start = tokio::time::Instant::now();
+        loop {
+            let left = within.saturating_sub(start.elapsed());
+            match tokio::time::timeout(left, stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_half_sent_frame_is_timed_out_and_an_idle_connection_closed() {
+        let addr = small_server(64, CancellationToken::new()).await;
+        // The first bytes of a 100-byte frame, then nothing.
+        let mut half = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        half.write_all(&[0, 0, 0, 100, 1, 2]).await.unwrap();
+        // Silent from the start: idle, closed later than the half frame.
+        let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        assert!(
+            closed_within(&mut half, Duration::from_secs(2)).await,
+            "a frame that never completes must not hold its connection"
+        );
+        assert!(
+            !closed_within(&mut idle, Duration::from_secs(1)).await,
+            "an idle connection is kept for the idle timeout"
+        );
+        assert!(
+            closed_within(&mut idle, Duration::from_secs(4)).await,
+            "an idle connection is closed after the idle timeout"
+        );
+        // A connection with a request in flight longer than the idle timeout is not idle.
+        let conn = Conn::connect(&addr, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(
+            conn.call(Msg::Value(3500), Duration::from_secs(6)).await,
+            Ok(Msg::Value(7000))
+        );
+    }
+
+    #[tokio::test]
+    async fn well_behaved_clients_are_served_while_bad_ones_hold_every_slot() {
+        let addr = small_server(16, CancellationToken::new()).await;
+        // Ten times the cap of connections that send half a frame and nothing more.
+        let mut bad = Vec::new();
+        for _ in 0..160 {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            s.write_all(&[0, 0, 0, 50, 1]).await.unwrap();
+            bad.push(s);
+        }
+        // Every good client is served at once: the longest-idle bad connections make room.
+        for round in 0..20 {
+            let conn = Conn::connect(&addr, Duration::from_secs(1)).await.unwrap();
+            let started = std::time::Instant::now();
+            assert_eq!(
+                conn.call(Msg::Value(round), Duration::from_secs(2)).await,
+                Ok(Msg::Value(round * 2)),
+                "good client {round}"
+            );
+            assert!(
+                started.elapsed() < Duration::from_millis(500),
+                "round {round}"
+            );
+        }
+        // A busy connection (a request in flight) is never shed for a newcomer.
+        let busy = Arc::new(Conn::connect(&addr, Duration::from_secs(1)).await.unwrap());
+        let slow = {
+            let busy = busy.clone();
+            tokio::spawn(async move { busy.call(Msg::Value(1500), Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for _ in 0..40 {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            s.write_all(&[0, 0, 0, 50, 1]).await.unwrap();
+            bad.push(s);
+        }
+        assert_eq!(slow.await.unwrap(), Ok(Msg::Value(3000)));
+    }
+
+    #[tokio::test]
+    async fn stopping_answers_what_was_read_and_takes_nothing_new() {
+        let stop = CancellationToken::new();
+        let addr = small_server(64, stop.clone()).await;
+        let conn = Arc::new(Conn::connect(&addr, Duration::from_secs(1)).await.unwrap());
+        let calls: Vec<_> = (0..20)
+            .map(|i| {
+                let conn = conn.clone();
+                tokio::spawn(
+                    async move { conn.call(Msg::Value(300 + i), Duration::from_secs(5)).await },
+                )
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.cancel();
+        // The listener is closed at once: a new connection is refused while the requests
+        // already read are still running.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(Conn::connect(&addr, Duration::from_secs(1)).await.is_err());
+        for (i, call) in calls.into_iter().enumerate() {
+            assert_eq!(
+                call.await.unwrap(),
+                Ok(Msg::Value((300 + i as i64) * 2)),
+                "a request read before the stop is answered"
+            );
+        }
     }
 
     #[tokio::test]
