@@ -1,6 +1,6 @@
 //! The frame codec: length prefix + versioned postcard body.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use counter_proto::{decode_frame, encode_frame, DecodeError, EncodeError, Frame, MAX_FRAME_LEN};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
@@ -15,6 +15,9 @@ pub enum NetError {
     Encode(#[from] EncodeError),
 }
 
+/// Bytes of the big-endian length prefix.
+const LEN_PREFIX: usize = 4;
+
 /// Length-delimited, versioned postcard frames, at most [`MAX_FRAME_LEN`] bytes each.
 #[derive(Debug)]
 pub struct FrameCodec {
@@ -26,7 +29,7 @@ impl Default for FrameCodec {
     fn default() -> Self {
         FrameCodec {
             inner: LengthDelimitedCodec::builder()
-                .length_field_length(4)
+                .length_field_length(LEN_PREFIX)
                 .max_frame_length(MAX_FRAME_LEN)
                 .new_codec(),
             scratch: Vec::new(),
@@ -39,17 +42,25 @@ impl Decoder for FrameCodec {
     type Error = NetError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, NetError> {
-        match self.inner.decode(src) {
-            Ok(Some(body)) => Ok(Some(decode_frame(&body)?)),
-            Ok(None) => Ok(None),
-            // The only error LengthDelimitedCodec reports is a declared length over the limit.
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                Err(NetError::Decode(DecodeError::Malformed(format!(
-                    "declared frame length exceeds the limit of {MAX_FRAME_LEN} bytes"
-                ))))
-            }
-            Err(e) => Err(NetError::Io(e)),
+        // The length prefix is read here rather than by LengthDelimitedCodec's decoder, which
+        // reserves the whole declared length as soon as the prefix arrives: a thousand peers
+        // that each send a prefix and nothing more would hold 64 KiB each. The buffer grows as
+        // bytes actually arrive instead.
+        let Some(prefix) = src.get(..LEN_PREFIX) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes(prefix.try_into().expect("4 bytes")) as usize;
+        if len > MAX_FRAME_LEN {
+            return Err(NetError::Decode(DecodeError::Malformed(format!(
+                "declared frame length {len} exceeds the limit of {MAX_FRAME_LEN} bytes"
+            ))));
         }
+        if src.len() < LEN_PREFIX + len {
+            return Ok(None);
+        }
+        src.advance(LEN_PREFIX);
+        let body = src.split_to(len);
+        Ok(Some(decode_frame(&body)?))
     }
 }
 
@@ -98,6 +109,16 @@ mod tests {
         let mut codec = FrameCodec::default();
         let mut buf = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
         assert!(matches!(codec.decode(&mut buf), Err(NetError::Decode(_))));
+    }
+
+    #[test]
+    fn a_declared_length_reserves_nothing_until_bytes_arrive() {
+        let mut codec = FrameCodec::default();
+        let mut buf = BytesMut::with_capacity(16);
+        buf.extend_from_slice(&60_000u32.to_be_bytes());
+        buf.extend_from_slice(&[1, 2, 3]);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(buf.capacity() < 1024, "capacity {}", buf.capacity());
     }
 
     #[test]
