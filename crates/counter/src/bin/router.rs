@@ -23,6 +23,8 @@ struct Args {
     /// Address to bind.
     #[arg(long)]
     listen: String,
+    #[command(flatten)]
+    resp: RespArgs,
 }
 
 #[tokio::main]
@@ -46,6 +48,10 @@ async fn main() -> ExitCode {
     tracing::info!(listen = %args.listen, nodes = cluster.nodes.len(), "counter-router serving");
     let router = Arc::new(Router::new(cluster));
     router.spawn_refresh();
+    if let Err(e) = args.resp.spawn(&router).await {
+        eprintln!("counter-router: {e}");
+        return ExitCode::FAILURE;
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");
     tokio::select! {
@@ -57,4 +63,46 @@ async fn main() -> ExitCode {
         _ = term.recv() => {}
     }
     ExitCode::SUCCESS
+}
+
+/// The Redis-protocol front door (`counter_router::resp`; docs/CLI.md).
+#[derive(clap::Args)]
+struct RespArgs {
+    /// Also serve Redis clients (RESP2) on this address (off by default).
+    #[arg(long, value_name = "HOST:PORT")]
+    resp_listen: Option<String>,
+    /// Most RESP connections; a new one sheds the connection idle the longest.
+    #[arg(long, default_value_t = 1024)]
+    resp_max_clients: usize,
+    /// A RESP connection silent this long is closed.
+    #[arg(long, default_value_t = 300)]
+    resp_idle_timeout_secs: u64,
+    /// A RESP frame begun and not finished within this long closes its connection.
+    #[arg(long, default_value_t = 30_000)]
+    resp_frame_timeout_ms: u64,
+}
+
+impl RespArgs {
+    /// Binds `--resp-listen` (if given) and serves it in the background.
+    async fn spawn(&self, router: &Arc<Router>) -> Result<(), String> {
+        let Some(addr) = &self.resp_listen else {
+            return Ok(());
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr} (--resp-listen): {e}"))?;
+        let config = counter_router::resp::RespConfig {
+            max_clients: self.resp_max_clients.max(1),
+            idle_timeout: std::time::Duration::from_secs(self.resp_idle_timeout_secs.max(1)),
+            frame_timeout: std::time::Duration::from_millis(self.resp_frame_timeout_ms.max(1)),
+            ..Default::default()
+        };
+        tracing::info!(listen = %addr, "counter-router serving the Redis protocol");
+        tokio::spawn(counter_router::resp::serve(
+            listener,
+            router.clone(),
+            config,
+        ));
+        Ok(())
+    }
 }
