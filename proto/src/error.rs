@@ -95,6 +95,11 @@ impl std::error::Error for ClientError {}
 /// command with: it applied nothing, so a client or router may try another node.
 pub const NOT_A_MEMBER: &str = "is not a member of the cluster";
 
+/// Part of the message a server answers a request with when it read the request after its
+/// drain began (SIGTERM): it ran nothing of it, so the request may go to another server.
+/// `counter-net`'s client turns this answer into "not sent" and drops the connection.
+pub const DRAINING: &str = "is shutting down (draining) and ran nothing of this request";
+
 #[cfg(test)]
 mod tests {
     use super::*;

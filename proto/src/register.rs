@@ -167,6 +167,18 @@ impl Op {
     pub fn is_read(&self) -> bool {
         matches!(self, Op::Get)
     }
+
+    /// The operation's name as the CLI spells it (`incr`, `get`, ...), for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Incr(_) => "incr",
+            Op::Decr(_) => "decr",
+            Op::Get => "get",
+            Op::Reset => "reset",
+            Op::Set(_) => "set",
+            Op::Cas { .. } => "cas",
+        }
+    }
 }
 
 /// An operation with its conditions and its request id: what a coordinator applies.

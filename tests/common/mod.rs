@@ -34,22 +34,45 @@ pub struct LocalCluster {
     router: Option<Child>,
     /// When set, every node runs in a network namespace of its own (see [`Netns`]).
     pub netns: Option<Netns>,
+    /// Extra arguments of node `i` (by index; none beyond the end), and of the router.
+    pub node_args: Vec<Vec<String>>,
+    pub router_args: Vec<String>,
+    /// Extra environment of the router (e.g. `RUST_LOG`).
+    pub router_env: Vec<(String, String)>,
 }
 
 impl LocalCluster {
     /// Starts `n` nodes with replication `r` and a router, and waits until a command succeeds.
     pub fn start(n: usize, r: usize, shards: u32) -> LocalCluster {
-        Self::start_in(n, r, shards, None)
+        Self::start_in(n, r, shards, None, Vec::new(), Vec::new())
+    }
+
+    /// Like `start`, with extra arguments for node `i` (`node_args[i]`) and for the router.
+    pub fn start_with(
+        n: usize,
+        r: usize,
+        shards: u32,
+        node_args: Vec<Vec<String>>,
+        router_args: Vec<String>,
+    ) -> LocalCluster {
+        Self::start_in(n, r, shards, None, node_args, router_args)
     }
 
     /// Like `start`, with every node in its own network namespace joined to the router's by
     /// veth pairs, so that a node can be cut off the network ([`LocalCluster::cut`]).
     pub fn start_in_namespaces(n: usize, r: usize, shards: u32) -> Result<LocalCluster, String> {
         let netns = Netns::create(n)?;
-        Ok(Self::start_in(n, r, shards, Some(netns)))
+        Ok(Self::start_in(n, r, shards, Some(netns), Vec::new(), Vec::new()))
     }
 
-    fn start_in(n: usize, r: usize, shards: u32, netns: Option<Netns>) -> LocalCluster {
+    fn start_in(
+        n: usize,
+        r: usize,
+        shards: u32,
+        netns: Option<Netns>,
+        node_args: Vec<Vec<String>>,
+        router_args: Vec<String>,
+    ) -> LocalCluster {
         let dir = tempfile::tempdir().unwrap();
         let node_addrs: Vec<String> = match &netns {
             Some(ns) => (0..n).map(|i| format!("{}:7101", ns.node_ip(i))).collect(),
@@ -76,6 +99,9 @@ impl LocalCluster {
             joins: vec![None; n],
             router: None,
             netns,
+            node_args,
+            router_args,
+            router_env: Vec::new(),
         };
         for i in 0..n {
             c.start_node(i);
@@ -132,6 +158,7 @@ impl LocalCluster {
             None => command.arg("--cluster").arg(&self.cluster_file),
         };
         command.arg("--data-dir").arg(self.data_dir(i));
+        command.args(self.node_args.get(i).into_iter().flatten());
         command
     }
 
@@ -225,6 +252,8 @@ impl LocalCluster {
             .arg(&self.cluster_file)
             .arg("--listen")
             .arg(&self.router_addr)
+            .args(&self.router_args)
+            .envs(self.router_env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -246,6 +275,22 @@ impl LocalCluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Sends SIGTERM to node `i` and waits (at most `limit`) for it to exit: its exit code.
+    pub fn term_node(&mut self, i: usize, limit: Duration) -> i32 {
+        let child = self.nodes[i].take().expect("node running");
+        term_and_wait(child, limit)
+    }
+
+    /// Sends SIGTERM to the router and waits (at most `limit`) for it to exit: its exit code.
+    pub fn term_router(&mut self, limit: Duration) -> i32 {
+        let child = self.router.take().expect("router running");
+        term_and_wait(child, limit)
+    }
+
+    pub fn router_pid(&self) -> Option<u32> {
+        self.router.as_ref().map(|c| c.id())
     }
 
     pub fn node_pid(&self, i: usize) -> Option<u32> {
@@ -437,6 +482,57 @@ pub fn cli_wait(child: Child) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).trim().to_string(),
         String::from_utf8_lossy(&out.stderr).trim().to_string(),
     )
+}
+
+/// SIGTERM, then the exit code within `limit` (SIGKILL and a panic past it).
+pub fn term_and_wait(mut child: Child, limit: Duration) -> i32 {
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -TERM failed");
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process {} did not exit within {limit:?} of SIGTERM", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `GET path` over HTTP/1.1 from `addr`: (status code, body), or `None` if nothing answered.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+/// The value of the Prometheus sample `series` (name with its labels, exactly as rendered)
+/// in a scrape; 0 when absent (a counter not incremented yet).
+pub fn sample(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
 }
 
 fn wait_listening(addr: &str) {

@@ -100,6 +100,11 @@ impl Coordinator {
     }
 
     /// What registers keep of their clients' requests.
+    /// Keys with commands queued or in a round, and keys whose next round is prepared.
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.queues.len(), self.warm.len())
+    }
+
     pub fn limits(&self) -> Limits {
         self.limits
     }
@@ -204,6 +209,7 @@ impl Coordinator {
             .expect("non-empty batch");
         if batch.iter().all(|w| w.cmd.op.is_read() && !w.write_back) {
             if let Some(value) = self.quiet_read(shard, key, deadline).await {
+                metrics::counter!("counter_rounds_total", "outcome" => "quiet_read").increment(1);
                 for w in batch {
                     let _ = w.reply.send(Ok(Outcome::Value(value)));
                 }
@@ -211,7 +217,11 @@ impl Coordinator {
             }
         }
         let cmds: Vec<Command> = batch.iter().map(|w| w.cmd).collect();
-        let outcome = self.decide(shard, key, cmds, deadline).await;
+        metrics::histogram!("counter_round_batch_commands").record(cmds.len() as f64);
+        let mut trips = Trips::default();
+        let outcome = self.decide(shard, key, cmds, deadline, &mut trips).await;
+        metrics::counter!("counter_rounds_total", "outcome" => trips.outcome(outcome.is_ok()))
+            .increment(1);
         for (i, w) in batch.into_iter().enumerate() {
             let answer = match &outcome {
                 Ok(results) => Ok(results[i]),
@@ -291,6 +301,7 @@ impl Coordinator {
         key: &str,
         cmds: Vec<Command>,
         deadline: Instant,
+        trips: &mut Trips,
     ) -> Result<Vec<Outcome>, ClientError> {
         let ctx = Ctx {
             now_ms: counter_proto::unix_ms(),
@@ -330,13 +341,17 @@ impl Coordinator {
         };
         loop {
             let mut replies = match action {
-                Action::Prepare(ballot) => self.fan_out(&decider, |node| {
-                    self.prepare(&config, node, shard, key, ballot)
-                }),
+                Action::Prepare(ballot) => {
+                    trips.prepares += 1;
+                    self.fan_out(&decider, |node| {
+                        self.prepare(&config, node, shard, key, ballot)
+                    })
+                }
                 Action::Accept(ballot, register, next) => self.fan_out(&decider, |node| {
                     self.accept(&config, node, shard, key, ballot, register.clone(), next)
                 }),
                 Action::Retry { attempt } => {
+                    trips.retries += 1;
                     if Instant::now() >= deadline {
                         return Err(failure(decider.give_up()));
                     }
@@ -528,6 +543,28 @@ impl Coordinator {
 /// A reply that is not an acceptor's answer: a configuration refusal is acted on (a newer
 /// configuration installed; ours sent to a replica behind). `true` if the replica runs a newer
 /// configuration than the round.
+/// How a round went, for `counter_rounds_total`.
+#[derive(Default)]
+struct Trips {
+    /// Prepare messages sent (one per replica per phase 1).
+    prepares: u32,
+    /// Rounds started again after a conflict or a timeout.
+    retries: u32,
+}
+
+impl Trips {
+    /// `one_trip` (a warm round: Accept only), `two_trips` (Prepare then Accept), `conflict`
+    /// (decided after at least one retry), or `failed` (no decision: an error was answered).
+    fn outcome(&self, decided: bool) -> &'static str {
+        match (decided, self.retries, self.prepares) {
+            (false, _, _) => "failed",
+            (true, 0, 0) => "one_trip",
+            (true, 0, _) => "two_trips",
+            (true, _, _) => "conflict",
+        }
+    }
+}
+
 fn refused(membership: &Arc<Membership>, node: NodeId, reply: Option<Msg>) -> bool {
     match reply {
         Some(Msg::StaleConfig(newer)) => {

@@ -7,7 +7,10 @@
 //! - [`coordinator`]: runs single-slot Paxos rounds (`counter-core`) over the key's replicas,
 //!   one queue per key so concurrent operations ride one round.
 //! - [`command`]: parsing the CLI's commands (docs/CLI.md), shared by `counter-cli` and tests.
-//! - [`logging`]: tracing set-up for the binaries.
+//! - [`logging`]: tracing set-up for the binaries (`--log-format text|json`).
+//! - [`serving`]: the flags both servers take (metrics, connection limits, drain) and the
+//!   drain at SIGTERM.
+//! - [`telemetry`]: Prometheus metrics, `/healthz` and `/readyz` on `--metrics-listen`.
 //! - [`bootstrap`]: the start-up check that keeps a node whose disk was lost from starting
 //!   empty under its old id (asks the other members before creating a data dir).
 //! - [`status`]: a node's answer to `NodeStatus` (`counter-cli cluster status`): it asks its
@@ -23,4 +26,6 @@ pub mod join;
 pub mod logging;
 pub mod membership;
 pub mod node;
+pub mod serving;
 pub mod status;
+pub mod telemetry;

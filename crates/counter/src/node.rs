@@ -10,10 +10,11 @@ use counter_proto::{
     validate_command, validate_key, validate_register, ClientError, Command, Msg, NodeId, Outcome,
     NOT_A_MEMBER,
 };
-use counter_router::forward::{msg_name, DEFAULT_TIMEOUT_MS};
+use counter_router::forward::{msg_name, record_command, request_span, DEFAULT_TIMEOUT_MS};
 use counter_storage::Store;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 pub struct Node {
     id: NodeId,
@@ -42,6 +43,28 @@ impl Node {
             coordinator,
             reporter,
         })
+    }
+
+    /// Sets the node's gauges every second while the node lives (`--metrics-listen`).
+    pub fn spawn_gauges(self: &Arc<Self>) {
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(node) = this.upgrade() {
+                let (queued, warm) = node.coordinator.sizes();
+                let (synced, pending) = node.store.cache_sizes();
+                let config = node.membership.config();
+                metrics::gauge!("counter_coordinator_queued_keys").set(queued as f64);
+                metrics::gauge!("counter_cache_keys", "cache" => "prepared_rounds").set(warm as f64);
+                metrics::gauge!("counter_cache_keys", "cache" => "synced_states").set(synced as f64);
+                metrics::gauge!("counter_cache_keys", "cache" => "pending_writes").set(pending as f64);
+                metrics::gauge!("counter_node_epoch").set(f64::from(node.store.epoch()));
+                metrics::gauge!("counter_config_version").set(config.version as f64);
+                metrics::gauge!("counter_member").set(if config.is_member(node.id) { 1.0 } else { 0.0 });
+                metrics::gauge!("counter_shards_moving").set(config.moving().count() as f64);
+                drop(node);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
     }
 
     /// Answers one message from a router, a client or another node's coordinator.
@@ -78,10 +101,15 @@ impl Node {
                     timeout_ms
                 };
                 let budget = Duration::from_millis(u64::from(timeout_ms));
-                match self.coordinator.submit(shard, key, command, budget).await {
+                let started = std::time::Instant::now();
+                let span = request_span(&key, &command);
+                let submitted = self.coordinator.submit(shard, key, command, budget);
+                let reply = match submitted.instrument(span).await {
                     Ok(outcome) => outcome_msg(outcome, &command),
                     Err(e) => Msg::Error(e),
-                }
+                };
+                record_command("node", &command, &reply, started);
+                reply
             }
             Msg::Read { shard, key, config } => {
                 if let Some(refusal) = self.membership.check_key(shard, &key, config) {

@@ -117,6 +117,15 @@ impl Conn {
             }
         }
         let result = match tokio::time::timeout(timeout, reply_rx).await {
+            // The peer read this request after its drain began and ran nothing of it: as good
+            // as never sent. Its connection takes nothing more; the next call reconnects.
+            Ok(Ok(Msg::Error(e)))
+                if e.kind == counter_proto::ErrorKind::Unavailable
+                    && e.message.contains(counter_proto::DRAINING) =>
+            {
+                self.closed.store(true, Ordering::Release);
+                Err(CallError::NotSent(format!("{}: {}", self.peer, e.message)))
+            }
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(_)) => Err(CallError::Lost(format!(
                 "connection to {} closed before the reply",

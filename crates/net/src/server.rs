@@ -6,7 +6,8 @@
 //! cannot hold memory or slots for long. When every slot is taken, the connection that has been
 //! idle longest (nothing in flight) is shed to make room for the new one; only when every
 //! connection has a request in flight does the new one wait. Stopping (a drain) ends the accept
-//! loop, stops reading requests, and lets every request already read finish and its reply go out.
+//! loop, lets every request already read finish and its reply go out, and answers requests read
+//! after it began with "draining, not run" (see [`serve_until`]).
 
 use crate::client::write_loop;
 use crate::codec::{FrameCodec, NetError};
@@ -22,6 +23,10 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// How long a stopping server keeps a connection open after its last request, once nothing is
+/// in flight on it (see `serve_conn`).
+const DRAIN_LINGER: Duration = Duration::from_millis(200);
 
 /// Limits of a server.
 #[derive(Clone, Debug)]
@@ -137,9 +142,12 @@ where
     serve_until(listener, config, handler, CancellationToken::new()).await
 }
 
-/// As [`serve`], until `stop` is cancelled: then it accepts no more connections, reads no more
-/// requests, and returns once every request already read has been answered (or its connection
-/// failed). Bound the wait with a timeout: a handler may take its whole budget.
+/// As [`serve`], until `stop` is cancelled: then it accepts no more connections, answers every
+/// request read from then on with an `unavailable` error carrying
+/// [`counter_proto::DRAINING`] (nothing of it is run; `counter-net`'s client reports it as not
+/// sent, so it is tried elsewhere), and returns once every request read before has been
+/// answered and each connection has been quiet for a moment. Bound the wait with a timeout: a
+/// handler may take its whole budget, and a peer may keep sending.
 pub async fn serve_until<H, F>(
     listener: TcpListener,
     config: ServerConfig,
@@ -267,6 +275,17 @@ where
     let tick = (config.frame_timeout.min(config.idle_timeout) / 4).min(Duration::from_secs(1));
     let mut partial_since: Option<Instant> = None;
     let mut last_request = Instant::now();
+    // Set when the server stops: requests read from then on are answered `DRAINING` (not
+    // run), and the connection closes once nothing is in flight and the peer has been quiet
+    // for `DRAIN_LINGER`, so that a request the peer sent just before it learned of the drain
+    // gets an answer rather than a closed connection.
+    let mut draining = false;
+    let idle = |live: &Live| live.inflight.available_permits() == config.max_inflight_per_conn;
+    let drained = Msg::Error(ClientError::unavailable(format!(
+        "{} {}",
+        config.name,
+        counter_proto::DRAINING
+    )));
     let why = loop {
         let now = Instant::now();
         if frames.read_buffer().is_empty() {
@@ -276,12 +295,19 @@ where
         }
         let deadline = match partial_since {
             Some(since) => since + config.frame_timeout,
+            None if draining => last_request + DRAIN_LINGER,
             None => last_request + config.idle_timeout,
         };
+        let tick = if draining { DRAIN_LINGER / 4 } else { tick };
         let next = tokio::select! {
             biased;
-            _ = live.close.cancelled() => {
-                break if live.shed.load(Ordering::Relaxed) { Closed::Shed } else { Closed::Stopping };
+            _ = live.close.cancelled(), if !draining => {
+                if live.shed.load(Ordering::Relaxed) {
+                    break Closed::Shed;
+                }
+                draining = true;
+                last_request = Instant::now();
+                continue;
             }
             next = frames.next() => next,
             _ = tokio::time::sleep_until(deadline.min(now + tick).into()) => {
@@ -289,11 +315,17 @@ where
                 if now < deadline {
                     continue;
                 }
+                if draining && partial_since.is_none() {
+                    if idle(live) {
+                        break Closed::Stopping;
+                    }
+                    continue;
+                }
                 if partial_since.is_some() {
                     tracing::debug!(%peer, "closing a connection whose frame did not complete in {:?}", config.frame_timeout);
                     break Closed::PartialFrame;
                 }
-                if live.inflight.available_permits() == config.max_inflight_per_conn {
+                if idle(live) {
                     tracing::debug!(%peer, "closing a connection idle for {:?}", config.idle_timeout);
                     break Closed::Idle;
                 }
@@ -306,11 +338,19 @@ where
             None => break Closed::Peer,
             Some(Ok(Frame { id, msg })) => {
                 last_request = Instant::now();
-                live.last_active_ms
-                    .store(registry.now_ms(), Ordering::Relaxed);
+                live.last_active_ms.store(registry.now_ms(), Ordering::Relaxed);
+                if draining {
+                    let _ = tx.send(Frame { id, msg: drained.clone() }).await;
+                    continue;
+                }
                 let permit = tokio::select! {
                     _ = live.close.cancelled() => {
-                        break if live.shed.load(Ordering::Relaxed) { Closed::Shed } else { Closed::Stopping };
+                        if live.shed.load(Ordering::Relaxed) {
+                            break Closed::Shed;
+                        }
+                        draining = true;
+                        let _ = tx.send(Frame { id, msg: drained.clone() }).await;
+                        continue;
                     }
                     permit = live.inflight.clone().acquire_owned() => permit.expect("never closed"),
                 };
@@ -347,7 +387,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::Conn;
+    use crate::client::{CallError, Conn};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn echo_server() -> String {
@@ -544,6 +584,13 @@ mod tests {
         // already read are still running.
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(Conn::connect(&addr, Duration::from_secs(1)).await.is_err());
+        // A request sent on an open connection after the stop is answered "draining, not
+        // run", which the client reports as not sent, and the connection takes no more.
+        match conn.call(Msg::Value(1), Duration::from_secs(5)).await {
+            Err(CallError::NotSent(e)) => assert!(e.contains(counter_proto::DRAINING), "{e}"),
+            other => panic!("a request after the stop: {other:?}"),
+        }
+        assert!(conn.is_closed());
         for (i, call) in calls.into_iter().enumerate() {
             assert_eq!(
                 call.await.unwrap(),

@@ -10,6 +10,7 @@ use counter_proto::{
 use dashmap::DashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// How long a node that refused a connection is tried last.
 const DOWN_FOR: Duration = Duration::from_secs(1);
@@ -149,10 +150,16 @@ impl Router {
                 key,
                 command,
                 timeout_ms,
-            } => match self.forward(key, command, timeout_ms).await {
-                Ok(reply) => reply,
-                Err(e) => Msg::Error(e),
-            },
+            } => {
+                let started = Instant::now();
+                let span = request_span(&key, &command);
+                let reply = match self.forward(key, command, timeout_ms).instrument(span).await {
+                    Ok(reply) => reply,
+                    Err(e) => Msg::Error(e),
+                };
+                record_command("router", &command, &reply, started);
+                reply
+            }
             // A session's end is set by a server's clock (never the client's).
             Msg::OpenSession { lifetime_ms } => {
                 session_opened(&self.cluster.limits, lifetime_ms, counter_proto::unix_ms())
@@ -321,6 +328,38 @@ impl Router {
         }
         unreachable!("the pass loop only ends by returning")
     }
+}
+
+/// The span of one client command: its operation, key and request id (`client/seq`), carried
+/// by every log line written while it runs (`--log-format json` shows them as fields).
+pub fn request_span(key: &str, command: &Command) -> tracing::Span {
+    let span = tracing::info_span!(
+        "request",
+        op = command.op.name(),
+        key,
+        request = tracing::field::Empty
+    );
+    if let Some(r) = command.request {
+        span.record(
+            "request",
+            tracing::field::display(format_args!("{:016x}/{}", r.client, r.seq)),
+        );
+    }
+    span
+}
+
+/// Counts a client command's answer by operation and outcome (`ok` or the error kind), and
+/// its latency, as seen by `server` (`router` or `node`).
+pub fn record_command(server: &'static str, command: &Command, reply: &Msg, started: Instant) {
+    let outcome = match reply {
+        Msg::Error(e) => e.kind.as_str(),
+        _ => "ok",
+    };
+    let op = command.op.name();
+    metrics::counter!("counter_requests_total", "server" => server, "command" => op, "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("counter_request_duration_seconds", "server" => server, "command" => op)
+        .record(started.elapsed().as_secs_f64());
 }
 
 /// The answer to `OpenSession` at `now_ms` by this server's clock: the session's end, and when

@@ -59,10 +59,14 @@ impl Committer {
                     None => missing = Some(r.shard),
                 }
             }
+            let started = std::time::Instant::now();
             let result = match missing {
                 Some(shard) => Err(format!("no column family for shard {shard}")),
                 None => self.db.write_opt(batch, &sync).map_err(|e| e.to_string()),
             };
+            metrics::histogram!("counter_wal_sync_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+            metrics::histogram!("counter_wal_sync_batch_writes").record(reqs.len() as f64);
             if let Err(e) = &result {
                 // After a failed sync nothing in memory can be trusted to match the disk (the
                 // lesson of PostgreSQL's fsync failures): refuse every reply of this batch, then

@@ -13,13 +13,16 @@ use counter::membership::Membership;
 use counter::node::Node;
 use counter::status::Reporter;
 use counter_cluster::Cluster;
-use counter_net::{serve, ServerConfig};
-use counter_proto::DataState;
+use counter::serving::{serve_then_drain, shutdown_signal, ServeArgs};
+use counter::telemetry::Readiness;
+use counter_net::server::serve_until;
+use counter_proto::{DataState, Msg};
 use counter_storage::{ClusterConfig, DirContents, Identity, StorageError, Store};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// Exit status of a refused start (EX_CONFIG): starting again does not help until the
 /// operator acts, so a supervisor should not retry it (systemd: RestartPreventExitStatus=78).
@@ -75,13 +78,15 @@ struct Args {
     /// node for the member it joins through, then exits 1.
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     bootstrap_timeout_secs: u64,
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let started = Instant::now();
-    counter::logging::init("info");
     let args = Args::parse();
+    counter::logging::init_with("info", args.serve.log_format);
     if let Some(seed) = args.join.clone() {
         return run_joining(&args, &seed, started).await;
     }
@@ -132,11 +137,23 @@ async fn main() -> ExitCode {
         reporter.clone(),
         bootstrap.clone(),
     );
+    let ready: Readiness = {
+        let handler = handler.clone();
+        Arc::new(move || Box::pin(node_ready(handler.clone().handle(Msg::NodeStatus))))
+    };
+    let telemetry = match args.serve.start_telemetry(ready).await {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    let stop = CancellationToken::new();
     let server = {
         let handler = handler.clone();
-        tokio::spawn(serve(listener, ServerConfig::default(), move |msg| {
-            handler.clone().handle(msg)
-        }))
+        tokio::spawn(serve_until(
+            listener,
+            args.serve.server_config("node"),
+            move |msg| handler.clone().handle(msg),
+            stop.clone(),
+        ))
     };
     let start = start(&args, &cluster, &me, state, &handler);
     let store = tokio::select! {
@@ -161,6 +178,9 @@ async fn main() -> ExitCode {
         membership.clone(),
         reporter,
     );
+    if telemetry.is_some() {
+        node.spawn_gauges();
+    }
     handler.serve(node);
     membership.spawn_refresh();
     tracing::info!(
@@ -174,11 +194,35 @@ async fn main() -> ExitCode {
         cluster_id = %format!("{:016x}", config.cluster_id),
         "counter-node serving"
     );
-    tokio::select! {
-        _ = server => {}
-        _ = shutdown_signal() => tracing::info!("shutting down"),
-    }
+    serve_then_drain(
+        "counter-node",
+        server,
+        stop,
+        Duration::from_secs(args.serve.drain_timeout_secs),
+        telemetry.as_ref(),
+    )
+    .await;
     ExitCode::SUCCESS
+}
+
+/// Ready when the node serves and reaches a majority of the replicas of each of its shards
+/// (its `cluster status` report).
+async fn node_ready(status: impl std::future::Future<Output = Msg>) -> Result<String, String> {
+    match status.await {
+        Msg::NodeStatusReply(s) if s.ready => Ok(format!(
+            "serving {} shards, configuration version {}, peers up {:?}",
+            s.shards, s.config_version, s.peers_up
+        )),
+        Msg::NodeStatusReply(s) if s.state != DataState::Serving => Err(format!(
+            "the data dir is {} (not serving yet)",
+            s.state.as_str()
+        )),
+        Msg::NodeStatusReply(s) => Err(format!(
+            "no majority of replicas reachable for {} of its {} shards (peers up {:?})",
+            s.shards_without_quorum, s.shards, s.peers_up
+        )),
+        other => Err(format!("unexpected status answer {other:?}")),
+    }
 }
 
 /// Opens the data dir, creating it only as the bootstrap rules allow (`counter::bootstrap`).
@@ -262,10 +306,32 @@ async fn run_joining(args: &Args, seed: &str, started: Instant) -> ExitCode {
         cluster_id = %format!("{:016x}", config.cluster_id),
         "counter-node serving (joined through {seed}); a member once `cluster add-node` adds it"
     );
-    tokio::select! {
-        _ = serve(listener, ServerConfig::default(), move |msg| node.clone().handle(msg)) => {}
-        _ = shutdown_signal() => tracing::info!("shutting down"),
+    let ready: Readiness = {
+        let node = node.clone();
+        Arc::new(move || Box::pin(node_ready(node.clone().handle(Msg::NodeStatus))))
+    };
+    let telemetry = match args.serve.start_telemetry(ready).await {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    if telemetry.is_some() {
+        node.spawn_gauges();
     }
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(serve_until(
+        listener,
+        args.serve.server_config("node"),
+        move |msg| node.clone().handle(msg),
+        stop.clone(),
+    ));
+    serve_then_drain(
+        "counter-node",
+        server,
+        stop,
+        Duration::from_secs(args.serve.drain_timeout_secs),
+        telemetry.as_ref(),
+    )
+    .await;
     ExitCode::SUCCESS
 }
 
@@ -285,15 +351,6 @@ fn exit(e: StartError) -> ExitCode {
             ExitCode::from(REFUSED)
         }
         StartError::Failed(message) => fail(message),
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }
 

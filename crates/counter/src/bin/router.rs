@@ -1,4 +1,4 @@
-//! `counter-router --cluster <FILE> --listen <HOST:PORT>`
+//! `counter-router --cluster <FILE> --listen <HOST:PORT> [--metrics-listen <HOST:PORT>] ...`
 
 /// mimalloc instead of glibc's malloc: in a profile of 64 clients on 10,000 keys, glibc's
 /// malloc and free took about a tenth of all CPU (BENCHMARKS.md).
@@ -6,12 +6,16 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
+use counter::serving::{serve_then_drain, ServeArgs};
+use counter::telemetry::Readiness;
 use counter_cluster::Cluster;
-use counter_net::{serve, ServerConfig};
+use counter_net::server::serve_until;
 use counter_router::Router;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// The stateless router of the counter store.
 #[derive(Parser)]
@@ -24,13 +28,15 @@ struct Args {
     #[arg(long)]
     listen: String,
     #[command(flatten)]
+    serve: ServeArgs,
+    #[command(flatten)]
     resp: RespArgs,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    counter::logging::init("info");
     let args = Args::parse();
+    counter::logging::init_with("info", args.serve.log_format);
     let cluster = match Cluster::load(&args.cluster) {
         Ok(c) => c,
         Err(e) => {
@@ -45,24 +51,70 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(listen = %args.listen, nodes = cluster.nodes.len(), "counter-router serving");
     let router = Arc::new(Router::new(cluster));
+    let ready: Readiness = {
+        let router = router.clone();
+        Arc::new(move || {
+            let router = router.clone();
+            Box::pin(async move { router_ready(&router).await })
+        })
+    };
+    let telemetry = match args.serve.start_telemetry(ready).await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("counter-router: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(listen = %args.listen, nodes = router.cluster().nodes.len(), "counter-router serving");
     router.spawn_refresh();
     if let Err(e) = args.resp.spawn(&router).await {
         eprintln!("counter-router: {e}");
         return ExitCode::FAILURE;
     }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = serve(listener, ServerConfig::default(), move |msg| {
-            let router = router.clone();
-            async move { router.handle(msg).await }
-        }) => {}
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let stop = CancellationToken::new();
+    let server = {
+        let router = router.clone();
+        tokio::spawn(serve_until(
+            listener,
+            args.serve.server_config("router"),
+            move |msg| {
+                let router = router.clone();
+                async move { router.handle(msg).await }
+            },
+            stop.clone(),
+        ))
+    };
+    serve_then_drain(
+        "counter-router",
+        server,
+        stop,
+        Duration::from_secs(args.serve.drain_timeout_secs),
+        telemetry.as_ref(),
+    )
+    .await;
     ExitCode::SUCCESS
+}
+
+/// Ready when every shard has a replica that serves and reaches a majority of the shard's
+/// replicas: then every key can be served.
+async fn router_ready(router: &Router) -> Result<String, String> {
+    let status = router.status().await;
+    if status.shards_available == status.shards {
+        Ok(format!(
+            "{}/{} nodes ready, {}/{} shards available",
+            status.nodes_ready, status.nodes, status.shards_available, status.shards
+        ))
+    } else {
+        Err(format!(
+            "{}/{} shards available ({}/{} nodes reachable, {} ready)",
+            status.shards_available,
+            status.shards,
+            status.nodes_reachable,
+            status.nodes,
+            status.nodes_ready
+        ))
+    }
 }
 
 /// The Redis-protocol front door (`counter_router::resp`; docs/CLI.md).
