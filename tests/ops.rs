@@ -61,7 +61,10 @@ fn metrics_move_with_load_and_readiness_follows_quorums() {
 
     let mut pipe = c.pipe(5000);
     for i in 0..200 {
-        assert!(matches!(pipe.run(&format!("incr m{} 1", i % 10)), Answer::Value(_)));
+        assert!(matches!(
+            pipe.run(&format!("incr m{} 1", i % 10)),
+            Answer::Value(_)
+        ));
     }
     for _ in 0..3 {
         assert!(matches!(pipe.run("incr capped 1 --max 0"), Answer::Err(k, _) if k == "rejected"));
@@ -69,7 +72,11 @@ fn metrics_move_with_load_and_readiness_follows_quorums() {
     pipe.finish();
 
     let after = http_get(&router, "/metrics").unwrap().1;
-    assert_eq!(sample(&after, incr_ok) - sample(&before, incr_ok), 200.0, "{after}");
+    assert_eq!(
+        sample(&after, incr_ok) - sample(&before, incr_ok),
+        200.0,
+        "{after}"
+    );
     assert_eq!(sample(&after, rejected) - sample(&before, rejected), 3.0);
     let latency = r#"counter_request_duration_seconds_count{server="router",command="incr"}"#;
     assert!(sample(&after, latency) >= 203.0, "{after}");
@@ -91,13 +98,22 @@ fn metrics_move_with_load_and_readiness_follows_quorums() {
         node_requests += sample(&scrape, series) - sample(before, series);
         assert_eq!(sample(&scrape, "counter_config_version"), 1.0, "{scrape}");
         assert!(sample(&scrape, "counter_node_epoch") >= 1.0, "{scrape}");
-        assert!(sample(&scrape, "process_resident_memory_bytes") > 1e6, "{scrape}");
+        assert!(
+            sample(&scrape, "process_resident_memory_bytes") > 1e6,
+            "{scrape}"
+        );
         assert!(scrape.contains("# TYPE counter_wal_sync_duration_seconds histogram"));
         assert!(scrape.contains("counter_wal_sync_batch_writes_bucket{le="));
     }
-    assert_eq!(node_requests, 200.0, "every increment counted once by its coordinator");
+    assert_eq!(
+        node_requests, 200.0,
+        "every increment counted once by its coordinator"
+    );
     assert!(rounds >= 200.0 / 8.0, "rounds {rounds}");
-    assert!(syncs >= rounds, "every round syncs on a majority: {syncs} < {rounds}");
+    assert!(
+        syncs >= rounds,
+        "every round syncs on a majority: {syncs} < {rounds}"
+    );
 
     // Two nodes down: the third reaches no majority, nor can the router serve any shard.
     c.kill_node(1);
@@ -155,12 +171,18 @@ fn sigterm_drains_what_was_read_and_loses_nothing() {
     }
     // One client talks to node 1 directly (a node coordinates any key).
     let direct = Pipe::spawn(&c.node_addrs[0], 2000);
-    clients.push(std::thread::spawn(move || count_until(direct, keys, 4, stop)));
+    clients.push(std::thread::spawn(move || {
+        count_until(direct, keys, 4, stop)
+    }));
 
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(c.term_node(0, Duration::from_secs(20)), 0, "node 1 exits 0");
     std::thread::sleep(Duration::from_millis(1000));
-    assert_eq!(c.term_router(Duration::from_secs(20)), 0, "the router exits 0");
+    assert_eq!(
+        c.term_router(Duration::from_secs(20)),
+        0,
+        "the router exits 0"
+    );
     // Down for longer than the clients' 2 s deadline: a request cut off would be `unknown`.
     std::thread::sleep(Duration::from_millis(3000));
     c.start_node(0);
@@ -175,7 +197,10 @@ fn sigterm_drains_what_was_read_and_loses_nothing() {
         }
         errors.extend(tally.errors);
     }
-    let unknown: Vec<&String> = errors.iter().filter(|e| !e.starts_with("unavailable")).collect();
+    let unknown: Vec<&String> = errors
+        .iter()
+        .filter(|e| !e.starts_with("unavailable"))
+        .collect();
     assert!(
         unknown.is_empty(),
         "a drained process answers what it read; only `unavailable` (not applied) may be \
@@ -186,7 +211,10 @@ fn sigterm_drains_what_was_read_and_loses_nothing() {
         assert_eq!(c.get(&format!("drain{k}")), *n as i64, "key drain{k}");
     }
     let logs = c.logs();
-    assert!(logs.contains("drained; every request read was answered"), "{logs}");
+    assert!(
+        logs.contains("drained; every request read was answered"),
+        "{logs}"
+    );
 }
 
 #[test]
@@ -202,7 +230,10 @@ fn json_logs_carry_the_request_span() {
     c.start_router();
     let mut pipe = c.pipe(5000);
     for i in 0..40 {
-        assert!(matches!(pipe.run(&format!("incr j{i} 1")), Answer::Value(_)));
+        assert!(matches!(
+            pipe.run(&format!("incr j{i} 1")),
+            Answer::Value(_)
+        ));
     }
     pipe.finish();
     let log = std::fs::read_to_string(&log_path).unwrap()[earlier..].to_string();
@@ -210,7 +241,10 @@ fn json_logs_carry_the_request_span() {
     for line in log.lines().filter(|l| !l.trim().is_empty()) {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-        assert!(v["level"].is_string() && v["fields"]["message"].is_string(), "{line}");
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{line}"
+        );
         if let Some(span) = v.get("span") {
             assert_eq!(span["name"], "request", "{line}");
             assert_eq!(span["op"], "incr", "{line}");
@@ -219,7 +253,10 @@ fn json_logs_carry_the_request_span() {
             with_request += 1;
         }
     }
-    assert!(with_request > 0, "node 1 is down: failing over from it is logged: {log}");
+    assert!(
+        with_request > 0,
+        "node 1 is down: failing over from it is logged: {log}"
+    );
 }
 
 /// 1,100 connections that each send the first bytes of a frame and nothing more: the router
@@ -242,11 +279,17 @@ fn a_flood_of_half_sent_frames_does_not_stop_the_router() {
     }
     let scrape = http_get(&router_metrics, "/metrics").unwrap().1;
     assert!(
-        sample(&scrape, r#"counter_connections_shed_total{server="router"}"#) >= 70.0,
+        sample(
+            &scrape,
+            r#"counter_connections_shed_total{server="router"}"#
+        ) >= 70.0,
         "{scrape}"
     );
     assert!(sample(&scrape, r#"counter_connections_open{server="router"}"#) <= 1024.0);
     let rss = sample(&scrape, "process_resident_memory_bytes");
-    assert!(rss < 150e6, "router RSS {rss} bytes with 1,024 half-sent frames");
+    assert!(
+        rss < 150e6,
+        "router RSS {rss} bytes with 1,024 half-sent frames"
+    );
     drop(bad);
 }

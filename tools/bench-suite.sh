@@ -3,7 +3,11 @@
 # machine: 3 counter-nodes (R=3, fsync on), a router, counter-bench, and an fdatasync probe.
 #
 #   tools/bench-suite.sh [--secs 20] [--runs 3] [--only W1,W3] [--out DIR] [--keep] [--bin DIR]
+#                        [--metrics]
 #
+# --metrics: the nodes and the router serve Prometheus metrics (--metrics-listen on
+# 127.0.0.1:9201-9203 and :9200), scraped once per run into DIR (to measure their overhead).
+# RUST_LOG is passed on (e.g. RUST_LOG=warn: no per-request spans are created).
 # --bin DIR: take counter-node and counter-router from DIR instead of building them (to
 # compare two builds in one session; counter-bench always comes from target/release).
 # Builds the release binaries, starts the cluster on 127.0.0.1:7201-7203 (router :7200) with
@@ -13,7 +17,7 @@
 # Stops what it started (by PID) on exit; --keep leaves the data dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SECS=20 RUNS=3 ONLY=W1,W2,W3,W4,W5 KEEP=0 NODE_BIN=
+SECS=20 RUNS=3 ONLY=W1,W2,W3,W4,W5 KEEP=0 NODE_BIN= METRICS=0
 OUT=bench-results/$(date -u +%Y%m%dT%H%M%SZ)
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -23,6 +27,7 @@ while [ $# -gt 0 ]; do
     --out) OUT=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
     --bin) NODE_BIN=$(cd "$2" && pwd); shift 2 ;;
+    --metrics) METRICS=1; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -58,12 +63,18 @@ id = 3
 addr = "127.0.0.1:7203"
 TOML
 NODE_PIDS=()
+metrics_args() {
+  if [ "$METRICS" = 1 ]; then echo "--metrics-listen 127.0.0.1:920$1"; fi
+}
 for id in 1 2 3; do
+  # shellcheck disable=SC2046
   "$NODE_BIN/counter-node" --id "$id" --cluster "$DATA/cluster.toml" --data-dir "$DATA/node-$id" \
-    >>"$DATA/node-$id.log" 2>&1 &
+    $(metrics_args "$id") >>"$DATA/node-$id.log" 2>&1 &
   PIDS+=($!); NODE_PIDS+=($!)
 done
-"$NODE_BIN/counter-router" --cluster "$DATA/cluster.toml" --listen "$ROUTER" >>"$DATA/router.log" 2>&1 &
+# shellcheck disable=SC2046
+"$NODE_BIN/counter-router" --cluster "$DATA/cluster.toml" --listen "$ROUTER" $(metrics_args 0) \
+  >>"$DATA/router.log" 2>&1 &
 PIDS+=($!)
 # CPU per op of every server process, in every report (counter-bench --cpu).
 CPU_ARGS=(--cpu "router=$!")
@@ -98,6 +109,12 @@ for w in ${ONLY//,/ }; do
       --json >"$OUT/$w-run$run.json" 2>"$OUT/$w-run$run.err" || {
         echo "$w run $run: counter-bench failed (see $OUT/$w-run$run.err)"; continue; }
     echo "$w run $run: $(python3 tools/bench-summary.py "$OUT/$w-run$run.json") | node RSS $(rss_mib) MiB avg | $fsync"
+    if [ "$METRICS" = 1 ]; then
+      for id in 0 1 2 3; do
+        python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())' \
+          "http://127.0.0.1:920$id/metrics" >"$OUT/$w-run$run.metrics-$id.txt" || true
+      done
+    fi
   done
 done
 python3 tools/bench-summary.py --medians "$OUT"

@@ -62,7 +62,14 @@ impl LocalCluster {
     /// veth pairs, so that a node can be cut off the network ([`LocalCluster::cut`]).
     pub fn start_in_namespaces(n: usize, r: usize, shards: u32) -> Result<LocalCluster, String> {
         let netns = Netns::create(n)?;
-        Ok(Self::start_in(n, r, shards, Some(netns), Vec::new(), Vec::new()))
+        Ok(Self::start_in(
+            n,
+            r,
+            shards,
+            Some(netns),
+            Vec::new(),
+            Vec::new(),
+        ))
     }
 
     fn start_in(
@@ -499,7 +506,10 @@ pub fn term_and_wait(mut child: Child, limit: Duration) -> i32 {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("process {} did not exit within {limit:?} of SIGTERM", child.id());
+            panic!(
+                "process {} did not exit within {limit:?} of SIGTERM",
+                child.id()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -509,7 +519,9 @@ pub fn term_and_wait(mut child: Child, limit: Duration) -> i32 {
 pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     use std::io::Read;
     let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"

@@ -54,12 +54,19 @@ impl Node {
                 let (synced, pending) = node.store.cache_sizes();
                 let config = node.membership.config();
                 metrics::gauge!("counter_coordinator_queued_keys").set(queued as f64);
-                metrics::gauge!("counter_cache_keys", "cache" => "prepared_rounds").set(warm as f64);
-                metrics::gauge!("counter_cache_keys", "cache" => "synced_states").set(synced as f64);
-                metrics::gauge!("counter_cache_keys", "cache" => "pending_writes").set(pending as f64);
+                metrics::gauge!("counter_cache_keys", "cache" => "prepared_rounds")
+                    .set(warm as f64);
+                metrics::gauge!("counter_cache_keys", "cache" => "synced_states")
+                    .set(synced as f64);
+                metrics::gauge!("counter_cache_keys", "cache" => "pending_writes")
+                    .set(pending as f64);
                 metrics::gauge!("counter_node_epoch").set(f64::from(node.store.epoch()));
                 metrics::gauge!("counter_config_version").set(config.version as f64);
-                metrics::gauge!("counter_member").set(if config.is_member(node.id) { 1.0 } else { 0.0 });
+                metrics::gauge!("counter_member").set(if config.is_member(node.id) {
+                    1.0
+                } else {
+                    0.0
+                });
                 metrics::gauge!("counter_shards_moving").set(config.moving().count() as f64);
                 drop(node);
                 tokio::time::sleep(Duration::from_secs(1)).await;

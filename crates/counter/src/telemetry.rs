@@ -28,8 +28,8 @@ pub type Readiness = Arc<dyn Fn() -> BoxFuture<'static, Result<String, String>> 
 
 /// Histogram buckets of durations, in seconds: 50 µs to 10 s.
 const SECONDS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
 ];
 /// Histogram buckets of counts (commands per round, writes per sync).
 const SIZES: &[f64] = &[
@@ -109,7 +109,10 @@ async fn readyz(State(t): State<Telemetry>) -> impl IntoResponse {
     }
     match (t.ready)().await {
         Ok(what) => (StatusCode::OK, format!("ready: {what}\n")),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
     }
 }
 

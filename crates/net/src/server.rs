@@ -338,9 +338,15 @@ where
             None => break Closed::Peer,
             Some(Ok(Frame { id, msg })) => {
                 last_request = Instant::now();
-                live.last_active_ms.store(registry.now_ms(), Ordering::Relaxed);
+                live.last_active_ms
+                    .store(registry.now_ms(), Ordering::Relaxed);
                 if draining {
-                    let _ = tx.send(Frame { id, msg: drained.clone() }).await;
+                    let _ = tx
+                        .send(Frame {
+                            id,
+                            msg: drained.clone(),
+                        })
+                        .await;
                     continue;
                 }
                 let permit = tokio::select! {

@@ -153,7 +153,11 @@ impl Router {
             } => {
                 let started = Instant::now();
                 let span = request_span(&key, &command);
-                let reply = match self.forward(key, command, timeout_ms).instrument(span).await {
+                let reply = match self
+                    .forward(key, command, timeout_ms)
+                    .instrument(span)
+                    .await
+                {
                     Ok(reply) => reply,
                     Err(e) => Msg::Error(e),
                 };
