@@ -141,8 +141,8 @@ struct Shared {
 struct Conn {
     id: u64,
     addr: SocketAddr,
-    /// Milliseconds since [`Shared::started`] of the last frame read or reply written.
-    last_active_ms: AtomicU64,
+    /// Microseconds since [`Shared::started`] of the last frame read or reply written.
+    last_active_us: AtomicU64,
     /// Commands read and not answered yet.
     in_flight: AtomicUsize,
     /// Closes the connection (it was shed).
@@ -163,8 +163,8 @@ impl Shared {
         }
     }
 
-    fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+    fn now_us(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
     }
 
     /// Registers a new connection; at the cap, sheds the connection idle the longest (nothing
@@ -175,12 +175,13 @@ impl Shared {
             let victim = conns
                 .values()
                 .filter(|c| c.in_flight.load(Ordering::Relaxed) == 0)
-                .min_by_key(|c| c.last_active_ms.load(Ordering::Relaxed))
+                .min_by_key(|c| (c.last_active_us.load(Ordering::Relaxed), c.id))
                 .cloned()?;
             conns.remove(&victim.id);
             let idle_ms = self
-                .now_ms()
-                .saturating_sub(victim.last_active_ms.load(Ordering::Relaxed));
+                .now_us()
+                .saturating_sub(victim.last_active_us.load(Ordering::Relaxed))
+                / 1000;
             tracing::warn!(
                 id = victim.id,
                 addr = %victim.addr,
@@ -193,7 +194,7 @@ impl Shared {
         let conn = Arc::new(Conn {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             addr,
-            last_active_ms: AtomicU64::new(self.now_ms()),
+            last_active_us: AtomicU64::new(self.now_us()),
             in_flight: AtomicUsize::new(0),
             kill: Notify::new(),
         });
@@ -210,7 +211,7 @@ impl Shared {
     }
 
     fn touch(&self, conn: &Conn) {
-        conn.last_active_ms.store(self.now_ms(), Ordering::Relaxed);
+        conn.last_active_us.store(self.now_us(), Ordering::Relaxed);
     }
 }
 
@@ -782,7 +783,7 @@ impl ReadSide {
             },
             "CLIENT" => now(self.client(&args)),
             "COMMAND" => now(command_command(&args)),
-            "CONFIG" => now(config_command(&args)),
+            "CONFIG" => now(config_command(&args, self.shared.config.max_clients)),
             "INFO" => now(self.info()),
             "GET" => match key_arg(&args[1]) {
                 Ok(key) => {
@@ -1083,13 +1084,36 @@ fn command_command(args: &[Bytes]) -> Frame {
     }
 }
 
-/// `CONFIG GET pattern...`: no parameters (redis-benchmark asks for `save` and `appendonly`).
-fn config_command(args: &[Bytes]) -> Frame {
+/// `CONFIG GET name...`: the few parameters that describe the store in Redis's terms (every
+/// change is synced before it is answered: `appendonly yes`, `appendfsync always`; no
+/// snapshots: `save ""`), by exact name or `*`; others are left out. redis-benchmark asks for
+/// `save` and `appendonly` and warns when they are missing.
+fn config_command(args: &[Bytes], max_clients: usize) -> Frame {
     match String::from_utf8_lossy(&args[1])
         .to_ascii_uppercase()
         .as_str()
     {
-        "GET" if args.len() >= 3 => Frame::Array(Vec::new()),
+        "GET" if args.len() >= 3 => {
+            let max_clients = max_clients.to_string();
+            let known = [
+                ("save", ""),
+                ("appendonly", "yes"),
+                ("appendfsync", "always"),
+                ("databases", "1"),
+                ("maxclients", max_clients.as_str()),
+            ];
+            let mut out = Vec::new();
+            for (name, value) in known {
+                let asked = args[2..]
+                    .iter()
+                    .any(|a| a.as_ref() == b"*" || a.eq_ignore_ascii_case(name.as_bytes()));
+                if asked {
+                    out.push(bulk(name.to_string()));
+                    out.push(bulk(value.to_string()));
+                }
+            }
+            Frame::Array(out)
+        }
         "GET" => wrong_arity("config|get"),
         _ => unknown_subcommand("CONFIG", &args[1]),
     }
