@@ -46,6 +46,8 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::{Decoder, FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// The limits of the RESP front door.
 #[derive(Clone, Debug)]
@@ -92,11 +94,39 @@ impl Default for RespConfig {
     }
 }
 
+/// How long a stopping front door keeps a connection open after its last command, once its
+/// commands in flight are answered.
+const DRAIN_LINGER: Duration = Duration::from_millis(200);
+
+/// How long after a drain began a connection that keeps sending is closed (each command read
+/// meanwhile is answered "draining", not run).
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
+
 /// Serves RESP on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, router: Arc<Router>, config: RespConfig) {
-    let shared = Arc::new(Shared::new(router, config));
+    serve_until(listener, router, config, CancellationToken::new()).await
+}
+
+/// Serves RESP on `listener` until `stop`, then drains as the router's own port does: the
+/// listener closes, the commands read before are answered, a command read after is answered
+/// `-UNAVAILABLE ... draining ...` (nothing of it is run), and each connection closes once it
+/// has been quiet for a moment; returns when every connection is closed.
+pub async fn serve_until(
+    listener: TcpListener,
+    router: Arc<Router>,
+    config: RespConfig,
+    stop: CancellationToken,
+) {
+    let mut shared = Shared::new(router, config);
+    shared.stop = stop.clone();
+    let shared = Arc::new(shared);
+    let tracker = TaskTracker::new();
     loop {
-        let (socket, addr) = match listener.accept().await {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (socket, addr) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: wait, never spin.
@@ -109,7 +139,7 @@ pub async fn serve(listener: TcpListener, router: Arc<Router>, config: RespConfi
         match shared.admit(addr) {
             Some(conn) => {
                 let shared = shared.clone();
-                tokio::spawn(async move {
+                tracker.spawn(async move {
                     tracing::debug!(id = conn.id, %addr, "resp: connection opened");
                     tokio::select! {
                         _ = connection(shared.clone(), conn.clone(), socket) => {}
@@ -125,6 +155,9 @@ pub async fn serve(listener: TcpListener, router: Arc<Router>, config: RespConfi
             }
         }
     }
+    drop(listener);
+    tracker.close();
+    tracker.wait().await;
 }
 
 /// What the connections share.
@@ -135,6 +168,8 @@ struct Shared {
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
     next_id: AtomicU64,
     started: Instant,
+    /// Cancelled when the router drains.
+    stop: CancellationToken,
 }
 
 /// One connection, as the others see it (for shedding and `INFO`).
@@ -160,6 +195,7 @@ impl Shared {
             conns: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             started: Instant::now(),
+            stop: CancellationToken::new(),
         }
     }
 
@@ -475,6 +511,8 @@ struct ReadSide {
     /// Hands the reader back when the client is told to go (protocol error, `QUIT`), for
     /// [`linger`].
     give_back: Option<tokio::sync::oneshot::Sender<tokio::net::tcp::OwnedReadHalf>>,
+    /// When this connection first saw the drain.
+    drain_since: Option<Instant>,
 }
 
 /// What the reader got.
@@ -494,13 +532,34 @@ impl ReadSide {
         let step = (config.frame_timeout / 2)
             .min(config.idle_timeout)
             .max(Duration::from_millis(10));
-        let waiting = Instant::now();
+        let mut waiting = Instant::now();
         let mut partial_since: Option<Instant> = None;
         let Some(reader) = self.reader.as_mut() else {
             return Next::End;
         };
+        let stop = self.shared.stop.clone();
         loop {
-            match tokio::time::timeout(step, reader.next()).await {
+            let stopping = stop.is_cancelled();
+            let since_stop = match stopping {
+                true => *self.drain_since.get_or_insert_with(Instant::now),
+                false => Instant::now(),
+            };
+            let step = if stopping { DRAIN_LINGER / 4 } else { step };
+            let read = tokio::select! {
+                read = tokio::time::timeout(step, reader.next()) => read,
+                _ = stop.cancelled(), if !stopping => {
+                    waiting = Instant::now();
+                    continue;
+                }
+            };
+            match read {
+                // A client that keeps sending through a drain is told once more, then closed.
+                Ok(Some(Ok(_))) if stopping && since_stop.elapsed() >= DRAIN_GRACE => {
+                    return Next::Fatal(client_error(&ClientError::unavailable(format!(
+                        "router {}",
+                        counter_proto::DRAINING
+                    ))));
+                }
                 Ok(Some(Ok(args))) => return Next::Command(args),
                 Ok(Some(Err(CodecError::Protocol(m)))) => {
                     tracing::info!(id = self.conn.id, addr = %self.conn.addr, error = %m, "resp: protocol error; closing the connection");
@@ -514,6 +573,12 @@ impl ReadSide {
                 Err(_) => {
                     if reader.read_buffer().is_empty() {
                         partial_since = None;
+                        if stopping
+                            && (waiting.elapsed() >= DRAIN_LINGER
+                                || since_stop.elapsed() >= DRAIN_GRACE)
+                        {
+                            return Next::End;
+                        }
                         if waiting.elapsed() >= config.idle_timeout {
                             tracing::info!(id = self.conn.id, addr = %self.conn.addr, "resp: idle connection closed");
                             return Next::End;
@@ -569,7 +634,16 @@ async fn read_step(mut rs: ReadSide) -> Option<(BoxFuture<'static, Reply>, ReadS
         .await
         .expect("the budget is never closed");
     rs.conn.in_flight.fetch_add(1, Ordering::Relaxed);
-    let reply: BoxFuture<'static, Reply> = match rs.dispatch(args) {
+    let step = if rs.shared.stop.is_cancelled() {
+        // Read after the drain began: run nothing, say so (the client may go elsewhere).
+        Step::Now(client_error(&ClientError::unavailable(format!(
+            "router {}",
+            counter_proto::DRAINING
+        ))))
+    } else {
+        rs.dispatch(args)
+    };
+    let reply: BoxFuture<'static, Reply> = match step {
         Step::Now(frame) => futures::future::ready((frame, Some(permit))).boxed(),
         Step::Later(fut) => Box::pin(async move { (fut.await, Some(permit)) }),
         Step::Quit(frame) => {
@@ -595,6 +669,7 @@ async fn connection(shared: Arc<Shared>, conn: Arc<Conn>, socket: TcpStream) {
         order: HashMap::new(),
         done: false,
         give_back: Some(give_back),
+        drain_since: None,
     };
     let requests = futures::stream::unfold(read_side, read_step);
     let mut replies = std::pin::pin!(requests.buffered(config.window.max(1)));

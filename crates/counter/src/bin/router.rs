@@ -68,12 +68,15 @@ async fn main() -> ExitCode {
     };
     tracing::info!(listen = %args.listen, nodes = router.cluster().nodes.len(), "counter-router serving");
     router.spawn_refresh();
-    if let Err(e) = args.resp.spawn(&router).await {
-        eprintln!("counter-router: {e}");
-        return ExitCode::FAILURE;
-    }
     let stop = CancellationToken::new();
-    let server = {
+    let resp = match args.resp.spawn(&router, &stop).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            eprintln!("counter-router: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let native = {
         let router = router.clone();
         tokio::spawn(serve_until(
             listener,
@@ -85,6 +88,13 @@ async fn main() -> ExitCode {
             stop.clone(),
         ))
     };
+    // The drain waits for both front doors.
+    let server = tokio::spawn(async move {
+        let _ = native.await;
+        if let Some(resp) = resp {
+            let _ = resp.await;
+        }
+    });
     serve_then_drain(
         "counter-router",
         server,
@@ -135,10 +145,15 @@ struct RespArgs {
 }
 
 impl RespArgs {
-    /// Binds `--resp-listen` (if given) and serves it in the background.
-    async fn spawn(&self, router: &Arc<Router>) -> Result<(), String> {
+    /// Binds `--resp-listen` (if given) and serves it in the background until `stop` (then
+    /// it drains; the task ends when it has).
+    async fn spawn(
+        &self,
+        router: &Arc<Router>,
+        stop: &CancellationToken,
+    ) -> Result<Option<tokio::task::JoinHandle<()>>, String> {
         let Some(addr) = &self.resp_listen else {
-            return Ok(());
+            return Ok(None);
         };
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -150,11 +165,11 @@ impl RespArgs {
             ..Default::default()
         };
         tracing::info!(listen = %addr, "counter-router serving the Redis protocol");
-        tokio::spawn(counter_router::resp::serve(
+        Ok(Some(tokio::spawn(counter_router::resp::serve_until(
             listener,
             router.clone(),
             config,
-        ));
-        Ok(())
+            stop.clone(),
+        ))))
     }
 }
