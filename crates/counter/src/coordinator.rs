@@ -209,7 +209,7 @@ impl Coordinator {
             .expect("non-empty batch");
         if batch.iter().all(|w| w.cmd.op.is_read() && !w.write_back) {
             if let Some(value) = self.quiet_read(shard, key, deadline).await {
-                metrics::counter!("counter_rounds_total", "outcome" => "quiet_read").increment(1);
+                round_metrics().rounds[QUIET_READ].increment(1);
                 for w in batch {
                     let _ = w.reply.send(Ok(Outcome::Value(value)));
                 }
@@ -217,11 +217,10 @@ impl Coordinator {
             }
         }
         let cmds: Vec<Command> = batch.iter().map(|w| w.cmd).collect();
-        metrics::histogram!("counter_round_batch_commands").record(cmds.len() as f64);
+        round_metrics().batch.record(cmds.len() as f64);
         let mut trips = Trips::default();
         let outcome = self.decide(shard, key, cmds, deadline, &mut trips).await;
-        metrics::counter!("counter_rounds_total", "outcome" => trips.outcome(outcome.is_ok()))
-            .increment(1);
+        round_metrics().rounds[trips.outcome(outcome.is_ok())].increment(1);
         for (i, w) in batch.into_iter().enumerate() {
             let answer = match &outcome {
                 Ok(results) => Ok(results[i]),
@@ -553,16 +552,39 @@ struct Trips {
 }
 
 impl Trips {
-    /// `one_trip` (a warm round: Accept only), `two_trips` (Prepare then Accept), `conflict`
-    /// (decided after at least one retry), or `failed` (no decision: an error was answered).
-    fn outcome(&self, decided: bool) -> &'static str {
+    /// The index in [`ROUND_OUTCOMES`]: `one_trip` (a warm round: Accept only), `two_trips`
+    /// (Prepare then Accept), `conflict` (decided after at least one retry), or `failed` (no
+    /// decision: an error was answered).
+    fn outcome(&self, decided: bool) -> usize {
         match (decided, self.retries, self.prepares) {
-            (false, _, _) => "failed",
-            (true, 0, 0) => "one_trip",
-            (true, 0, _) => "two_trips",
-            (true, _, _) => "conflict",
+            (false, _, _) => 3,
+            (true, 0, 0) => 0,
+            (true, 0, _) => 1,
+            (true, _, _) => 2,
         }
     }
+}
+
+/// The `outcome` label of `counter_rounds_total`.
+const ROUND_OUTCOMES: [&str; 5] = ["one_trip", "two_trips", "conflict", "failed", "quiet_read"];
+const QUIET_READ: usize = 4;
+
+/// The coordinator's metric handles, looked up once (a `metrics` macro hashes its key at every
+/// call).
+struct RoundMetrics {
+    rounds: Vec<metrics::Counter>,
+    batch: metrics::Histogram,
+}
+
+fn round_metrics() -> &'static RoundMetrics {
+    static METRICS: std::sync::OnceLock<RoundMetrics> = std::sync::OnceLock::new();
+    METRICS.get_or_init(|| RoundMetrics {
+        rounds: ROUND_OUTCOMES
+            .iter()
+            .map(|&outcome| metrics::counter!("counter_rounds_total", "outcome" => outcome))
+            .collect(),
+        batch: metrics::histogram!("counter_round_batch_commands"),
+    })
 }
 
 fn refused(membership: &Arc<Membership>, node: NodeId, reply: Option<Msg>) -> bool {

@@ -10,7 +10,7 @@ use counter_proto::{
     validate_command, validate_key, validate_register, ClientError, Command, Msg, NodeId, Outcome,
     NOT_A_MEMBER,
 };
-use counter_router::forward::{msg_name, record_command, request_span, DEFAULT_TIMEOUT_MS};
+use counter_router::forward::{msg_name, record_command, DEFAULT_TIMEOUT_MS};
 use counter_storage::Store;
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,7 +109,13 @@ impl Node {
                 };
                 let budget = Duration::from_millis(u64::from(timeout_ms));
                 let started = std::time::Instant::now();
-                let span = request_span(&key, &command);
+                // The router's span carries the request at info; the node's is a debug span.
+                let span = tracing::debug_span!(
+                    "request",
+                    op = command.op.name(),
+                    key,
+                    request = ?command.request.map(|r| (r.client, r.seq))
+                );
                 let submitted = self.coordinator.submit(shard, key, command, budget);
                 let reply = match submitted.instrument(span).await {
                     Ok(outcome) => outcome_msg(outcome, &command),
