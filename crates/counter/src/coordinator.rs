@@ -99,12 +99,12 @@ impl Coordinator {
         })
     }
 
-    /// What registers keep of their clients' requests.
     /// Keys with commands queued or in a round, and keys whose next round is prepared.
     pub fn sizes(&self) -> (usize, usize) {
         (self.queues.len(), self.warm.len())
     }
 
+    /// What registers keep of their clients' requests.
     pub fn limits(&self) -> Limits {
         self.limits
     }
@@ -539,9 +539,6 @@ impl Coordinator {
     }
 }
 
-/// A reply that is not an acceptor's answer: a configuration refusal is acted on (a newer
-/// configuration installed; ours sent to a replica behind). `true` if the replica runs a newer
-/// configuration than the round.
 /// How a round went, for `counter_rounds_total`.
 #[derive(Default)]
 struct Trips {
@@ -587,6 +584,9 @@ fn round_metrics() -> &'static RoundMetrics {
     })
 }
 
+/// A reply that is not an acceptor's answer: a configuration refusal is acted on (a newer
+/// configuration installed; ours sent to a replica behind). `true` if the replica runs a newer
+/// configuration than the round.
 fn refused(membership: &Arc<Membership>, node: NodeId, reply: Option<Msg>) -> bool {
     match reply {
         Some(Msg::StaleConfig(newer)) => {

@@ -74,6 +74,49 @@ impl Node {
         });
     }
 
+    /// Runs a client's command (validated here: a node is a front door too) as its
+    /// coordinator.
+    async fn command(&self, key: String, command: Command, timeout_ms: u32) -> Msg {
+        if let Err(e) = validate_key(&key).and_then(|_| validate_command(&command)) {
+            return Msg::Error(e);
+        }
+        let ctx = counter_core::Ctx {
+            now_ms: counter_proto::unix_ms(),
+            limits: self.coordinator.limits(),
+        };
+        if let Err(e) = counter_core::change::check_request(&command, &ctx) {
+            return Msg::Error(e);
+        }
+        let config = self.membership.config();
+        if !config.is_member(self.id) {
+            return Msg::Error(ClientError::unavailable(format!(
+                "node {} {NOT_A_MEMBER} (configuration version {}); \
+                 send commands to a member",
+                self.id, config.version
+            )));
+        }
+        // Any member coordinates any key: its rounds go to the key's replicas.
+        let shard = shard_of(&key, config.shard_count());
+        let timeout_ms = if timeout_ms == 0 {
+            DEFAULT_TIMEOUT_MS
+        } else {
+            timeout_ms
+        };
+        let budget = Duration::from_millis(u64::from(timeout_ms));
+        // The router's span carries the request at info; the node's is a debug span.
+        let span = tracing::debug_span!(
+            "request",
+            op = command.op.name(),
+            key,
+            request = ?command.request.map(|r| (r.client, r.seq))
+        );
+        let submitted = self.coordinator.submit(shard, key, command, budget);
+        match submitted.instrument(span).await {
+            Ok(outcome) => outcome_msg(outcome, &command),
+            Err(e) => Msg::Error(e),
+        }
+    }
+
     /// Answers one message from a router, a client or another node's coordinator.
     pub async fn handle(self: Arc<Self>, msg: Msg) -> Msg {
         match msg {
@@ -82,45 +125,8 @@ impl Node {
                 command,
                 timeout_ms,
             } => {
-                if let Err(e) = validate_key(&key).and_then(|_| validate_command(&command)) {
-                    return Msg::Error(e);
-                }
-                let ctx = counter_core::Ctx {
-                    now_ms: counter_proto::unix_ms(),
-                    limits: self.coordinator.limits(),
-                };
-                if let Err(e) = counter_core::change::check_request(&command, &ctx) {
-                    return Msg::Error(e);
-                }
-                let config = self.membership.config();
-                if !config.is_member(self.id) {
-                    return Msg::Error(ClientError::unavailable(format!(
-                        "node {} {NOT_A_MEMBER} (configuration version {}); \
-                         send commands to a member",
-                        self.id, config.version
-                    )));
-                }
-                // Any member coordinates any key: its rounds go to the key's replicas.
-                let shard = shard_of(&key, config.shard_count());
-                let timeout_ms = if timeout_ms == 0 {
-                    DEFAULT_TIMEOUT_MS
-                } else {
-                    timeout_ms
-                };
-                let budget = Duration::from_millis(u64::from(timeout_ms));
                 let started = std::time::Instant::now();
-                // The router's span carries the request at info; the node's is a debug span.
-                let span = tracing::debug_span!(
-                    "request",
-                    op = command.op.name(),
-                    key,
-                    request = ?command.request.map(|r| (r.client, r.seq))
-                );
-                let submitted = self.coordinator.submit(shard, key, command, budget);
-                let reply = match submitted.instrument(span).await {
-                    Ok(outcome) => outcome_msg(outcome, &command),
-                    Err(e) => Msg::Error(e),
-                };
+                let reply = self.command(key, command, timeout_ms).await;
                 record_command("node", &command, &reply, started);
                 reply
             }

@@ -66,33 +66,56 @@ impl ServeArgs {
     }
 }
 
-/// Resolves at SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// SIGTERM and SIGINT, listened for from the process's start: a signal that comes while
+/// nothing awaits it (between start-up steps) is kept, not lost.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn new() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        Signals {
+            term: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+            int: signal(SignalKind::interrupt()).expect("SIGINT handler"),
+        }
+    }
+
+    /// Resolves at the next SIGTERM or SIGINT.
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+impl Default for Signals {
+    fn default() -> Self {
+        Signals::new()
     }
 }
 
 /// Serves until SIGTERM or SIGINT, then drains: `stop` ends `server` (a task running
 /// [`counter_net::server::serve_until`] with `stop`, and whatever else watches it), which is
-/// given `drain` to answer what it has read.
+/// given `drain` to answer what it has read; a second signal ends the drain at once. False if
+/// the server stopped on its own (the process should exit with a failure).
 pub async fn serve_then_drain(
     name: &str,
     server: JoinHandle<()>,
     stop: CancellationToken,
     drain: Duration,
     telemetry: Option<&Telemetry>,
-) {
+    signals: &mut Signals,
+) -> bool {
     let mut server = server;
     tokio::select! {
         _ = &mut server => {
             tracing::error!("{name}: the server stopped on its own");
-            return;
+            return false;
         }
-        _ = shutdown_signal() => {}
+        _ = signals.recv() => {}
     }
     tracing::info!(
         "{name}: shutting down: no new connections or requests; answering the requests in \
@@ -102,10 +125,26 @@ pub async fn serve_then_drain(
         t.set_draining();
     }
     stop.cancel();
-    match tokio::time::timeout(drain, server).await {
-        Ok(_) => tracing::info!("{name}: drained; every request read was answered"),
-        Err(_) => tracing::warn!(
-            "{name}: drain deadline of {drain:?} reached with requests still in flight; exiting"
+    tokio::select! {
+        drained = tokio::time::timeout(drain, server) => match drained {
+            Ok(_) => tracing::info!("{name}: drained; every request read was answered"),
+            Err(_) => tracing::warn!(
+                "{name}: drain deadline of {drain:?} reached with requests still in flight; exiting"
+            ),
+        },
+        _ = signals.recv() => tracing::warn!(
+            "{name}: a second signal: exiting without waiting for the requests in flight"
         ),
+    }
+    true
+}
+
+/// The exit status after [`serve_then_drain`]: 0 after a drain, 1 if the server stopped on
+/// its own (a supervisor restarts it).
+pub fn exit_code(drained: bool) -> std::process::ExitCode {
+    if drained {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
     }
 }

@@ -9,7 +9,8 @@
 //! - `GET /readyz`: 200 when the process can do its job now: a node serves and reaches a
 //!   majority of the replicas of every one of its shards; a router can reach a coordinator with
 //!   a quorum for every shard. 503 with the reason otherwise, and from the moment a drain starts
-//!   (SIGTERM), so that a load balancer stops sending before the port closes.
+//!   (SIGTERM; the port closes at the same moment, and requests read after it are answered
+//!   "draining", so a load balancer that still sends is told to go elsewhere).
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};

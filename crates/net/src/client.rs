@@ -119,10 +119,7 @@ impl Conn {
         let result = match tokio::time::timeout(timeout, reply_rx).await {
             // The peer read this request after its drain began and ran nothing of it: as good
             // as never sent. Its connection takes nothing more; the next call reconnects.
-            Ok(Ok(Msg::Error(e)))
-                if e.kind == counter_proto::ErrorKind::Unavailable
-                    && e.message.contains(counter_proto::DRAINING) =>
-            {
+            Ok(Ok(Msg::Error(e))) if is_draining(&e) => {
                 self.closed.store(true, Ordering::Release);
                 Err(CallError::NotSent(format!("{}: {}", self.peer, e.message)))
             }
@@ -153,6 +150,17 @@ impl Drop for Forget<'_> {
             map.remove(&self.id);
         }
     }
+}
+
+/// A server's answer that it read the request after its drain began and ran nothing of it:
+/// exactly `<server name> <DRAINING>` (`server.rs`), never a handler's message that merely
+/// quotes one.
+fn is_draining(e: &counter_proto::ClientError) -> bool {
+    e.kind == counter_proto::ErrorKind::Unavailable
+        && e.message
+            .strip_suffix(counter_proto::DRAINING)
+            .and_then(|name| name.strip_suffix(' '))
+            .is_some_and(|name| !name.is_empty() && !name.contains(' '))
 }
 
 /// Writes queued frames, as many per write as are waiting.
@@ -202,6 +210,11 @@ async fn read_loop(
                 match slot {
                     Some(reply) => {
                         let _ = reply.send(msg);
+                    }
+                    // The peer began to drain: it takes nothing more on this connection.
+                    None if id == 0 && matches!(&msg, Msg::Error(e) if is_draining(e)) => {
+                        tracing::debug!(%peer, "peer is draining; closing the connection");
+                        closed.store(true, Ordering::Release);
                     }
                     None if id == 0 => {
                         tracing::warn!(%peer, ?msg, "peer reported a connection error")

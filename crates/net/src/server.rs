@@ -15,7 +15,7 @@ use counter_proto::{ClientError, Frame, Msg};
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -24,9 +24,14 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// How long a stopping server keeps a connection open after its last request, once nothing is
-/// in flight on it (see `serve_conn`).
+/// How long a stopping server keeps a connection open after its last client request, once no
+/// client request is in flight (see `serve_conn`).
 const DRAIN_LINGER: Duration = Duration::from_millis(200);
+/// How long after a drain began a connection may keep sending client requests (each answered
+/// "draining") before it is closed anyway.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
+/// How often a new connection waiting for a slot looks again for an idle one to shed.
+const SHED_RETRY: Duration = Duration::from_millis(100);
 
 /// Limits of a server.
 #[derive(Clone, Debug)]
@@ -41,6 +46,11 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// What the server is, for logs and metrics (`node`, `router`).
     pub name: &'static str,
+    /// Messages of the server's peers (a node's acceptor protocol) rather than of clients:
+    /// during a drain they are still served, so that the rounds of the requests already read,
+    /// here and at the peers (which may be draining too), keep their quorums. Connections
+    /// close once no client request is in flight anywhere in the server.
+    pub is_peer: fn(&Msg) -> bool,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +61,7 @@ impl Default for ServerConfig {
             frame_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             name: "server",
+            is_peer: |_| false,
         }
     }
 }
@@ -102,6 +113,8 @@ struct Registry {
     started: Instant,
     max_inflight: usize,
     conns: Mutex<HashMap<u64, Arc<Live>>>,
+    /// Client requests (not `is_peer`) being handled, over every connection.
+    client_requests: AtomicUsize,
 }
 
 impl Registry {
@@ -163,6 +176,7 @@ pub async fn serve_until<H, F>(
         started: Instant::now(),
         max_inflight: config.max_inflight_per_conn,
         conns: Mutex::new(HashMap::new()),
+        client_requests: AtomicUsize::new(0),
     });
     let tracker = TaskTracker::new();
     let open = metrics::gauge!("counter_connections_open", "server" => name);
@@ -183,37 +197,46 @@ pub async fn serve_until<H, F>(
             Err(e) => {
                 // Typically out of file descriptors: wait for some to free up.
                 tracing::warn!(error = %e, "accept failed; retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
         };
-        let permit = match limit.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                if registry.shed_one() {
-                    shed_since_warning += 1;
-                    metrics::counter!("counter_connections_shed_total", "server" => name)
-                        .increment(1);
-                    if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                        tracing::warn!(
-                            max_connections = config.max_connections,
-                            shed = shed_since_warning,
-                            "connection limit reached: closed the longest-idle connections to \
+        let mut waited = false;
+        let permit = loop {
+            if let Ok(permit) = limit.clone().try_acquire_owned() {
+                break Some(permit);
+            }
+            if registry.shed_one() {
+                shed_since_warning += 1;
+                metrics::counter!("counter_connections_shed_total", "server" => name).increment(1);
+                if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    tracing::warn!(
+                        max_connections = config.max_connections,
+                        shed = shed_since_warning,
+                        "connection limit reached: closed the longest-idle connections to \
                              make room (peers that open connections and send nothing, or too \
                              many clients)"
-                        );
-                        shed_since_warning = 0;
-                        last_warning = Some(Instant::now());
-                    }
+                    );
+                    shed_since_warning = 0;
+                    last_warning = Some(Instant::now());
                 }
-                // Every connection busy: the new one waits for a slot.
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    permit = limit.clone().acquire_owned() => permit.expect("never closed"),
-                }
+            } else if !waited {
+                tracing::debug!("every connection has a request in flight; the new one waits");
+            }
+            waited = true;
+            // The shed connection frees its slot within moments; if every connection was busy,
+            // look again shortly (one may have gone idle).
+            tokio::select! {
+                _ = stop.cancelled() => break None,
+                permit = limit.clone().acquire_owned() => break Some(permit.expect("never closed")),
+                _ = tokio::time::sleep(SHED_RETRY) => {}
             }
         };
+        let Some(permit) = permit else { break };
         let _ = stream.set_nodelay(true);
         next_id += 1;
         let id = next_id;
@@ -234,7 +257,8 @@ pub async fn serve_until<H, F>(
         let registry = registry.clone();
         let open = open.clone();
         tracker.spawn(async move {
-            let why = serve_conn(stream, peer.to_string(), &config, handler, &live, &registry).await;
+            let why =
+                serve_conn(stream, peer.to_string(), &config, handler, &live, &registry).await;
             registry.conns.lock().expect("registry lock").remove(&id);
             open.decrement(1.0);
             metrics::counter!("counter_connections_closed_total", "server" => name, "reason" => why.label())
@@ -261,7 +285,7 @@ async fn serve_conn<H, F>(
     config: &ServerConfig,
     handler: H,
     live: &Live,
-    registry: &Registry,
+    registry: &Arc<Registry>,
 ) -> Closed
 where
     H: Fn(Msg) -> F + Send + Sync + Clone + 'static,
@@ -273,13 +297,17 @@ where
     let mut frames = FramedRead::new(read, FrameCodec::default());
     // How often the timeouts are checked.
     let tick = (config.frame_timeout.min(config.idle_timeout) / 4).min(Duration::from_secs(1));
+    // When the bytes of the frame being read began to arrive (reset at every frame).
     let mut partial_since: Option<Instant> = None;
     let mut last_request = Instant::now();
-    // Set when the server stops: requests read from then on are answered `DRAINING` (not
-    // run), and the connection closes once nothing is in flight and the peer has been quiet
-    // for `DRAIN_LINGER`, so that a request the peer sent just before it learned of the drain
-    // gets an answer rather than a closed connection.
-    let mut draining = false;
+    // Set when the server stops (`drain_since`): client requests read from then on are
+    // answered `DRAINING` (not run) while peer messages are still served; the connection
+    // closes once nothing is in flight on it, no client request is in flight anywhere in the
+    // server, and it has sent no client request for `DRAIN_LINGER` (or `DRAIN_GRACE` passed):
+    // a request its peer sent just before it learned of the drain gets an answer rather than
+    // a closed connection.
+    let mut drain_since: Option<Instant> = None;
+    let mut last_client_request = Instant::now();
     let idle = |live: &Live| live.inflight.available_permits() == config.max_inflight_per_conn;
     let drained = Msg::Error(ClientError::unavailable(format!(
         "{} {}",
@@ -293,36 +321,43 @@ where
         } else {
             partial_since.get_or_insert(now);
         }
-        let deadline = match partial_since {
-            Some(since) => since + config.frame_timeout,
-            None if draining => last_request + DRAIN_LINGER,
-            None => last_request + config.idle_timeout,
+        let deadline = match (drain_since, partial_since) {
+            (Some(_), _) => now + DRAIN_LINGER / 4,
+            (None, Some(since)) => since + config.frame_timeout,
+            (None, None) => last_request + config.idle_timeout,
         };
-        let tick = if draining { DRAIN_LINGER / 4 } else { tick };
         let next = tokio::select! {
             biased;
-            _ = live.close.cancelled(), if !draining => {
+            _ = live.close.cancelled(), if drain_since.is_none() => {
                 if live.shed.load(Ordering::Relaxed) {
                     break Closed::Shed;
                 }
-                draining = true;
-                last_request = Instant::now();
+                drain_since = Some(Instant::now());
+                last_client_request = Instant::now();
+                // Tell the peer now, so that it sends nothing more on this connection (an
+                // idle pooled connection would otherwise learn of the drain only by sending).
+                let _ = tx.send(Frame { id: 0, msg: drained.clone() }).await;
                 continue;
             }
             next = frames.next() => next,
             _ = tokio::time::sleep_until(deadline.min(now + tick).into()) => {
                 let now = Instant::now();
-                if now < deadline {
-                    continue;
-                }
-                if draining && partial_since.is_none() {
-                    if idle(live) {
+                if let Some(since) = drain_since {
+                    let quiet = now - last_client_request >= DRAIN_LINGER
+                        || now - since >= DRAIN_GRACE;
+                    if quiet
+                        && idle(live)
+                        && registry.client_requests.load(Ordering::Acquire) == 0
+                    {
                         break Closed::Stopping;
                     }
                     continue;
                 }
+                if now < deadline {
+                    continue;
+                }
                 if partial_since.is_some() {
-                    tracing::debug!(%peer, "closing a connection whose frame did not complete in {:?}", config.frame_timeout);
+                    tracing::info!(%peer, "closing a connection whose frame did not complete in {:?}", config.frame_timeout);
                     break Closed::PartialFrame;
                 }
                 if idle(live) {
@@ -337,10 +372,16 @@ where
         match next {
             None => break Closed::Peer,
             Some(Ok(Frame { id, msg })) => {
+                // The next frame's time starts when its first bytes are seen.
+                partial_since = None;
                 last_request = Instant::now();
                 live.last_active_ms
                     .store(registry.now_ms(), Ordering::Relaxed);
-                if draining {
+                let peer_msg = (config.is_peer)(&msg);
+                if !peer_msg {
+                    last_client_request = last_request;
+                }
+                if drain_since.is_some() && !peer_msg {
                     let _ = tx
                         .send(Frame {
                             id,
@@ -350,21 +391,35 @@ where
                     continue;
                 }
                 let permit = tokio::select! {
-                    _ = live.close.cancelled() => {
+                    _ = live.close.cancelled(), if drain_since.is_none() => {
                         if live.shed.load(Ordering::Relaxed) {
+                            // Read, not run: say so before closing.
+                            let _ = tx.send(Frame { id, msg: drained.clone() }).await;
                             break Closed::Shed;
                         }
-                        draining = true;
-                        let _ = tx.send(Frame { id, msg: drained.clone() }).await;
-                        continue;
+                        drain_since = Some(Instant::now());
+                        if !peer_msg {
+                            let _ = tx.send(Frame { id, msg: drained.clone() }).await;
+                            continue;
+                        }
+                        live.inflight.clone().acquire_owned().await.expect("never closed")
                     }
                     permit = live.inflight.clone().acquire_owned() => permit.expect("never closed"),
                 };
+                // Waiting for a slot is the server's doing, not a slow frame.
+                partial_since = None;
+                if !peer_msg {
+                    registry.client_requests.fetch_add(1, Ordering::AcqRel);
+                }
                 let handler = handler.clone();
                 let tx = tx.clone();
+                let registry = registry.clone();
                 tokio::spawn(async move {
                     let reply = handler(msg).await;
                     let _ = tx.send(Frame { id, msg: reply }).await;
+                    if !peer_msg {
+                        registry.client_requests.fetch_sub(1, Ordering::AcqRel);
+                    }
                     drop(permit);
                 });
             }
@@ -382,6 +437,10 @@ where
                     .await;
                 break Closed::BadFrame;
             }
+        }
+        if tx.is_closed() {
+            // The writer gave up (the peer reads nothing): stop running its requests.
+            break Closed::Peer;
         }
     };
     // Let in-flight requests finish and their replies go out, then close.
@@ -471,6 +530,8 @@ mod tests {
             max_connections,
             frame_timeout: Duration::from_millis(300),
             idle_timeout: Duration::from_secs(3),
+            // Negative values play the peers' (acceptor) messages.
+            is_peer: |msg| matches!(msg, Msg::Value(v) if *v < 0),
             ..ServerConfig::default()
         };
         tokio::spawn(serve_until(
@@ -479,7 +540,8 @@ mod tests {
             |msg| async move {
                 match msg {
                     Msg::Value(v) => {
-                        tokio::time::sleep(Duration::from_millis(v.clamp(0, 5000) as u64)).await;
+                        let ms = v.unsigned_abs().min(5000);
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
                         Msg::Value(v * 2)
                     }
                     other => other,
@@ -590,19 +652,138 @@ mod tests {
         // already read are still running.
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(Conn::connect(&addr, Duration::from_secs(1)).await.is_err());
-        // A request sent on an open connection after the stop is answered "draining, not
-        // run", which the client reports as not sent, and the connection takes no more.
-        match conn.call(Msg::Value(1), Duration::from_secs(5)).await {
-            Err(CallError::NotSent(e)) => assert!(e.contains(counter_proto::DRAINING), "{e}"),
-            other => panic!("a request after the stop: {other:?}"),
-        }
+        // The server told the connection at once: it takes nothing more (not sent).
         assert!(conn.is_closed());
+        assert!(matches!(
+            conn.call(Msg::Value(1), Duration::from_secs(5)).await,
+            Err(CallError::NotSent(_))
+        ));
         for (i, call) in calls.into_iter().enumerate() {
             assert_eq!(
                 call.await.unwrap(),
                 Ok(Msg::Value((300 + i as i64) * 2)),
                 "a request read before the stop is answered"
             );
+        }
+    }
+
+    /// Writes `frames` on a raw connection and reads until each has its reply: every frame
+    /// read, by id (the server's notices have id 0).
+    async fn raw_calls(
+        stream: &mut tokio::net::TcpStream,
+        frames: &[Frame],
+    ) -> std::collections::BTreeMap<u64, Msg> {
+        use tokio_util::codec::{Decoder, Encoder};
+        let mut codec = FrameCodec::default();
+        let mut out = bytes::BytesMut::new();
+        for f in frames {
+            codec.encode(f, &mut out).unwrap();
+        }
+        stream.write_all(&out).await.unwrap();
+        let mut got = std::collections::BTreeMap::new();
+        let mut buf = bytes::BytesMut::new();
+        while !frames.iter().all(|f| got.contains_key(&f.id)) {
+            while let Some(f) = codec.decode(&mut buf).unwrap() {
+                got.insert(f.id, f.msg);
+            }
+            if frames.iter().all(|f| got.contains_key(&f.id)) {
+                break;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+                .await
+                .expect("a reply")
+                .unwrap();
+            assert!(n > 0, "closed early; got {got:?}");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn a_drain_serves_peer_messages_and_refuses_client_ones_until_clients_are_done() {
+        let stop = CancellationToken::new();
+        let addr = small_server(64, stop.clone()).await;
+        let client = Arc::new(Conn::connect(&addr, Duration::from_secs(1)).await.unwrap());
+        let mut peer = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        // A client request that runs 1.5 s, in flight when the drain begins.
+        let slow = {
+            let client = client.clone();
+            tokio::spawn(async move { client.call(Msg::Value(1500), Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.cancel();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let frame = |id, v| Frame {
+            id,
+            msg: Msg::Value(v),
+        };
+        let draining =
+            |m: &Msg| matches!(m, Msg::Error(e) if e.message.contains(counter_proto::DRAINING));
+        // The peer's connection was told of the drain (id 0); a peer message is served, a
+        // client message refused as draining (not run).
+        let got = raw_calls(&mut peer, &[frame(7, -5), frame(8, 3)]).await;
+        assert!(got.get(&0).is_some_and(draining), "the notice: {got:?}");
+        assert_eq!(got.get(&7), Some(&Msg::Value(-10)), "{got:?}");
+        assert!(got.get(&8).is_some_and(draining), "{got:?}");
+        // Peer messages keep being served while the client request runs, well past the
+        // linger; the connection closes once that request is answered.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let got = raw_calls(&mut peer, &[frame(9, -2)]).await;
+        assert_eq!(got.get(&9), Some(&Msg::Value(-4)), "{got:?}");
+        assert_eq!(slow.await.unwrap(), Ok(Msg::Value(3000)));
+        assert!(closed_within(&mut peer, Duration::from_secs(2)).await);
+    }
+
+    #[tokio::test]
+    async fn a_busy_connection_is_not_taken_for_a_half_sent_frame() {
+        use tokio_util::codec::Encoder;
+        let addr = small_server(64, CancellationToken::new()).await;
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        // Frames of one length, sent so that every write ends in the middle of a frame: the
+        // server's read buffer is never empty, yet every frame completes within 20 ms. For
+        // five frame timeouts, none may be taken for a half-sent frame.
+        let mut codec = FrameCodec::default();
+        let mut bytes = bytes::BytesMut::new();
+        let count = 75u64;
+        for id in 1000..1000 + count {
+            codec
+                .encode(
+                    &Frame {
+                        id,
+                        msg: Msg::Value(0),
+                    },
+                    &mut bytes,
+                )
+                .unwrap();
+        }
+        let len = bytes.len() / count as usize;
+        let (mut read, mut write) = stream.split();
+        let mut start = len / 2;
+        write.write_all(&bytes[..start]).await.unwrap();
+        while start < bytes.len() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let end = (start + len).min(bytes.len());
+            write.write_all(&bytes[start..end]).await.unwrap();
+            start = end;
+        }
+        // Every request answered, then the connection still open.
+        let mut replies = bytes::BytesMut::new();
+        let mut got = 0;
+        while got < count {
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(5), read.read(&mut chunk))
+                .await
+                .expect("replies")
+                .unwrap();
+            assert!(n > 0, "closed after {got} replies");
+            replies.extend_from_slice(&chunk[..n]);
+            while tokio_util::codec::Decoder::decode(&mut codec, &mut replies)
+                .unwrap()
+                .is_some()
+            {
+                got += 1;
+            }
         }
     }
 

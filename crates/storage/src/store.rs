@@ -234,12 +234,12 @@ impl Store {
         })
     }
 
-    /// This incarnation of the node: bumped and synced by every `open`.
     /// Keys in the cache of synced states, and changes waiting for their sync.
     pub fn cache_sizes(&self) -> (usize, usize) {
         (self.synced.len(), self.pending.len())
     }
 
+    /// This incarnation of the node: bumped and synced by every `open`.
     pub fn epoch(&self) -> u32 {
         self.epoch
     }

@@ -11,7 +11,7 @@ use clap::Parser;
 use counter::bootstrap::{Asker, Phase, StartError, Starting};
 use counter::membership::Membership;
 use counter::node::Node;
-use counter::serving::{serve_then_drain, shutdown_signal, ServeArgs};
+use counter::serving::{exit_code, serve_then_drain, ServeArgs, Signals};
 use counter::status::Reporter;
 use counter::telemetry::Readiness;
 use counter_cluster::Cluster;
@@ -87,8 +87,9 @@ async fn main() -> ExitCode {
     let started = Instant::now();
     let args = Args::parse();
     counter::logging::init_with("info", args.serve.log_format);
+    let mut signals = Signals::new();
     if let Some(seed) = args.join.clone() {
-        return run_joining(&args, &seed, started).await;
+        return run_joining(&args, &seed, started, signals).await;
     }
     let cluster_file = args.cluster.clone().expect("clap: --cluster unless --join");
     let cluster = match Cluster::load(&cluster_file) {
@@ -150,7 +151,7 @@ async fn main() -> ExitCode {
         let handler = handler.clone();
         tokio::spawn(serve_until(
             listener,
-            args.serve.server_config("node"),
+            node_server_config(&args),
             move |msg| handler.clone().handle(msg),
             stop.clone(),
         ))
@@ -161,7 +162,7 @@ async fn main() -> ExitCode {
             Ok(store) => store,
             Err(e) => return exit(e),
         },
-        _ = shutdown_signal() => {
+        _ = signals.recv() => {
             tracing::info!("shutting down before serving");
             return ExitCode::SUCCESS;
         }
@@ -194,15 +195,34 @@ async fn main() -> ExitCode {
         cluster_id = %format!("{:016x}", config.cluster_id),
         "counter-node serving"
     );
-    serve_then_drain(
+    let drained = serve_then_drain(
         "counter-node",
         server,
         stop,
         Duration::from_secs(args.serve.drain_timeout_secs),
         telemetry.as_ref(),
+        &mut signals,
     )
     .await;
-    ExitCode::SUCCESS
+    exit_code(drained)
+}
+
+/// The node's server: its peers' acceptor and membership messages are still served during a
+/// drain (see `counter_net::server`), client commands are not.
+fn node_server_config(args: &Args) -> counter_net::ServerConfig {
+    counter_net::ServerConfig {
+        is_peer: |msg| {
+            !matches!(
+                msg,
+                Msg::Command { .. }
+                    | Msg::OpenSession { .. }
+                    | Msg::Admin(_)
+                    | Msg::Status
+                    | Msg::GetPlacement
+            )
+        },
+        ..args.serve.server_config("node")
+    }
 }
 
 /// Ready when the node serves and reaches a majority of the replicas of each of its shards
@@ -262,7 +282,7 @@ async fn start(
 
 /// A node started with `--join`: its data dir is opened (created for a new member, after the
 /// checks of [`counter::join`]), then it serves like any node.
-async fn run_joining(args: &Args, seed: &str, started: Instant) -> ExitCode {
+async fn run_joining(args: &Args, seed: &str, started: Instant, mut signals: Signals) -> ExitCode {
     let listen = args.listen.clone().expect("clap: --listen with --join");
     let timeout = Duration::from_secs(args.bootstrap_timeout_secs);
     let store = match counter::join::open(args.id, seed, &args.data_dir, timeout).await {
@@ -320,19 +340,20 @@ async fn run_joining(args: &Args, seed: &str, started: Instant) -> ExitCode {
     let stop = CancellationToken::new();
     let server = tokio::spawn(serve_until(
         listener,
-        args.serve.server_config("node"),
+        node_server_config(args),
         move |msg| node.clone().handle(msg),
         stop.clone(),
     ));
-    serve_then_drain(
+    let drained = serve_then_drain(
         "counter-node",
         server,
         stop,
         Duration::from_secs(args.serve.drain_timeout_secs),
         telemetry.as_ref(),
+        &mut signals,
     )
     .await;
-    ExitCode::SUCCESS
+    exit_code(drained)
 }
 
 fn storage_error(e: StorageError) -> StartError {

@@ -6,7 +6,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
-use counter::serving::{serve_then_drain, ServeArgs};
+use counter::serving::{exit_code, serve_then_drain, ServeArgs, Signals};
 use counter::telemetry::Readiness;
 use counter_cluster::Cluster;
 use counter_net::server::serve_until;
@@ -37,6 +37,7 @@ struct Args {
 async fn main() -> ExitCode {
     let args = Args::parse();
     counter::logging::init_with("info", args.serve.log_format);
+    let mut signals = Signals::new();
     let cluster = match Cluster::load(&args.cluster) {
         Ok(c) => c,
         Err(e) => {
@@ -88,22 +89,29 @@ async fn main() -> ExitCode {
             stop.clone(),
         ))
     };
-    // The drain waits for both front doors.
+    // The drain waits for both front doors; either ending on its own ends the process.
     let server = tokio::spawn(async move {
-        let _ = native.await;
-        if let Some(resp) = resp {
-            let _ = resp.await;
+        match resp {
+            Some(resp) => {
+                let (native, resp) = (std::pin::pin!(native), std::pin::pin!(resp));
+                let (_, other) = futures::future::select(native, resp).await.factor_first();
+                let _ = other.await;
+            }
+            None => {
+                let _ = native.await;
+            }
         }
     });
-    serve_then_drain(
+    let drained = serve_then_drain(
         "counter-router",
         server,
         stop,
         Duration::from_secs(args.serve.drain_timeout_secs),
         telemetry.as_ref(),
+        &mut signals,
     )
     .await;
-    ExitCode::SUCCESS
+    exit_code(drained)
 }
 
 /// Ready when every shard has a replica that serves and reaches a majority of the shard's
