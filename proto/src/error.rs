@@ -100,6 +100,10 @@ pub const NOT_A_MEMBER: &str = "is not a member of the cluster";
 /// `counter-net`'s client turns this answer into "not sent" and drops the connection.
 pub const DRAINING: &str = "is shutting down (draining) and ran nothing of this request";
 
+/// Like [`DRAINING`], for a connection the server closes while the rest of it serves (idle too
+/// long, or shed to make room for another): it ran nothing of the request.
+pub const CLOSING: &str = "is closing this connection (idle) and ran nothing of this request";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,7 +27,7 @@ pub mod identity;
 pub mod status;
 
 pub use config::{Change, Config, Dedup, ShardSet, BOOTSTRAP_CONFIG_VERSION};
-pub use error::{ClientError, ErrorKind, DRAINING, NOT_A_MEMBER};
+pub use error::{ClientError, ErrorKind, CLOSING, DRAINING, NOT_A_MEMBER};
 pub use frame::{
     decode_frame, encode_frame, DecodeError, EncodeError, Frame, Msg, MAX_FRAME_LEN,
     PROTOCOL_VERSION,

@@ -152,15 +152,16 @@ impl Drop for Forget<'_> {
     }
 }
 
-/// A server's answer that it read the request after its drain began and ran nothing of it:
-/// exactly `<server name> <DRAINING>` (`server.rs`), never a handler's message that merely
-/// quotes one.
+/// A server's answer that it read the request after its drain began, or after it began to
+/// close the connection, and ran nothing of it: exactly `<server name> <DRAINING>` or
+/// `<server name> <CLOSING>` (`server.rs`), never a handler's message that merely quotes one.
 fn is_draining(e: &counter_proto::ClientError) -> bool {
     e.kind == counter_proto::ErrorKind::Unavailable
-        && e.message
-            .strip_suffix(counter_proto::DRAINING)
-            .and_then(|name| name.strip_suffix(' '))
-            .is_some_and(|name| !name.is_empty() && !name.contains(' '))
+        && [counter_proto::DRAINING, counter_proto::CLOSING]
+            .iter()
+            .filter_map(|why| e.message.strip_suffix(why))
+            .filter_map(|name| name.strip_suffix(' '))
+            .any(|name| !name.is_empty() && !name.contains(' '))
 }
 
 /// Writes queued frames, as many per write as are waiting.

@@ -97,6 +97,22 @@ impl Closed {
     }
 }
 
+/// A connection on its way to closing (see `serve_conn`).
+struct Closing {
+    since: Instant,
+    /// `Stopping` (the server drains) or `Idle`.
+    why: Closed,
+}
+
+impl Closing {
+    fn new(why: Closed) -> Closing {
+        Closing {
+            since: Instant::now(),
+            why,
+        }
+    }
+}
+
 /// What the accept loop knows of a live connection.
 struct Live {
     /// Milliseconds since the server started, at the connection's last request (or accept).
@@ -300,20 +316,21 @@ where
     // When the bytes of the frame being read began to arrive (reset at every frame).
     let mut partial_since: Option<Instant> = None;
     let mut last_request = Instant::now();
-    // Set when the server stops (`drain_since`): client requests read from then on are
-    // answered `DRAINING` (not run) while peer messages are still served; the connection
-    // closes once nothing is in flight on it, no client request is in flight anywhere in the
-    // server, and it has sent no client request for `DRAIN_LINGER` (or `DRAIN_GRACE` passed):
-    // a request its peer sent just before it learned of the drain gets an answer rather than
-    // a closed connection.
-    let mut drain_since: Option<Instant> = None;
+    // Set when the connection is to close: the server stops (a drain), the connection was
+    // idle too long, or it is shed. The peer is told at once (a notice, id 0) and requests
+    // read from then on are answered "not run" (`DRAINING` or `CLOSING`): so that a request
+    // the peer sent just before it learned of the close gets an answer rather than a closed
+    // connection, which would leave its outcome unknown. In a drain, peer messages are still
+    // served and the connection closes once no client request is in flight anywhere in the
+    // server. It closes once nothing is in flight on it and its peer has sent no request
+    // (in a drain: no client request) for `DRAIN_LINGER`, or `DRAIN_GRACE` after it began.
+    let mut closing: Option<Closing> = None;
     let mut last_client_request = Instant::now();
     let idle = |live: &Live| live.inflight.available_permits() == config.max_inflight_per_conn;
-    let drained = Msg::Error(ClientError::unavailable(format!(
-        "{} {}",
-        config.name,
-        counter_proto::DRAINING
-    )));
+    let not_run =
+        |why: &str| Msg::Error(ClientError::unavailable(format!("{} {why}", config.name)));
+    let drained = not_run(counter_proto::DRAINING);
+    let closed = not_run(counter_proto::CLOSING);
     let why = loop {
         let now = Instant::now();
         if frames.read_buffer().is_empty() {
@@ -321,35 +338,35 @@ where
         } else {
             partial_since.get_or_insert(now);
         }
-        let deadline = match (drain_since, partial_since) {
+        let deadline = match (&closing, partial_since) {
             (Some(_), _) => now + DRAIN_LINGER / 4,
             (None, Some(since)) => since + config.frame_timeout,
             (None, None) => last_request + config.idle_timeout,
         };
         let next = tokio::select! {
             biased;
-            _ = live.close.cancelled(), if drain_since.is_none() => {
+            _ = live.close.cancelled(), if closing.is_none() => {
                 if live.shed.load(Ordering::Relaxed) {
+                    // The slot is wanted now: tell the peer, close without lingering (it is
+                    // the connection idle longest, so it is unlikely to be sending).
+                    let _ = tx.send(Frame { id: 0, msg: closed.clone() }).await;
                     break Closed::Shed;
                 }
-                drain_since = Some(Instant::now());
+                closing = Some(Closing::new(Closed::Stopping));
                 last_client_request = Instant::now();
-                // Tell the peer now, so that it sends nothing more on this connection (an
-                // idle pooled connection would otherwise learn of the drain only by sending).
                 let _ = tx.send(Frame { id: 0, msg: drained.clone() }).await;
                 continue;
             }
             next = frames.next() => next,
             _ = tokio::time::sleep_until(deadline.min(now + tick).into()) => {
                 let now = Instant::now();
-                if let Some(since) = drain_since {
-                    let quiet = now - last_client_request >= DRAIN_LINGER
-                        || now - since >= DRAIN_GRACE;
-                    if quiet
-                        && idle(live)
-                        && registry.client_requests.load(Ordering::Acquire) == 0
-                    {
-                        break Closed::Stopping;
+                if let Some(c) = &closing {
+                    let last = if c.why == Closed::Stopping { last_client_request } else { last_request };
+                    let quiet = now - last >= DRAIN_LINGER || now - c.since >= DRAIN_GRACE;
+                    let others_done = c.why != Closed::Stopping
+                        || registry.client_requests.load(Ordering::Acquire) == 0;
+                    if quiet && idle(live) && others_done {
+                        break c.why;
                     }
                     continue;
                 }
@@ -362,7 +379,10 @@ where
                 }
                 if idle(live) {
                     tracing::debug!(%peer, "closing a connection idle for {:?}", config.idle_timeout);
-                    break Closed::Idle;
+                    closing = Some(Closing::new(Closed::Idle));
+                    last_request = now;
+                    let _ = tx.send(Frame { id: 0, msg: closed.clone() }).await;
+                    continue;
                 }
                 // Requests in flight: not idle.
                 last_request = now;
@@ -381,23 +401,33 @@ where
                 if !peer_msg {
                     last_client_request = last_request;
                 }
-                if drain_since.is_some() && !peer_msg {
-                    let _ = tx
-                        .send(Frame {
-                            id,
-                            msg: drained.clone(),
-                        })
-                        .await;
-                    continue;
+                match &closing {
+                    // Read after the close began: not run, and said so.
+                    Some(c) if c.why != Closed::Stopping || !peer_msg => {
+                        let msg = if c.why == Closed::Stopping {
+                            &drained
+                        } else {
+                            &closed
+                        };
+                        let _ = tx
+                            .send(Frame {
+                                id,
+                                msg: msg.clone(),
+                            })
+                            .await;
+                        continue;
+                    }
+                    _ => {}
                 }
                 let permit = tokio::select! {
-                    _ = live.close.cancelled(), if drain_since.is_none() => {
+                    _ = live.close.cancelled(), if closing.is_none() => {
                         if live.shed.load(Ordering::Relaxed) {
                             // Read, not run: say so before closing.
-                            let _ = tx.send(Frame { id, msg: drained.clone() }).await;
+                            let _ = tx.send(Frame { id, msg: closed.clone() }).await;
                             break Closed::Shed;
                         }
-                        drain_since = Some(Instant::now());
+                        closing = Some(Closing::new(Closed::Stopping));
+                        let _ = tx.send(Frame { id: 0, msg: drained.clone() }).await;
                         if !peer_msg {
                             let _ = tx.send(Frame { id, msg: drained.clone() }).await;
                             continue;
@@ -592,6 +622,34 @@ mod tests {
             conn.call(Msg::Value(3500), Duration::from_secs(6)).await,
             Ok(Msg::Value(7000))
         );
+        // Idle afterwards: the server says it closes (the client then sends nothing more on
+        // it: a call is "not sent", never lost), and a request that crossed the notice is
+        // answered "not run".
+        tokio::time::sleep(Duration::from_millis(3300)).await;
+        assert!(conn.is_closed(), "told of the close");
+        assert!(matches!(
+            conn.call(Msg::Value(1), Duration::from_secs(1)).await,
+            Err(CallError::NotSent(_))
+        ));
+        let not_run =
+            |m: &Msg| matches!(m, Msg::Error(e) if e.message.ends_with(counter_proto::CLOSING));
+        // The raw connection's notice (it has been idle as long), then a request sent right
+        // after it: answered "not run" before the close.
+        let mut raw = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let mut notice = [0u8; 256];
+        let n = raw.read(&mut notice).await.unwrap();
+        let mut buf = bytes::BytesMut::from(&notice[..n]);
+        let frame = tokio_util::codec::Decoder::decode(&mut FrameCodec::default(), &mut buf)
+            .unwrap()
+            .expect("the notice");
+        assert!(frame.id == 0 && not_run(&frame.msg), "{frame:?}");
+        let request = Frame {
+            id: 5,
+            msg: Msg::Value(1),
+        };
+        let got = raw_calls(&mut raw, &[request]).await;
+        assert!(got.get(&5).is_some_and(not_run), "{got:?}");
+        assert!(closed_within(&mut raw, Duration::from_secs(1)).await);
     }
 
     #[tokio::test]
