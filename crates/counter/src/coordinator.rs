@@ -29,8 +29,22 @@ use tokio::sync::oneshot;
 
 /// How long one phase waits for a majority before the round is retried.
 const PHASE_TIMEOUT: Duration = Duration::from_millis(1000);
-/// Most keys whose prepared next round is remembered (bounds the memory it takes).
-const WARM_KEYS: usize = 100_000;
+/// Most bytes (estimated: the key and about 120 bytes of entry) of prepared next rounds
+/// remembered.
+const WARM_BYTES: u64 = 16 << 20;
+
+/// The prepared next rounds by key: (configuration version, promised ballot, ballot of the
+/// register).
+type WarmCache = quick_cache::sync::Cache<String, (u64, Ballot, Ballot), WarmWeight>;
+
+#[derive(Clone, Copy, Debug, Default)]
+struct WarmWeight;
+
+impl quick_cache::Weighter<String, (u64, Ballot, Ballot)> for WarmWeight {
+    fn weight(&self, key: &String, _: &(u64, Ballot, Ballot)) -> u64 {
+        (key.len() + 120) as u64
+    }
+}
 /// Most operations coalesced into one round.
 const MAX_BATCH: usize = 1024;
 const BACKOFF_START: Duration = Duration::from_millis(1);
@@ -60,9 +74,10 @@ pub struct Coordinator {
     /// ballot a majority promised, and the ballot of the chosen register they reported
     /// (`counter-core`'s [`Warm`], without its register: that is the one our own acceptor
     /// accepted under the second ballot, read back when used). Volatile; at most
-    /// [`WARM_KEYS`] keys (when full, an arbitrary one makes room: a key that loses its entry
-    /// takes two round trips once). An entry of another configuration is not used.
-    warm: DashMap<String, (u64, Ballot, Ballot)>,
+    /// [`WARM_BYTES`] (when full, `quick_cache` evicts a key not used recently: a key that
+    /// loses its entry takes two round trips once). An entry of another configuration is not
+    /// used.
+    warm: WarmCache,
     /// Keys with a leader running, and the operations queued behind it.
     queues: DashMap<String, Vec<Waiter>>,
 }
@@ -94,7 +109,7 @@ impl Coordinator {
             pool: Arc::new(Pool::new(Duration::from_millis(300))),
             membership,
             limits,
-            warm: DashMap::new(),
+            warm: WarmCache::with_weighter((WARM_BYTES / 140) as usize, WARM_BYTES, WarmWeight),
             queues: DashMap::new(),
         })
     }
@@ -369,7 +384,6 @@ impl Coordinator {
                 }
                 Action::Done(results) => {
                     if let Some((ballot, at)) = decider.prepared() {
-                        counter_storage::make_room(&self.warm, WARM_KEYS);
                         self.warm
                             .insert(key.to_string(), (config.version, ballot, at));
                     }

@@ -2,7 +2,7 @@
 //! is waiting as one `WriteBatch` with the WAL synced, then settles each change (the pending
 //! overlay gives way to the cache of synced states) and releases its reply.
 
-use crate::{make_room, CACHED_KEYS};
+use crate::SyncedCache;
 use counter_core::AcceptorState;
 use counter_proto::ShardId;
 use dashmap::DashMap;
@@ -33,7 +33,7 @@ pub(crate) struct Committer {
     pub(crate) db: Arc<DB>,
     pub(crate) cf_names: Arc<[String]>,
     pub(crate) pending: Arc<DashMap<(ShardId, Vec<u8>), Pending>>,
-    pub(crate) synced: Arc<DashMap<(ShardId, Vec<u8>), AcceptorState>>,
+    pub(crate) synced: Arc<SyncedCache>,
     pub(crate) rx: mpsc::Receiver<WriteReq>,
 }
 
@@ -91,14 +91,12 @@ impl Committer {
         match self.pending.entry(key) {
             dashmap::Entry::Occupied(e) if e.get().gen == gen => {
                 // Cached before the pending entry goes: in between, a change of the key would
-                // find neither and could start from an older cached state.
-                if !self.synced.contains_key(e.key()) {
-                    make_room(&self.synced, CACHED_KEYS);
-                }
+                // find neither and could start from an older cached state. (The cache may
+                // evict it at any time: a miss reads RocksDB, which holds this state now.)
                 // Moved, not copied: nobody sees the emptied pending entry, we hold its lock.
                 let mut e = e;
                 let state = std::mem::take(&mut e.get_mut().state);
-                self.synced.insert(e.key().clone(), state);
+                self.synced.insert(e.key().clone(), Arc::new(state));
                 e.remove();
             }
             dashmap::Entry::Occupied(e) => {

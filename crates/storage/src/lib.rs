@@ -29,8 +29,9 @@
 //!
 //! # Caching
 //!
-//! The last synced state of recently used keys is kept in memory (at most [`CACHED_KEYS`]
-//! keys; when full, an arbitrary one makes room), so that a Prepare or an Accept does not search RocksDB's memtable, where every change
+//! The last synced state of recently used keys is kept in memory ([`SyncedCache`]: at most
+//! [`CACHE_BYTES`] of keys and states by an estimate of their size; when full, `quick_cache`
+//! evicts a key not used recently), so that a Prepare or an Accept does not search RocksDB's memtable, where every change
 //! of a hot key is another version. The cache only ever holds durable states: the committer
 //! moves a state into it after the state's batch was synced and before the reply is released,
 //! under the same lock that orders changes of the key; a key read from RocksDB is cached only
@@ -50,7 +51,6 @@
 
 use counter_core::AcceptorState;
 use counter_proto::{NodeId, ShardId};
-use dashmap::DashMap;
 use std::path::PathBuf;
 
 mod agreed;
@@ -66,19 +66,30 @@ pub use identity::{ClusterConfig, Identity, BOOTSTRAP_CONFIG_VERSION};
 pub use meta::{check, inspect, DirContents};
 pub use store::Store;
 
-/// Most keys whose synced state is kept in memory.
-pub const CACHED_KEYS: usize = 500_000;
+/// Most bytes (estimated: [`StateWeight`]) of keys and synced states kept in memory.
+pub const CACHE_BYTES: u64 = 64 << 20;
 
-/// Makes room for one more entry in a map bounded to `cap` entries by dropping an arbitrary
-/// one (the first in iteration order, spread by the hash) when it is full. Callers must hold
-/// no guard of `map`.
-pub fn make_room<K: Eq + std::hash::Hash + Clone, V>(map: &DashMap<K, V>, cap: usize) {
-    if map.len() >= cap {
-        let victim = map.iter().next().map(|e| e.key().clone());
-        if let Some(k) = victim {
-            map.remove(&k);
-        }
+/// The cache of synced acceptor states by (shard, key). Values are shared (`Arc`): a hit costs
+/// no copy of the register.
+pub type SyncedCache =
+    quick_cache::sync::Cache<(ShardId, Vec<u8>), std::sync::Arc<AcceptorState>, StateWeight>;
+
+/// An estimate of the memory a cached key and state hold: the key, the state's fixed part and
+/// the hash table's entry, and each client entry of the register.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StateWeight;
+
+impl quick_cache::Weighter<(ShardId, Vec<u8>), std::sync::Arc<AcceptorState>> for StateWeight {
+    fn weight(&self, key: &(ShardId, Vec<u8>), state: &std::sync::Arc<AcceptorState>) -> u64 {
+        let clients = state.accepted.as_ref().map_or(0, |(_, r)| r.clients.len());
+        (key.1.len() + 160 + clients * 64) as u64
     }
+}
+
+/// A new, empty cache of synced states bounded by [`CACHE_BYTES`].
+pub fn synced_cache() -> SyncedCache {
+    // About 250 bytes per entry for a small register.
+    SyncedCache::with_weighter((CACHE_BYTES / 250) as usize, CACHE_BYTES, StateWeight)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -164,13 +175,20 @@ mod tests {
     }
 
     #[test]
-    fn a_full_map_makes_room_and_stays_bounded() {
-        let map = DashMap::new();
-        for k in 0..100u32 {
-            make_room(&map, 10);
-            map.insert(k, k);
-            assert!(map.len() <= 10);
+    fn the_cache_of_synced_states_is_bounded_by_bytes_and_keeps_hot_keys() {
+        use std::sync::Arc;
+        let cache = SyncedCache::with_weighter(100, 20_000, StateWeight);
+        let hot = (1, b"hot".to_vec());
+        cache.insert(hot.clone(), Arc::new(AcceptorState::default()));
+        for k in 0..10_000u32 {
+            let key = (0, format!("key-{k}").into_bytes());
+            cache.insert(key, Arc::new(AcceptorState::default()));
+            assert!(cache.weight() <= 20_000, "weight {}", cache.weight());
+            assert!(
+                cache.get(&hot).is_some(),
+                "a key used all along is kept ({k})"
+            );
         }
-        assert!(map.contains_key(&99), "the newest entry is kept");
+        assert!(cache.len() < 200, "{} entries", cache.len());
     }
 }

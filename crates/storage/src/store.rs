@@ -7,7 +7,7 @@ use crate::meta::{
     check, check_contents, check_shards, read_meta, shard_cf, DirContents, META_CF, META_CLUSTER,
     META_CONFIG, META_EPOCH, META_FORMAT, META_NODE, META_SHARDS, META_STATE,
 };
-use crate::{decode_state, make_room, record, Identity, StorageError, CACHED_KEYS, FORMAT_VERSION};
+use crate::{decode_state, record, Identity, StorageError, SyncedCache, FORMAT_VERSION};
 use counter_core::{AcceptorReply, AcceptorState};
 use counter_proto::{Ballot, DataState, Register, ShardId};
 use dashmap::DashMap;
@@ -29,7 +29,7 @@ pub struct Store {
     /// Changes written to the batch queue and not yet synced, keyed by (shard, key).
     pending: Arc<DashMap<(ShardId, Vec<u8>), Pending>>,
     /// Synced states of recently used keys (see "Caching").
-    pub(crate) synced: Arc<DashMap<(ShardId, Vec<u8>), AcceptorState>>,
+    pub(crate) synced: Arc<SyncedCache>,
     next_gen: AtomicU64,
     /// The committer's queue; `None` once the store is being dropped.
     tx: Option<mpsc::Sender<WriteReq>>,
@@ -205,7 +205,7 @@ impl Store {
         // Column family names, built once: looking a handle up must not format a string per op.
         let cf_names: Arc<[String]> = (0..shards).map(shard_cf).collect();
         let pending = Arc::new(DashMap::new());
-        let synced = Arc::new(DashMap::new());
+        let synced = Arc::new(crate::synced_cache());
         let (tx, rx) = mpsc::channel();
         let committer = Committer {
             db: db.clone(),
@@ -294,7 +294,7 @@ impl Store {
             return Ok(p.state.clone());
         }
         if let Some(s) = self.synced.get(&k) {
-            return Ok(s.clone());
+            return Ok((*s).clone());
         }
         self.load(shard, key.as_bytes())
     }
@@ -386,8 +386,7 @@ impl Store {
                         // its latest synced state: safe to cache.
                         let state = self.load(shard, key.as_bytes())?;
                         let decided = rule(&state);
-                        make_room(&self.synced, CACHED_KEYS);
-                        self.synced.insert(v.key().clone(), state);
+                        self.synced.insert(v.key().clone(), Arc::new(state));
                         decided
                     }
                 },
