@@ -233,3 +233,35 @@ async fn read_loop(
     // Dropping the reply slots wakes every waiting caller with `Lost`.
     inflight.lock().expect("inflight lock").clear();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::is_draining;
+    use counter_proto::{ClientError, CLOSING, DRAINING};
+
+    /// Only the server's own "not run" answer makes a call "not sent": a handler's error that
+    /// quotes one (a router relaying a node's answer after work of its own) must not, or a
+    /// request that ran could be sent again elsewhere.
+    #[test]
+    fn only_the_servers_own_not_run_answer_counts_as_not_sent() {
+        assert!(is_draining(&ClientError::unavailable(format!(
+            "node {DRAINING}"
+        ))));
+        assert!(is_draining(&ClientError::unavailable(format!(
+            "router {CLOSING}"
+        ))));
+        for quoted in [
+            format!("no replica of shard 3 could be reached: node 1: node {DRAINING}"),
+            DRAINING.to_string(),
+            format!(" {DRAINING}"),
+        ] {
+            assert!(
+                !is_draining(&ClientError::unavailable(quoted.clone())),
+                "{quoted}"
+            );
+        }
+        assert!(!is_draining(&ClientError::unknown(format!(
+            "node {DRAINING}"
+        ))));
+    }
+}

@@ -104,6 +104,11 @@ struct Closing {
     why: Closed,
 }
 
+/// The timeout checks of a closing connection: every quarter of the linger.
+fn closing_ticker() -> tokio::time::Interval {
+    tokio::time::interval(DRAIN_LINGER / 4)
+}
+
 impl Closing {
     fn new(why: Closed) -> Closing {
         Closing {
@@ -122,6 +127,9 @@ struct Live {
     /// Cancelled to close the connection (shed, or the server stops).
     close: CancellationToken,
     shed: AtomicBool,
+    /// Client requests (not `is_peer`) of this connection being handled. Per connection, so
+    /// that the hot path touches no counter shared by every connection; a drain sums them.
+    client_requests: AtomicUsize,
 }
 
 /// The live connections, for shedding the longest idle.
@@ -129,13 +137,25 @@ struct Registry {
     started: Instant,
     max_inflight: usize,
     conns: Mutex<HashMap<u64, Arc<Live>>>,
-    /// Client requests (not `is_peer`) being handled, over every connection.
-    client_requests: AtomicUsize,
 }
 
 impl Registry {
     fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        self.ms_at(Instant::now())
+    }
+
+    fn ms_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.started).as_millis() as u64
+    }
+
+    /// Client requests being handled over every connection (a drain asks, every few tens of
+    /// milliseconds).
+    fn client_requests(&self) -> usize {
+        let conns = self.conns.lock().expect("registry lock");
+        conns
+            .values()
+            .map(|c| c.client_requests.load(Ordering::Acquire))
+            .sum()
     }
 
     /// Closes the connection with nothing in flight that has been idle longest; false if every
@@ -192,7 +212,6 @@ pub async fn serve_until<H, F>(
         started: Instant::now(),
         max_inflight: config.max_inflight_per_conn,
         conns: Mutex::new(HashMap::new()),
-        client_requests: AtomicUsize::new(0),
     });
     let tracker = TaskTracker::new();
     let open = metrics::gauge!("counter_connections_open", "server" => name);
@@ -261,6 +280,7 @@ pub async fn serve_until<H, F>(
             inflight: Arc::new(Semaphore::new(config.max_inflight_per_conn)),
             close: stop.child_token(),
             shed: AtomicBool::new(false),
+            client_requests: AtomicUsize::new(0),
         });
         registry
             .conns
@@ -300,8 +320,8 @@ async fn serve_conn<H, F>(
     peer: String,
     config: &ServerConfig,
     handler: H,
-    live: &Live,
-    registry: &Arc<Registry>,
+    live: &Arc<Live>,
+    registry: &Registry,
 ) -> Closed
 where
     H: Fn(Msg) -> F + Send + Sync + Clone + 'static,
@@ -311,8 +331,11 @@ where
     let (tx, rx) = mpsc::channel::<Frame>(config.max_inflight_per_conn);
     let writer = tokio::spawn(write_loop(write, rx, Arc::new(AtomicBool::new(false))));
     let mut frames = FramedRead::new(read, FrameCodec::default());
-    // How often the timeouts are checked.
+    // How often the timeouts are checked: one periodic timer per connection, not one timer
+    // per request.
     let tick = (config.frame_timeout.min(config.idle_timeout) / 4).min(Duration::from_secs(1));
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // When the bytes of the frame being read began to arrive (reset at every frame).
     let mut partial_since: Option<Instant> = None;
     let mut last_request = Instant::now();
@@ -339,7 +362,7 @@ where
             partial_since.get_or_insert(now);
         }
         let deadline = match (&closing, partial_since) {
-            (Some(_), _) => now + DRAIN_LINGER / 4,
+            (Some(_), _) => now,
             (None, Some(since)) => since + config.frame_timeout,
             (None, None) => last_request + config.idle_timeout,
         };
@@ -353,18 +376,19 @@ where
                     break Closed::Shed;
                 }
                 closing = Some(Closing::new(Closed::Stopping));
+                ticker = closing_ticker();
                 last_client_request = Instant::now();
                 let _ = tx.send(Frame { id: 0, msg: drained.clone() }).await;
                 continue;
             }
             next = frames.next() => next,
-            _ = tokio::time::sleep_until(deadline.min(now + tick).into()) => {
+            _ = ticker.tick() => {
                 let now = Instant::now();
                 if let Some(c) = &closing {
                     let last = if c.why == Closed::Stopping { last_client_request } else { last_request };
                     let quiet = now - last >= DRAIN_LINGER || now - c.since >= DRAIN_GRACE;
-                    let others_done = c.why != Closed::Stopping
-                        || registry.client_requests.load(Ordering::Acquire) == 0;
+                    let others_done =
+                        c.why != Closed::Stopping || registry.client_requests() == 0;
                     if quiet && idle(live) && others_done {
                         break c.why;
                     }
@@ -380,6 +404,7 @@ where
                 if idle(live) {
                     tracing::debug!(%peer, "closing a connection idle for {:?}", config.idle_timeout);
                     closing = Some(Closing::new(Closed::Idle));
+                    ticker = closing_ticker();
                     last_request = now;
                     let _ = tx.send(Frame { id: 0, msg: closed.clone() }).await;
                     continue;
@@ -396,7 +421,7 @@ where
                 partial_since = None;
                 last_request = Instant::now();
                 live.last_active_ms
-                    .store(registry.now_ms(), Ordering::Relaxed);
+                    .store(registry.ms_at(last_request), Ordering::Relaxed);
                 let peer_msg = (config.is_peer)(&msg);
                 if !peer_msg {
                     last_client_request = last_request;
@@ -427,6 +452,7 @@ where
                             break Closed::Shed;
                         }
                         closing = Some(Closing::new(Closed::Stopping));
+                        ticker = closing_ticker();
                         let _ = tx.send(Frame { id: 0, msg: drained.clone() }).await;
                         if !peer_msg {
                             let _ = tx.send(Frame { id, msg: drained.clone() }).await;
@@ -439,16 +465,16 @@ where
                 // Waiting for a slot is the server's doing, not a slow frame.
                 partial_since = None;
                 if !peer_msg {
-                    registry.client_requests.fetch_add(1, Ordering::AcqRel);
+                    live.client_requests.fetch_add(1, Ordering::AcqRel);
                 }
                 let handler = handler.clone();
                 let tx = tx.clone();
-                let registry = registry.clone();
+                let live = live.clone();
                 tokio::spawn(async move {
                     let reply = handler(msg).await;
                     let _ = tx.send(Frame { id, msg: reply }).await;
                     if !peer_msg {
-                        registry.client_requests.fetch_sub(1, Ordering::AcqRel);
+                        live.client_requests.fetch_sub(1, Ordering::AcqRel);
                     }
                     drop(permit);
                 });
@@ -554,6 +580,16 @@ mod tests {
 
     /// A server with small limits that answers `Value(v)` with `2v` after `v` ms.
     async fn small_server(max_connections: usize, stop: CancellationToken) -> String {
+        small_server_counting(max_connections, stop).await.0
+    }
+
+    /// [`small_server`], and how many requests its handler has run.
+    async fn small_server_counting(
+        max_connections: usize,
+        stop: CancellationToken,
+    ) -> (String, Arc<AtomicUsize>) {
+        let ran = Arc::new(AtomicUsize::new(0));
+        let counted = ran.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let config = ServerConfig {
@@ -567,19 +603,22 @@ mod tests {
         tokio::spawn(serve_until(
             listener,
             config,
-            |msg| async move {
-                match msg {
-                    Msg::Value(v) => {
-                        let ms = v.unsigned_abs().min(5000);
-                        tokio::time::sleep(Duration::from_millis(ms)).await;
-                        Msg::Value(v * 2)
+            move |msg| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    match msg {
+                        Msg::Value(v) => {
+                            let ms = v.unsigned_abs().min(5000);
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                            Msg::Value(v * 2)
+                        }
+                        other => other,
                     }
-                    other => other,
                 }
             },
             stop,
         ));
-        addr
+        (addr, ran)
     }
 
     /// Reads until the server closes the connection; true if it did within `within`.
@@ -761,7 +800,7 @@ mod tests {
     #[tokio::test]
     async fn a_drain_serves_peer_messages_and_refuses_client_ones_until_clients_are_done() {
         let stop = CancellationToken::new();
-        let addr = small_server(64, stop.clone()).await;
+        let (addr, ran) = small_server_counting(64, stop.clone()).await;
         let client = Arc::new(Conn::connect(&addr, Duration::from_secs(1)).await.unwrap());
         let mut peer = tokio::net::TcpStream::connect(&addr).await.unwrap();
         // A client request that runs 1.5 s, in flight when the drain begins.
@@ -780,10 +819,17 @@ mod tests {
             |m: &Msg| matches!(m, Msg::Error(e) if e.message.contains(counter_proto::DRAINING));
         // The peer's connection was told of the drain (id 0); a peer message is served, a
         // client message refused as draining (not run).
+        let before = ran.load(Ordering::SeqCst);
         let got = raw_calls(&mut peer, &[frame(7, -5), frame(8, 3)]).await;
         assert!(got.get(&0).is_some_and(draining), "the notice: {got:?}");
         assert_eq!(got.get(&7), Some(&Msg::Value(-10)), "{got:?}");
         assert!(got.get(&8).is_some_and(draining), "{got:?}");
+        // "Draining" means not run: clients treat it as not sent and send it elsewhere.
+        assert_eq!(
+            ran.load(Ordering::SeqCst),
+            before + 1,
+            "only the peer message was run"
+        );
         // Peer messages keep being served while the client request runs, well past the
         // linger; the connection closes once that request is answered.
         tokio::time::sleep(Duration::from_millis(600)).await;
