@@ -11,6 +11,7 @@
 use crate::logging::LogFormat;
 use crate::telemetry::{Readiness, Telemetry};
 use counter_net::ServerConfig;
+use std::process::ExitCode;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -99,21 +100,23 @@ impl Default for Signals {
 
 /// Serves until SIGTERM or SIGINT, then drains: `stop` ends `server` (a task running
 /// [`counter_net::server::serve_until`] with `stop`, and whatever else watches it), which is
-/// given `drain` to answer what it has read; a second signal ends the drain at once. False if
-/// the server stopped on its own (the process should exit with a failure).
+/// given `--drain-timeout-secs` to answer what it has read; a second signal ends the drain at
+/// once. The process's exit status: 0 after a drain, 1 if the server stopped on its own (a
+/// supervisor restarts it).
 pub async fn serve_then_drain(
+    args: &ServeArgs,
     name: &str,
     server: JoinHandle<()>,
     stop: CancellationToken,
-    drain: Duration,
     telemetry: Option<&Telemetry>,
     signals: &mut Signals,
-) -> bool {
+) -> ExitCode {
+    let drain = Duration::from_secs(args.drain_timeout_secs);
     let mut server = server;
     tokio::select! {
         _ = &mut server => {
             tracing::error!("{name}: the server stopped on its own");
-            return false;
+            return ExitCode::FAILURE;
         }
         _ = signals.recv() => {}
     }
@@ -136,15 +139,5 @@ pub async fn serve_then_drain(
             "{name}: a second signal: exiting without waiting for the requests in flight"
         ),
     }
-    true
-}
-
-/// The exit status after [`serve_then_drain`]: 0 after a drain, 1 if the server stopped on
-/// its own (a supervisor restarts it).
-pub fn exit_code(drained: bool) -> std::process::ExitCode {
-    if drained {
-        std::process::ExitCode::SUCCESS
-    } else {
-        std::process::ExitCode::FAILURE
-    }
+    ExitCode::SUCCESS
 }

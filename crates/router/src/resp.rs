@@ -862,7 +862,13 @@ impl ReadSide {
             "INFO" => now(self.info()),
             "GET" => match key_arg(&args[1]) {
                 Ok(key) => {
-                    let run = run_key(self.shared.clone(), key.clone(), Op::Get.into(), None);
+                    let run = run_as(
+                        self.shared.clone(),
+                        key.clone(),
+                        Op::Get.into(),
+                        None,
+                        |v| bulk(v.to_string()),
+                    );
                     self.later(&[key], run)
                 }
                 Err(e) => now(e),
@@ -875,7 +881,13 @@ impl ReadSide {
                     } else {
                         Op::Decr(1)
                     };
-                    let run = run_int(self.shared.clone(), key.clone(), op.into(), None);
+                    let run = run_as(
+                        self.shared.clone(),
+                        key.clone(),
+                        op.into(),
+                        None,
+                        Frame::Integer,
+                    );
                     self.later(&[key], run)
                 }
                 Err(e) => now(e),
@@ -897,7 +909,13 @@ impl ReadSide {
                         n => add(-n),
                     }
                 };
-                let run = run_int(self.shared.clone(), key.clone(), op.into(), None);
+                let run = run_as(
+                    self.shared.clone(),
+                    key.clone(),
+                    op.into(),
+                    None,
+                    Frame::Integer,
+                );
                 self.later(&[key], run)
             }
             "CINCRBY" | "CDECRBY" => self.cincrby(&name, &args),
@@ -1141,7 +1159,13 @@ impl ReadSide {
                 }
             }
         }
-        let run = run_int(self.shared.clone(), key.clone(), command, given);
+        let run = run_as(
+            self.shared.clone(),
+            key.clone(),
+            command,
+            given,
+            Frame::Integer,
+        );
         self.later(&[key], run)
     }
 }
@@ -1247,28 +1271,17 @@ fn value_of(answer: Msg) -> Result<i64, ClientError> {
     }
 }
 
-/// A key command answered with an integer.
-async fn run_int(
+/// A key command: its value as `as_frame` makes it (an integer, or a bulk string for `GET`), or
+/// its error.
+async fn run_as(
     shared: Arc<Shared>,
     key: String,
     command: Command,
     given: Option<RequestId>,
+    as_frame: fn(i64) -> Frame,
 ) -> Frame {
     match run(&shared, key, command, given).await.and_then(value_of) {
-        Ok(v) => Frame::Integer(v),
-        Err(e) => client_error(&e),
-    }
-}
-
-/// A key command answered with the value as a bulk string (`GET`).
-async fn run_key(
-    shared: Arc<Shared>,
-    key: String,
-    command: Command,
-    given: Option<RequestId>,
-) -> Frame {
-    match run(&shared, key, command, given).await.and_then(value_of) {
-        Ok(v) => bulk(v.to_string()),
+        Ok(v) => as_frame(v),
         Err(e) => client_error(&e),
     }
 }

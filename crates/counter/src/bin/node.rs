@@ -11,7 +11,7 @@ use clap::Parser;
 use counter::bootstrap::{Asker, Phase, StartError, Starting};
 use counter::membership::Membership;
 use counter::node::Node;
-use counter::serving::{exit_code, serve_then_drain, ServeArgs, Signals};
+use counter::serving::{serve_then_drain, ServeArgs, Signals};
 use counter::status::Reporter;
 use counter::telemetry::Readiness;
 use counter_cluster::Cluster;
@@ -195,16 +195,15 @@ async fn main() -> ExitCode {
         cluster_id = %format!("{:016x}", config.cluster_id),
         "counter-node serving"
     );
-    let drained = serve_then_drain(
+    serve_then_drain(
+        &args.serve,
         "counter-node",
         server,
         stop,
-        Duration::from_secs(args.serve.drain_timeout_secs),
         telemetry.as_ref(),
         &mut signals,
     )
-    .await;
-    exit_code(drained)
+    .await
 }
 
 /// The node's server: its peers' acceptor and membership messages are still served during a
@@ -344,16 +343,15 @@ async fn run_joining(args: &Args, seed: &str, started: Instant, mut signals: Sig
         move |msg| node.clone().handle(msg),
         stop.clone(),
     ));
-    let drained = serve_then_drain(
+    serve_then_drain(
+        &args.serve,
         "counter-node",
         server,
         stop,
-        Duration::from_secs(args.serve.drain_timeout_secs),
         telemetry.as_ref(),
         &mut signals,
     )
-    .await;
-    exit_code(drained)
+    .await
 }
 
 fn storage_error(e: StorageError) -> StartError {

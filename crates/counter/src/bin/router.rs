@@ -6,7 +6,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
-use counter::serving::{exit_code, serve_then_drain, ServeArgs, Signals};
+use counter::serving::{serve_then_drain, ServeArgs, Signals};
 use counter::telemetry::Readiness;
 use counter_cluster::Cluster;
 use counter_net::server::serve_until;
@@ -14,7 +14,6 @@ use counter_router::Router;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The stateless router of the counter store.
@@ -102,16 +101,15 @@ async fn main() -> ExitCode {
             }
         }
     });
-    let drained = serve_then_drain(
+    serve_then_drain(
+        &args.serve,
         "counter-router",
         server,
         stop,
-        Duration::from_secs(args.serve.drain_timeout_secs),
         telemetry.as_ref(),
         &mut signals,
     )
-    .await;
-    exit_code(drained)
+    .await
 }
 
 /// Ready when every shard has a replica that serves and reaches a majority of the shard's
