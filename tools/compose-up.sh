@@ -17,13 +17,8 @@ cd "$(dirname "$0")/.."
 PROJECT=${PROJECT:-counter}
 log() { echo "compose-up: $*" >&2; }
 
-compose() {
-  if docker compose version >/dev/null 2>&1; then
-    docker compose -p "$PROJECT" -f deploy/compose.yaml "$@"
-  else
-    docker-compose -p "$PROJECT" -f deploy/compose.yaml "$@"
-  fi
-}
+source tools/compose-env.sh # COMPOSE, export_nofile
+compose() { "${COMPOSE[@]}" -p "$PROJECT" -f deploy/compose.yaml "$@"; }
 status() { compose exec -T router counter-cli --router 127.0.0.1:7100 cluster status; }
 
 case ${1:-up} in
@@ -38,16 +33,7 @@ esac
 tools/make-base-image.sh
 if [ "${1:-}" != --no-build ]; then tools/docker-image.sh; fi
 
-# Containers' open-file limit: 65536, or the most this Docker daemon may grant (a daemon that
-# runs with a lower hard limit itself refuses to start containers asking for more).
-if [ -z "${COUNTER_NOFILE:-}" ]; then
-  if docker run --rm --ulimit nofile=65536:65536 counter-base:bookworm true >/dev/null 2>&1; then
-    COUNTER_NOFILE=65536
-  else
-    COUNTER_NOFILE=$(docker run --rm counter-base:bookworm sh -c 'ulimit -Hn')
-  fi
-fi
-export COUNTER_NOFILE
+export_nofile
 compose up -d --remove-orphans
 
 log "waiting for every shard to be served (at most 180 s; a new cluster starts once all three nodes are up)..."

@@ -34,7 +34,7 @@ STARTED=$SECONDS
 log() { printf '[docker-test %3ds] %s\n' $((SECONDS - STARTED)) "$*" >&2; }
 fail() { log "FAIL: $*"; exit 1; }
 
-if docker compose version >/dev/null 2>&1; then COMPOSE=(docker compose); else COMPOSE=(docker-compose); fi
+source tools/compose-env.sh # COMPOSE, export_nofile
 compose() { timeout 180 "${COMPOSE[@]}" -p "$PROJECT" -f deploy/compose.yaml "$@"; }
 
 cleanup() {
@@ -146,16 +146,7 @@ docker image inspect "$COUNTER_IMAGE" >/dev/null || fail "no image $COUNTER_IMAG
 log "image $COUNTER_IMAGE: $(docker image inspect --format '{{.Size}}' "$COUNTER_IMAGE" | awk '{printf "%.1f MB", $1 / 1e6}')"
 [ -x "$CLI" ] || fail "$CLI missing (drop --no-build)"
 
-# Containers' open-file limit: 65536, or the most this Docker daemon may grant (a daemon that
-# runs with a lower hard limit itself refuses to start containers asking for more).
-if [ -z "${COUNTER_NOFILE:-}" ]; then
-  if docker run --rm --ulimit nofile=65536:65536 counter-base:bookworm true >/dev/null 2>&1; then
-    COUNTER_NOFILE=65536
-  else
-    COUNTER_NOFILE=$(docker run --rm counter-base:bookworm sh -c 'ulimit -Hn')
-  fi
-fi
-export COUNTER_NOFILE
+export_nofile
 COUNTER_ROUTER_PORT=$(free_port)
 COUNTER_RESP_PORT=$(free_port)
 PROMETHEUS_PORT=$(free_port)
