@@ -165,14 +165,14 @@ fn count_until(mut pipe: Pipe, keys: usize, offset: usize, stop: Instant) -> Tal
 fn sigterm_drains_what_was_read_and_loses_nothing() {
     let mut c = LocalCluster::start(3, 3, 4);
     let keys = 10;
-    let stop = Instant::now() + Duration::from_secs(12);
+    let stop = Instant::now() + Duration::from_secs(16);
     let mut clients = Vec::new();
     for t in 0..4 {
-        let pipe = c.pipe(2000);
+        let pipe = c.pipe(5000);
         clients.push(std::thread::spawn(move || count_until(pipe, keys, t, stop)));
     }
     // One client talks to node 1 directly (a node coordinates any key).
-    let direct = Pipe::spawn(&c.node_addrs[0], 2000);
+    let direct = Pipe::spawn(&c.node_addrs[0], 5000);
     clients.push(std::thread::spawn(move || {
         count_until(direct, keys, 4, stop)
     }));
@@ -185,8 +185,9 @@ fn sigterm_drains_what_was_read_and_loses_nothing() {
         0,
         "the router exits 0"
     );
-    // Down for longer than the clients' 2 s deadline: a request cut off would be `unknown`.
-    std::thread::sleep(Duration::from_millis(3000));
+    // Down for longer than the clients' 5 s deadline (generous: a loaded CI machine), so that a
+    // request cut off would be `unknown`: their retries could not reach a process that is gone.
+    std::thread::sleep(Duration::from_millis(5500));
     c.start_node(0);
     c.start_router();
 
