@@ -8,7 +8,7 @@ use crate::{
 use serde::{Deserialize, Serialize};
 
 /// Version of the wire protocol. Bumped on any incompatible change of [`Msg`].
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Largest frame body accepted or produced, in bytes. A frame is at most one key (1 KiB), a
 /// register and a little framing; 64 KiB leaves room while bounding what a peer can make us buffer.
@@ -159,6 +159,26 @@ pub enum Msg {
     Admin(Change),
     /// Answer to `Admin`: what was done, one line.
     AdminDone(String),
+    /// Coordinator to acceptor: several acceptor messages ([`Msg::batchable`]: `Prepare`,
+    /// `Accept`, `Read`, of any keys) in one frame, each with its own request id (the batch's
+    /// own frame id is 0 and answered by nothing). The acceptor runs them together (one task,
+    /// so their writes meet in one group commit) and answers each on its own, in a frame with
+    /// its id, exactly as if it had come alone: a key's round is decided as before, and a
+    /// reply never outgrows a frame. Anything else in a batch (another batch, a client
+    /// command) is answered `invalid`, alone. Sent by `counter-net`'s connections whenever
+    /// two or more acceptor messages wait to be written at once (protocol version 5).
+    Batch(Vec<Frame>),
+}
+
+impl Msg {
+    /// Whether a connection may carry this message inside a [`Msg::Batch`]: the acceptor
+    /// messages a coordinator sends, whose handling is the same alone or batched.
+    pub fn batchable(&self) -> bool {
+        matches!(
+            self,
+            Msg::Prepare { .. } | Msg::Accept { .. } | Msg::Read { .. }
+        )
+    }
 }
 
 /// One message with the id that pairs a reply with its request (0 for connection-level errors).

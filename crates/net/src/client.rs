@@ -62,7 +62,7 @@ impl Conn {
         let (tx, rx) = mpsc::channel(QUEUE);
         let inflight: Inflight = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
-        tokio::spawn(write_loop(write, rx, closed.clone()));
+        tokio::spawn(write_loop(write, rx, closed.clone(), Batching::On));
         tokio::spawn(read_loop(
             addr.to_string(),
             FramedRead::new(read, FrameCodec::default()),
@@ -164,24 +164,39 @@ fn is_draining(e: &counter_proto::ClientError) -> bool {
             .any(|name| !name.is_empty() && !name.contains(' '))
 }
 
-/// Writes queued frames, as many per write as are waiting.
+/// Whether a writer puts the acceptor messages waiting together into one [`Msg::Batch`]
+/// frame (a connection to a node: yes; a server's replies: never batchable anyway).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Batching {
+    On,
+    Off,
+}
+
+/// Writes queued frames, as many per write as are waiting; with [`Batching::On`], the
+/// acceptor messages among them ([`Msg::batchable`]) go as one [`Msg::Batch`] frame, so that
+/// the peer reads, wakes and commits once for all of them.
 pub(crate) async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
     mut write: W,
     mut rx: mpsc::Receiver<Frame>,
     closed: Arc<AtomicBool>,
+    batching: Batching,
 ) {
     let mut codec = FrameCodec::default();
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut frames = Vec::with_capacity(256);
+    let mut batch = Vec::with_capacity(256);
     loop {
         if rx.recv_many(&mut frames, 256).await == 0 {
             break;
         }
         for frame in frames.drain(..) {
-            if let Err(e) = codec.encode(&frame, &mut buf) {
-                tracing::error!(error = %e, "dropping a frame that cannot be encoded");
+            if batching == Batching::On && frame.msg.batchable() {
+                batch.push(frame);
+            } else {
+                encode_or_log(&mut codec, &frame, &mut buf);
             }
         }
+        encode_batch(&mut codec, std::mem::take(&mut batch), &mut buf);
         match tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&buf)).await {
             Ok(Ok(())) => buf.clear(),
             Ok(Err(e)) => {
@@ -196,6 +211,37 @@ pub(crate) async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
     }
     closed.store(true, Ordering::Release);
     let _ = write.shutdown().await;
+}
+
+fn encode_or_log(codec: &mut FrameCodec, frame: &Frame, buf: &mut BytesMut) {
+    if let Err(e) = codec.encode(frame, buf) {
+        tracing::error!(error = %e, "dropping a frame that cannot be encoded");
+    }
+}
+
+/// Encodes `frames` as one [`Msg::Batch`] frame (one alone as itself); a batch that outgrows
+/// a frame is split in halves until each part fits.
+fn encode_batch(codec: &mut FrameCodec, mut frames: Vec<Frame>, buf: &mut BytesMut) {
+    match frames.len() {
+        0 => {}
+        1 => encode_or_log(codec, &frames[0], buf),
+        n => {
+            let batch = Frame {
+                id: 0,
+                msg: Msg::Batch(frames),
+            };
+            if codec.encode(&batch, buf).is_ok() {
+                return;
+            }
+            let Msg::Batch(all) = batch.msg else {
+                unreachable!("built above")
+            };
+            frames = all;
+            let second = frames.split_off(n / 2);
+            encode_batch(codec, frames, buf);
+            encode_batch(codec, second, buf);
+        }
+    }
 }
 
 async fn read_loop(
@@ -236,8 +282,119 @@ async fn read_loop(
 
 #[cfg(test)]
 mod tests {
-    use super::is_draining;
-    use counter_proto::{ClientError, CLOSING, DRAINING};
+    use super::*;
+    use counter_proto::{ClientError, CLOSING, DRAINING, MAX_FRAME_LEN};
+    use tokio::io::AsyncReadExt;
+    use tokio_util::codec::Decoder;
+
+    fn read(key: String) -> Msg {
+        Msg::Read {
+            shard: 0,
+            key,
+            config: 1,
+        }
+    }
+
+    /// Every frame in `buf`.
+    fn decode_all(buf: &mut BytesMut) -> Vec<Frame> {
+        let mut codec = FrameCodec::default();
+        std::iter::from_fn(|| codec.decode(buf).unwrap()).collect()
+    }
+
+    /// Acceptor messages that wait together leave as one `Batch` frame, others alone; each
+    /// call still gets its own reply.
+    #[tokio::test]
+    async fn acceptor_messages_written_together_travel_as_one_batch() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        // A peer that records the frames it reads and answers each message by its id.
+        let peer = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = BytesMut::new();
+            let mut seen = Vec::new();
+            let mut answered = 0;
+            while answered < 21 {
+                let mut chunk = [0u8; 65536];
+                let n = stream.read(&mut chunk).await.unwrap();
+                assert!(n > 0);
+                buf.extend_from_slice(&chunk[..n]);
+                let mut out = BytesMut::new();
+                let mut codec = FrameCodec::default();
+                for frame in decode_all(&mut buf) {
+                    let inner = match frame.msg.clone() {
+                        Msg::Batch(inner) => inner,
+                        _ => vec![frame.clone()],
+                    };
+                    seen.push(frame);
+                    for Frame { id, msg } in inner {
+                        let reply = match msg {
+                            Msg::Read { key, .. } => Msg::ReadReply {
+                                accepted: Some((Default::default(), key[1..].parse().unwrap())),
+                            },
+                            other => other,
+                        };
+                        codec.encode(&Frame { id, msg: reply }, &mut out).unwrap();
+                        answered += 1;
+                    }
+                }
+                stream.write_all(&out).await.unwrap();
+            }
+            seen
+        });
+        let conn = Conn::connect(&addr, Duration::from_secs(1)).await.unwrap();
+        let timeout = Duration::from_secs(5);
+        // Polled together in one task: every frame is queued before the writer runs.
+        let reads =
+            futures::future::join_all((0..20).map(|i| conn.call(read(format!("k{i}")), timeout)));
+        let (replies, alone) = tokio::join!(reads, conn.call(Msg::Value(7), timeout));
+        for (i, reply) in replies.into_iter().enumerate() {
+            let want = Msg::ReadReply {
+                accepted: Some((Default::default(), i as i64)),
+            };
+            assert_eq!(reply, Ok(want));
+        }
+        assert_eq!(alone, Ok(Msg::Value(7)));
+        let seen = peer.await.unwrap();
+        let batches: Vec<usize> = seen
+            .iter()
+            .filter_map(|f| match &f.msg {
+                Msg::Batch(inner) => Some(inner.len()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(batches, [20], "{seen:?}");
+        assert_eq!(
+            seen.len(),
+            2,
+            "the batch and the message that may not ride in one"
+        );
+    }
+
+    /// A batch too large for one frame is split until every part fits; nothing is dropped.
+    #[test]
+    fn a_batch_that_outgrows_a_frame_is_split() {
+        let key = |i: usize| format!("{i:0>1000}");
+        let frames: Vec<Frame> = (0..150)
+            .map(|i| Frame {
+                id: i as u64 + 1,
+                msg: read(key(i)),
+            })
+            .collect();
+        let mut codec = FrameCodec::default();
+        let mut buf = BytesMut::new();
+        encode_batch(&mut codec, frames, &mut buf);
+        assert!(buf.len() > MAX_FRAME_LEN);
+        let decoded = decode_all(&mut buf);
+        assert!(decoded.len() >= 3, "{} frames", decoded.len());
+        let ids: Vec<u64> = decoded
+            .into_iter()
+            .flat_map(|f| match f.msg {
+                Msg::Batch(inner) => inner.into_iter().map(|f| f.id).collect::<Vec<_>>(),
+                other => panic!("not a batch: {other:?}"),
+            })
+            .collect();
+        assert_eq!(ids, (1..=150).collect::<Vec<u64>>());
+    }
 
     /// Only the server's own "not run" answer makes a call "not sent": a handler's error that
     /// quotes one (a router relaying a node's answer after work of its own) must not, or a

@@ -1,8 +1,8 @@
 //! The frame codec: length prefix + versioned postcard body.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use counter_proto::{decode_frame, encode_frame, DecodeError, EncodeError, Frame, MAX_FRAME_LEN};
-use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+use tokio_util::codec::{Decoder, Encoder};
 
 /// Why a connection's bytes could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -18,23 +18,11 @@ pub enum NetError {
 /// Bytes of the big-endian length prefix.
 const LEN_PREFIX: usize = 4;
 
-/// Length-delimited, versioned postcard frames, at most [`MAX_FRAME_LEN`] bytes each.
-#[derive(Debug)]
+/// Length-delimited (a 4-byte big-endian prefix), versioned postcard frames, at most
+/// [`MAX_FRAME_LEN`] bytes each.
+#[derive(Debug, Default)]
 pub struct FrameCodec {
-    inner: LengthDelimitedCodec,
     scratch: Vec<u8>,
-}
-
-impl Default for FrameCodec {
-    fn default() -> Self {
-        FrameCodec {
-            inner: LengthDelimitedCodec::builder()
-                .length_field_length(LEN_PREFIX)
-                .max_frame_length(MAX_FRAME_LEN)
-                .new_codec(),
-            scratch: Vec::new(),
-        }
-    }
 }
 
 impl Decoder for FrameCodec {
@@ -42,7 +30,7 @@ impl Decoder for FrameCodec {
     type Error = NetError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, NetError> {
-        // The length prefix is read here rather than by LengthDelimitedCodec's decoder, which
+        // The length prefix is read here rather than by tokio-util's LengthDelimitedCodec, which
         // reserves the whole declared length as soon as the prefix arrives: a thousand peers
         // that each send a prefix and nothing more would hold 64 KiB each. The buffer grows as
         // bytes actually arrive instead.
@@ -70,9 +58,12 @@ impl Encoder<&Frame> for FrameCodec {
     fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), NetError> {
         self.scratch.clear();
         encode_frame(frame, &mut self.scratch)?;
-        self.inner
-            .encode(Bytes::copy_from_slice(&self.scratch), dst)
-            .map_err(NetError::Io)
+        // The prefix and the body straight into `dst` (no intermediate buffer per frame).
+        let len = u32::try_from(self.scratch.len()).expect("at most MAX_FRAME_LEN");
+        dst.reserve(LEN_PREFIX + self.scratch.len());
+        dst.put_u32(len);
+        dst.extend_from_slice(&self.scratch);
+        Ok(())
     }
 }
 

@@ -9,9 +9,10 @@
 //! loop, lets every request already read finish and its reply go out, and answers requests read
 //! after it began with "draining, not run" (see [`serve_until`]).
 
-use crate::client::write_loop;
+use crate::client::{write_loop, Batching};
 use crate::codec::{FrameCodec, NetError};
 use counter_proto::{ClientError, Frame, Msg};
+use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::future::Future;
@@ -329,7 +330,12 @@ where
 {
     let (read, write) = stream.into_split();
     let (tx, rx) = mpsc::channel::<Frame>(config.max_inflight_per_conn);
-    let writer = tokio::spawn(write_loop(write, rx, Arc::new(AtomicBool::new(false))));
+    let writer = tokio::spawn(write_loop(
+        write,
+        rx,
+        Arc::new(AtomicBool::new(false)),
+        Batching::Off,
+    ));
     let mut frames = FramedRead::new(read, FrameCodec::default());
     // How often the timeouts are checked: one periodic timer per connection, not one timer
     // per request.
@@ -429,17 +435,12 @@ where
                 match &closing {
                     // Read after the close began: not run, and said so.
                     Some(c) if c.why != Closed::Stopping || !peer_msg => {
-                        let msg = if c.why == Closed::Stopping {
+                        let answer = if c.why == Closed::Stopping {
                             &drained
                         } else {
                             &closed
                         };
-                        let _ = tx
-                            .send(Frame {
-                                id,
-                                msg: msg.clone(),
-                            })
-                            .await;
+                        answer_all(&tx, id, &msg, answer).await;
                         continue;
                     }
                     _ => {}
@@ -448,14 +449,14 @@ where
                     _ = live.close.cancelled(), if closing.is_none() => {
                         if live.shed.load(Ordering::Relaxed) {
                             // Read, not run: say so before closing.
-                            let _ = tx.send(Frame { id, msg: closed.clone() }).await;
+                            answer_all(&tx, id, &msg, &closed).await;
                             break Closed::Shed;
                         }
                         closing = Some(Closing::new(Closed::Stopping));
                         ticker = closing_ticker();
                         let _ = tx.send(Frame { id: 0, msg: drained.clone() }).await;
                         if !peer_msg {
-                            let _ = tx.send(Frame { id, msg: drained.clone() }).await;
+                            answer_all(&tx, id, &msg, &drained).await;
                             continue;
                         }
                         live.inflight.clone().acquire_owned().await.expect("never closed")
@@ -471,8 +472,13 @@ where
                 let tx = tx.clone();
                 let live = live.clone();
                 tokio::spawn(async move {
-                    let reply = handler(msg).await;
-                    let _ = tx.send(Frame { id, msg: reply }).await;
+                    match msg {
+                        Msg::Batch(frames) => run_batch(frames, handler, &tx).await,
+                        msg => {
+                            let reply = handler(msg).await;
+                            let _ = tx.send(Frame { id, msg: reply }).await;
+                        }
+                    }
                     if !peer_msg {
                         live.client_requests.fetch_sub(1, Ordering::AcqRel);
                     }
@@ -503,6 +509,52 @@ where
     drop(tx);
     let _ = writer.await;
     why
+}
+
+/// Runs a [`Msg::Batch`]'s messages together in this one task (so that their writes reach
+/// the group commit together and their completions wake one task) and answers each, as it
+/// completes, in a frame with its own id. A message that may not ride in a batch
+/// ([`Msg::batchable`]) is answered `invalid` and not run.
+async fn run_batch<H, F>(frames: Vec<Frame>, handler: H, tx: &mpsc::Sender<Frame>)
+where
+    H: Fn(Msg) -> F,
+    F: Future<Output = Msg>,
+{
+    let mut replies: FuturesUnordered<_> = frames
+        .into_iter()
+        .map(|Frame { id, msg }| {
+            let run = msg.batchable().then(|| handler(msg));
+            async move {
+                let msg = match run {
+                    Some(run) => run.await,
+                    None => Msg::Error(ClientError::invalid(
+                        "a batch carries only Prepare, Accept and Read messages; \
+                         this one was not run",
+                    )),
+                };
+                Frame { id, msg }
+            }
+        })
+        .collect();
+    while let Some(reply) = replies.next().await {
+        let _ = tx.send(reply).await;
+    }
+}
+
+/// Answers `answer` to a request that is not run: to each message of a batch, by its id.
+async fn answer_all(tx: &mpsc::Sender<Frame>, id: u64, msg: &Msg, answer: &Msg) {
+    let ids: Vec<u64> = match msg {
+        Msg::Batch(frames) => frames.iter().map(|f| f.id).collect(),
+        _ => vec![id],
+    };
+    for id in ids {
+        let _ = tx
+            .send(Frame {
+                id,
+                msg: answer.clone(),
+            })
+            .await;
+    }
 }
 
 #[cfg(test)]
@@ -777,13 +829,21 @@ mod tests {
             codec.encode(f, &mut out).unwrap();
         }
         stream.write_all(&out).await.unwrap();
+        // A batch is answered message by message, by their ids.
+        let ids: Vec<u64> = frames
+            .iter()
+            .flat_map(|f| match &f.msg {
+                Msg::Batch(inner) => inner.iter().map(|f| f.id).collect(),
+                _ => vec![f.id],
+            })
+            .collect();
         let mut got = std::collections::BTreeMap::new();
         let mut buf = bytes::BytesMut::new();
-        while !frames.iter().all(|f| got.contains_key(&f.id)) {
+        while !ids.iter().all(|id| got.contains_key(id)) {
             while let Some(f) = codec.decode(&mut buf).unwrap() {
                 got.insert(f.id, f.msg);
             }
-            if frames.iter().all(|f| got.contains_key(&f.id)) {
+            if ids.iter().all(|id| got.contains_key(id)) {
                 break;
             }
             let mut chunk = [0u8; 4096];
@@ -795,6 +855,123 @@ mod tests {
             buf.extend_from_slice(&chunk[..n]);
         }
         got
+    }
+
+    fn read(key: &str) -> Msg {
+        Msg::Read {
+            shard: 1,
+            key: key.into(),
+            config: 1,
+        }
+    }
+
+    /// A batch's messages are each answered by their own id, as if each had come alone; what
+    /// may not ride in a batch (a client command, a nested batch) is answered `invalid` and
+    /// not run.
+    #[tokio::test]
+    async fn a_batch_is_answered_message_by_message_and_carries_only_acceptor_messages() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let counted = runs.clone();
+        tokio::spawn(serve(listener, ServerConfig::default(), move |msg| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                match msg {
+                    Msg::Read { key, .. } => Msg::ReadReply {
+                        accepted: Some((Default::default(), key.len() as i64)),
+                    },
+                    _ => Msg::Value(-1),
+                }
+            }
+        }));
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let command = Msg::Command {
+            key: "k".into(),
+            command: counter_proto::Command::from(counter_proto::Op::Incr(1)),
+            timeout_ms: 100,
+        };
+        let nested = Msg::Batch(vec![Frame {
+            id: 9,
+            msg: read("zz"),
+        }]);
+        let batch = Frame {
+            id: 0,
+            msg: Msg::Batch(vec![
+                Frame {
+                    id: 5,
+                    msg: read("a"),
+                },
+                Frame {
+                    id: 6,
+                    msg: command,
+                },
+                Frame { id: 7, msg: nested },
+                Frame {
+                    id: 8,
+                    msg: read("bbb"),
+                },
+            ]),
+        };
+        let got = raw_calls(&mut stream, &[batch]).await;
+        let value = |n| Msg::ReadReply {
+            accepted: Some((Default::default(), n)),
+        };
+        assert_eq!(got.get(&5), Some(&value(1)));
+        assert_eq!(got.get(&8), Some(&value(3)));
+        for refused in [6, 7] {
+            assert!(
+                matches!(got.get(&refused), Some(Msg::Error(e)) if e.kind == counter_proto::ErrorKind::Invalid),
+                "{got:?}"
+            );
+        }
+        assert!(!got.contains_key(&9) && !got.contains_key(&0), "{got:?}");
+        assert_eq!(runs.load(Ordering::SeqCst), 2, "only the two reads ran");
+    }
+
+    /// A batch read once a server began to close is answered "not run", message by message.
+    #[tokio::test]
+    async fn a_batch_read_after_the_close_began_is_not_run_message_by_message() {
+        let stop = CancellationToken::new();
+        let (addr, runs) = small_server_counting(8, stop.clone()).await;
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        // The connection is served before the close begins.
+        raw_calls(
+            &mut stream,
+            &[Frame {
+                id: 1,
+                msg: Msg::Value(1),
+            }],
+        )
+        .await;
+        let before = runs.load(Ordering::SeqCst);
+        stop.cancel();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let batch = Frame {
+            id: 0,
+            msg: Msg::Batch(vec![
+                Frame {
+                    id: 2,
+                    msg: read("a"),
+                },
+                Frame {
+                    id: 3,
+                    msg: read("b"),
+                },
+            ]),
+        };
+        let got = raw_calls(&mut stream, &[batch]).await;
+        for id in [2, 3] {
+            assert!(
+                matches!(got.get(&id), Some(Msg::Error(e)) if e.message.ends_with(counter_proto::DRAINING)),
+                "{got:?}"
+            );
+        }
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            before,
+            "nothing of the batch ran"
+        );
     }
 
     #[tokio::test]

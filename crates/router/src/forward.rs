@@ -445,5 +445,6 @@ pub fn msg_name(msg: &Msg) -> &'static str {
         Msg::Keys { .. } => "Keys",
         Msg::Admin(_) => "Admin",
         Msg::AdminDone(_) => "AdminDone",
+        Msg::Batch(_) => "Batch",
     }
 }

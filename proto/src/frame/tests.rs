@@ -129,17 +129,17 @@ fn golden() -> Vec<(Msg, &'static str)> {
                 },
                 timeout_ms: 1_000,
             },
-            "040100016b0102010100010506c801e807",
+            "050100016b0102010100010506c801e807",
         ),
-        (Msg::Value(-2), "04010103"),
+        (Msg::Value(-2), "05010103"),
         (
             Msg::Swapped {
                 value: 3,
                 swapped: true,
             },
-            "0401020601",
+            "0501020601",
         ),
-        (Msg::Error(ClientError::expired("x")), "040103040178"),
+        (Msg::Error(ClientError::expired("x")), "050103040178"),
         (
             Msg::Prepare {
                 shard: 7,
@@ -147,14 +147,14 @@ fn golden() -> Vec<(Msg, &'static str)> {
                 ballot: b,
                 config: 2,
             },
-            "04010407016bac02020102",
+            "05010407016bac02020102",
         ),
         (
             Msg::Promise {
                 ballot: b,
                 accepted: Some((b, register.clone())),
             },
-            "040105ac02020101ac020201090901070b010201e807000304",
+            "050105ac02020101ac020201090901070b010201e807000304",
         ),
         (
             Msg::Accept {
@@ -165,21 +165,21 @@ fn golden() -> Vec<(Msg, &'static str)> {
                 next: Some(b),
                 config: 2,
             },
-            "04010601016bac020201020200000001ac02020102",
+            "05010601016bac020201020200000001ac02020102",
         ),
         (
             Msg::Accepted {
                 ballot: b,
                 next: None,
             },
-            "040107ac02020100",
+            "050107ac02020100",
         ),
         (
             Msg::Reject {
                 ballot: b,
                 promised: b,
             },
-            "040108ac020201ac020201",
+            "050108ac020201ac020201",
         ),
         (
             Msg::Read {
@@ -187,23 +187,23 @@ fn golden() -> Vec<(Msg, &'static str)> {
                 key: "k".into(),
                 config: 2,
             },
-            "04010901016b02",
+            "05010901016b02",
         ),
         (
             Msg::ReadReply {
                 accepted: Some((b, -1)),
             },
-            "04010a01ac02020101",
+            "05010a01ac02020101",
         ),
-        (Msg::OpenSession { lifetime_ms: 1 }, "04010b01"),
+        (Msg::OpenSession { lifetime_ms: 1 }, "05010b01"),
         (
             Msg::Session {
                 expires_ms: 2,
                 renew_after_ms: 1,
             },
-            "04010c0201",
+            "05010c0201",
         ),
-        (Msg::Identify, "04010d"),
+        (Msg::Identify, "05010d"),
         (
             Msg::Identity {
                 cluster_id: 1,
@@ -211,47 +211,47 @@ fn golden() -> Vec<(Msg, &'static str)> {
                 config_version: 3,
                 state: DataState::Created,
             },
-            "04010e01020301",
+            "05010e01020301",
         ),
-        (Msg::GetPlacement, "04010f"),
+        (Msg::GetPlacement, "05010f"),
         (
             Msg::Placement {
                 config: 2,
                 nodes: vec![(1, "a:1".into())],
                 shards: vec![vec![1]],
             },
-            "04011002010103613a31010101",
+            "05011002010103613a31010101",
         ),
-        (Msg::Status, "040111"),
+        (Msg::Status, "050111"),
         (
             Msg::ClusterStatus(sample_cluster_status()),
-            "0401120176010305020101020203683a31000203683a3101010201030405030601760201030001010201010303683a320101780401040101010101020500010177",
+            "0501120176010305020101020203683a31000203683a3101010201030405030601760201030001010201010303683a320101780401040101010101020500010177",
         ),
-        (Msg::NodeStatus, "040113"),
+        (Msg::NodeStatus, "050113"),
         (
             Msg::NodeStatusReply(sample_node_status()),
-            "0401140203683a310101020103040503060176020103000101020101",
+            "0501140203683a310101020103040503060176020103000101020101",
         ),
-        (Msg::StaleConfig(Box::new(sample_config())), "040115030903020103683a310403683a3402020104000101010401000403683a340102010203"),
-        (Msg::NeedConfig { have: 2 }, "04011602"),
-        (Msg::GetConfig, "040117"),
-        (Msg::ConfigIs(Box::new(sample_config())), "040118030903020103683a310403683a3402020104000101010401000403683a340102010203"),
-        (Msg::InstallConfig(Box::new(sample_config())), "040119030903020103683a310403683a3402020104000101010401000403683a340102010203"),
-        (Msg::ConfigInstalled { version: 3 }, "04011a03"),
-        (Msg::ConfigPrepare { ballot: b }, "04011bac020201"),
+        (Msg::StaleConfig(Box::new(sample_config())), "050115030903020103683a310403683a3402020104000101010401000403683a340102010203"),
+        (Msg::NeedConfig { have: 2 }, "05011602"),
+        (Msg::GetConfig, "050117"),
+        (Msg::ConfigIs(Box::new(sample_config())), "050118030903020103683a310403683a3402020104000101010401000403683a340102010203"),
+        (Msg::InstallConfig(Box::new(sample_config())), "050119030903020103683a310403683a3402020104000101010401000403683a340102010203"),
+        (Msg::ConfigInstalled { version: 3 }, "05011a03"),
+        (Msg::ConfigPrepare { ballot: b }, "05011bac020201"),
         (
             Msg::ConfigPromise {
                 ballot: b,
                 accepted: Some((b, Box::new(sample_config()))),
             },
-            "04011cac02020101ac020201030903020103683a310403683a3402020104000101010401000403683a340102010203",
+            "05011cac02020101ac020201030903020103683a310403683a3402020104000101010401000403683a340102010203",
         ),
         (
             Msg::ConfigAccept {
                 ballot: b,
                 config: Box::new(sample_config()),
             },
-            "04011dac020201030903020103683a310403683a3402020104000101010401000403683a340102010203",
+            "05011dac020201030903020103683a310403683a3402020104000101010401000403683a340102010203",
         ),
         (
             Msg::ListKeys {
@@ -260,25 +260,47 @@ fn golden() -> Vec<(Msg, &'static str)> {
                 limit: 2,
                 config: 3,
             },
-            "04011e0101016b0203",
+            "05011e0101016b0203",
         ),
         (
             Msg::Keys {
                 keys: vec!["k".into()],
                 done: true,
             },
-            "04011f01016b01",
+            "05011f01016b01",
         ),
-        (Msg::Admin(Change::RemoveNode { id: 2 }), "0401200102"),
+        (Msg::Admin(Change::RemoveNode { id: 2 }), "0501200102"),
         (
             Msg::Admin(Change::ReplaceNode {
                 old: 1,
                 new: 4,
                 addr: "h:4".into(),
             }),
-            "04012002010403683a34",
+            "05012002010403683a34",
         ),
-        (Msg::AdminDone("ok".into()), "040121026f6b"),
+        (Msg::AdminDone("ok".into()), "050121026f6b"),
+        (
+            Msg::Batch(vec![
+                Frame {
+                    id: 2,
+                    msg: Msg::Read {
+                        shard: 1,
+                        key: "k".into(),
+                        config: 3,
+                    },
+                },
+                Frame {
+                    id: 3,
+                    msg: Msg::Prepare {
+                        shard: 1,
+                        key: "k".into(),
+                        ballot: b,
+                        config: 3,
+                    },
+                },
+            ]),
+            "05012202020901016b03030401016bac02020103",
+        ),
     ]
 }
 
