@@ -19,6 +19,9 @@ pub struct Config {
     /// Message delay range in ticks (reordering comes from it).
     pub min_delay: u64,
     pub max_delay: u64,
+    /// Acceptor messages a node sends one peer within this many ticks of the first travel
+    /// together, as one batch (`counter-net`'s `Msg::Batch`); 0: each alone.
+    pub batch_window: u64,
     /// Per mille chance, at each fault tick, of crashing a node / cutting one off.
     pub crash: u64,
     pub partition: u64,
@@ -144,6 +147,7 @@ impl Config {
             duplicate: 30,
             min_delay: 1,
             max_delay: 40,
+            batch_window: 8,
             crash: 120,
             partition: 120,
             fault_every: 60,
@@ -321,6 +325,12 @@ pub fn replay_command(seed: u64, cfg: &Config) -> String {
         .is_some_and(|p| p.clock_skew != cfg.clock_skew)
     {
         flags += &format!(" --clock-skew {}", cfg.clock_skew);
+    }
+    if preset
+        .as_ref()
+        .is_some_and(|p| p.batch_window != cfg.batch_window)
+    {
+        flags += &format!(" --batch-window {}", cfg.batch_window);
     }
     format!("cargo run --release -p counter-sim -- {flags} --seed {seed} --verbose")
 }

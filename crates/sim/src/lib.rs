@@ -68,6 +68,8 @@ pub struct Stats {
     pub identity_rounds: usize,
     /// Keys read by the last reader once the changes were done (`membership` setting).
     pub last_reads: usize,
+    /// Acceptor messages that joined a batch opened by an earlier one (`Config::batch_window`).
+    pub batched: usize,
 }
 
 /// A finished run.

@@ -6,7 +6,8 @@
 //!                             expired-means-not-applied|renew-late|skip-rescan|
 //!                             old-votes-count|drop-before-commit|no-fence]
 //!                 [--setting cluster|hostile|sessions|crowded|outage|membership] [--hostile]
-//!                 [--request-ids] [--clock-skew TICKS] [--verbose] [--keep-going]
+//!                 [--request-ids] [--clock-skew TICKS] [--batch-window TICKS] [--verbose]
+//!                 [--keep-going]
 //!
 //! Exits 1 at the first history that is not linearizable (or, where none may be, at the first
 //! live client answered expired), printing the seed, the replay command and a counterexample.
@@ -26,6 +27,7 @@ fn main() -> ExitCode {
     let mut setting = "cluster".to_string();
     let mut request_ids = false;
     let mut clock_skew = None;
+    let mut batch_window = None;
     let mut mutation = Mutation::None;
     let mut keep_going = false;
     let mut failed = 0u64;
@@ -78,6 +80,10 @@ fn main() -> ExitCode {
                 i += 1;
             }
             "--request-ids" => request_ids = true,
+            "--batch-window" => {
+                batch_window = Some(number(value(i)));
+                i += 1;
+            }
             "--mutation" => {
                 mutation = match Mutation::named(value(i)) {
                     Some(m) => m,
@@ -107,6 +113,9 @@ fn main() -> ExitCode {
             cfg.request_ids |= request_ids;
             if let Some(skew) = clock_skew {
                 cfg.clock_skew = skew;
+            }
+            if let Some(window) = batch_window {
+                cfg.batch_window = window;
             }
             let r = run(seed, &cfg);
             runs += 1;

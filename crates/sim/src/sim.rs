@@ -50,15 +50,20 @@ enum Payload {
         key: String,
         reply: AcceptorReply,
     },
-    /// A quiet read's question, and an acceptor's durably accepted ballot and value.
+    /// A quiet read's question, and an acceptor's durably accepted ballot and value. `read`
+    /// names the quiet read (unique in the run) and comes back with the answer: in the node,
+    /// each answer goes to its own call, so an answer to an earlier read of the key, arriving
+    /// late, never counts for a later one.
     Read {
         key: String,
         version: u64,
         gen: u64,
+        read: u64,
     },
     ReadReply {
         key: String,
         accepted: Option<(Ballot, i64)>,
+        read: u64,
     },
     /// An acceptor's refusal of a Prepare, Accept or Read of phase `gen` (the node's
     /// `StaleConfig`, `NeedConfig`, or "does not hold the shard").
@@ -92,6 +97,20 @@ enum Payload {
         run: u64,
         why: Refusal,
     },
+    /// Acceptor messages (Prepare, Accept, Read) of any keys from one node to another, sent
+    /// within `Config::batch_window` of each other: one frame (`Msg::Batch`), so delivered
+    /// (or lost, or duplicated) together, each then handled as if it had come alone.
+    Batch(Vec<Payload>),
+}
+
+impl Payload {
+    /// What `counter-net` carries in a `Msg::Batch` (`Msg::batchable`).
+    fn batchable(&self) -> bool {
+        matches!(
+            self,
+            Payload::Prepare { .. } | Payload::Accept { .. } | Payload::Read { .. }
+        )
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -182,6 +201,8 @@ struct Lead {
     decider: Decider,
     /// A batch of reads first tries a quiet read (one round trip); `None` once in rounds.
     quiet: Option<QuietRead>,
+    /// The quiet read's name (`Payload::Read`); 0 if none was tried.
+    read: u64,
     waiters: Vec<Waiter>,
     deadline: u64,
     /// Bumped at every step so stale timers are ignored.
@@ -275,6 +296,11 @@ struct Sim {
     stats: Stats,
     /// Print every event (`SIM_TRACE=1`).
     trace: bool,
+    /// The batch each node is filling for each peer: when it was opened, and the events that
+    /// deliver its copies (none if it was lost).
+    batches: BTreeMap<(NodeId, NodeId), (u64, Vec<usize>)>,
+    /// Quiet reads started so far (each one's name).
+    reads: u64,
 }
 
 /// Runs one seeded simulation and checks its history.
@@ -311,6 +337,8 @@ pub fn run(seed: u64, cfg: &Config) -> Run {
         history: Vec::new(),
         stats: Stats::default(),
         trace: std::env::var_os("SIM_TRACE").is_some(),
+        batches: BTreeMap::new(),
+        reads: 0,
     };
     for id in 1..=cfg.nodes as NodeId {
         let offset = sim.rng.range(0, cfg.clock_skew);
@@ -392,6 +420,9 @@ impl Sim {
     }
 
     /// Sends with the network's faults; a node's messages to itself are in-process calls.
+    /// Acceptor messages to a peer join the batch opened to it within `batch_window` (still
+    /// on its way), as `counter-net`'s writer puts the acceptor messages waiting together into
+    /// one frame.
     fn send(&mut self, from: NodeId, to: NodeId, payload: Payload) {
         self.stats.messages += 1;
         if from == to {
@@ -402,6 +433,28 @@ impl Sim {
         if (cut(from) || cut(to)) && from < CLIENT_BASE && to < CLIENT_BASE {
             return;
         }
+        let batching = self.cfg.batch_window > 0 && payload.batchable();
+        if batching {
+            if let Some(copies) = self.open_batch(from, to) {
+                self.stats.batched += 1;
+                for idx in copies {
+                    if let Some(Event::Deliver {
+                        payload: Payload::Batch(items),
+                        ..
+                    }) = &mut self.events[idx]
+                    {
+                        items.push(payload.clone());
+                    }
+                }
+                return;
+            }
+        }
+        let payload = if batching {
+            self.batches.insert((from, to), (self.now, Vec::new()));
+            Payload::Batch(vec![payload])
+        } else {
+            payload
+        };
         if self.rng.chance(self.cfg.loss) {
             return;
         }
@@ -431,7 +484,21 @@ impl Sim {
                     payload: payload.clone(),
                 },
             );
+            if let (Payload::Batch(_), Some((_, events))) =
+                (&payload, self.batches.get_mut(&(from, to)))
+            {
+                events.push(self.events.len() - 1);
+            }
         }
+    }
+
+    /// The delivery events of the batch `from` has open to `to`, if one was opened within
+    /// the batch window and none of its copies has been delivered yet (a lost batch: no
+    /// events, and what joins it is lost with it).
+    fn open_batch(&self, from: NodeId, to: NodeId) -> Option<Vec<usize>> {
+        let (opened, events) = self.batches.get(&(from, to))?;
+        let pending = events.iter().all(|&idx| self.events[idx].is_some());
+        (self.now < opened + self.cfg.batch_window && pending).then(|| events.clone())
     }
 
     fn handle(&mut self, event: Event) {

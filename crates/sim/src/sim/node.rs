@@ -45,6 +45,12 @@ impl Sim {
             return;
         }
         match payload {
+            // Each message of a batch is handled as if it had come alone, in order.
+            Payload::Batch(items) => {
+                for payload in items {
+                    self.deliver(from, to, payload);
+                }
+            }
             Payload::Request {
                 client,
                 req,
@@ -116,7 +122,12 @@ impl Sim {
                     self.act(to, &key, action);
                 }
             }
-            Payload::Read { key, version, gen } => {
+            Payload::Read {
+                key,
+                version,
+                gen,
+                read,
+            } => {
                 if let Some(why) = self.fence(to, shard_of(&self.cfg, &key), version) {
                     self.send(to, from, Payload::Refused { key, gen, why });
                     return;
@@ -126,9 +137,21 @@ impl Sim {
                     .get(&key)
                     .and_then(|s| s.accepted.as_ref())
                     .map(|(b, r)| (*b, r.value));
-                self.send(to, from, Payload::ReadReply { key, accepted });
+                self.send(
+                    to,
+                    from,
+                    Payload::ReadReply {
+                        key,
+                        accepted,
+                        read,
+                    },
+                );
             }
-            Payload::ReadReply { key, accepted } => self.on_read_reply(to, from, &key, accepted),
+            Payload::ReadReply {
+                key,
+                accepted,
+                read,
+            } => self.on_read_reply(to, from, &key, accepted, read),
             Payload::Refused { key, gen, why } => self.on_refused(to, from, &key, gen, why),
             Payload::Response { .. } => {}
             Payload::InstallConfig(_)
@@ -253,6 +276,7 @@ impl Sim {
             waiters: batch.into_iter().map(|q| q.waiter).collect(),
             deadline,
             gen: 0,
+            read: 0,
             shard,
             version,
             targets: targets.members().to_vec(),
@@ -260,11 +284,19 @@ impl Sim {
         if reads {
             lead.quiet = Some(QuietRead::new(counted));
             lead.gen = 1;
-            n.leads.insert(key.to_string(), lead);
+            self.reads += 1;
+            lead.read = self.reads;
+            let read = lead.read;
+            self.nodes
+                .get_mut(&node)
+                .expect("node")
+                .leads
+                .insert(key.to_string(), lead);
             let payload = Payload::Read {
                 key: key.into(),
                 version,
                 gen: 1,
+                read,
             };
             self.start_phase(node, key, 1, payload);
             return;
@@ -288,11 +320,16 @@ impl Sim {
         from: NodeId,
         key: &str,
         accepted: Option<(Ballot, i64)>,
+        read: u64,
     ) {
         let any_reply = self.cfg.mutation == Mutation::QuietReadAnyReply;
         let Some(lead) = self.nodes.get_mut(&node).and_then(|n| n.leads.get_mut(key)) else {
             return;
         };
+        if lead.read != read {
+            // An answer to an earlier read of the key: its call is gone.
+            return;
+        }
         let Some(quiet) = lead.quiet.as_mut() else {
             return;
         };
