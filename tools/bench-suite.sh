@@ -3,11 +3,14 @@
 # machine: 3 counter-nodes (R=3, fsync on), a router, counter-bench, and an fdatasync probe.
 #
 #   tools/bench-suite.sh [--secs 20] [--runs 3] [--only W1,W3] [--out DIR] [--keep] [--bin DIR]
-#                        [--metrics]
+#                        [--metrics] [--syscalls]
 #
 # --metrics: the nodes and the router serve Prometheus metrics (--metrics-listen on
 # 127.0.0.1:9201-9203 and :9200), scraped once per run into DIR (to measure their overhead).
 # RUST_LOG is passed on (e.g. RUST_LOG=warn: no per-request spans are created).
+# --syscalls: also count every server's system calls per op (counter-bench --syscalls: one
+# `perf stat` per process over the measured window). Every run reports the servers' CPU and
+# context switches per op, and the TCP segments sent per op on this host.
 # --bin DIR: take counter-node and counter-router from DIR instead of building them (to
 # compare two builds in one session; counter-bench always comes from target/release).
 # Builds the release binaries, starts the cluster on 127.0.0.1:7201-7203 (router :7200) with
@@ -17,7 +20,7 @@
 # Stops what it started (by PID) on exit; --keep leaves the data dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SECS=20 RUNS=3 ONLY=W1,W2,W3,W4,W5 KEEP=0 NODE_BIN= METRICS=0
+SECS=20 RUNS=3 ONLY=W1,W2,W3,W4,W5 KEEP=0 NODE_BIN= METRICS=0 SYSCALLS=()
 OUT=bench-results/$(date -u +%Y%m%dT%H%M%SZ)
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -28,6 +31,7 @@ while [ $# -gt 0 ]; do
     --keep) KEEP=1; shift ;;
     --bin) NODE_BIN=$(cd "$2" && pwd); shift 2 ;;
     --metrics) METRICS=1; shift ;;
+    --syscalls) SYSCALLS=(--syscalls); shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -105,7 +109,7 @@ for w in ${ONLY//,/ }; do
   for run in $(seq "$RUNS"); do
     fsync=$(python3 tools/fsync-latency.py --dir "$DATA" --count 300)
     # shellcheck disable=SC2046
-    "$BIN/counter-bench" --router "$ROUTER" $(args_of "$w") "${CPU_ARGS[@]}" --duration "${SECS}s" --warmup 2s \
+    "$BIN/counter-bench" --router "$ROUTER" $(args_of "$w") "${CPU_ARGS[@]}" ${SYSCALLS[@]+"${SYSCALLS[@]}"} --duration "${SECS}s" --warmup 2s \
       --json >"$OUT/$w-run$run.json" 2>"$OUT/$w-run$run.err" || {
         echo "$w run $run: counter-bench failed (see $OUT/$w-run$run.err)"; continue; }
     echo "$w run $run: $(python3 tools/bench-summary.py "$OUT/$w-run$run.json") | node RSS $(rss_mib) MiB avg | $fsync"

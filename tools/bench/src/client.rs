@@ -97,6 +97,8 @@ pub async fn fetch_directory(router: &str, timeout: Duration) -> Result<Director
 /// One simulated client of the store.
 pub struct Client {
     link: Link,
+    /// `--etcd`: the etcd member this client sends its ops to instead.
+    etcd: Option<crate::etcd::Etcd>,
     /// `--direct`: the placement, and the connections to the nodes.
     direct: Option<(Arc<Directory>, Arc<Pool>)>,
     session: Option<counter_client::Session>,
@@ -107,10 +109,16 @@ impl Client {
     pub fn new(link: Link, timeout: Duration) -> Client {
         Client {
             link,
+            etcd: None,
             direct: None,
             session: None,
             timeout,
         }
+    }
+
+    /// Sends ops to etcd instead (`--etcd`).
+    pub fn use_etcd(&mut self, etcd: crate::etcd::Etcd) {
+        self.etcd = Some(etcd);
     }
 
     /// Sends ops straight to a replica of their key, over `pool`'s connections to the nodes.
@@ -158,6 +166,9 @@ impl Client {
         kind: Kind,
         request_ids: bool,
     ) -> (Outcome, u32) {
+        if let Some(etcd) = &mut self.etcd {
+            return etcd.execute(&keys.name(index), kind, self.timeout).await;
+        }
         let deadline = Instant::now() + self.timeout;
         let op = match kind {
             Kind::Incr => Op::Incr(1),

@@ -18,8 +18,18 @@ Exit status: 0 ok, 1 verification failed, 2 bad arguments, 3 no op succeeded."
 )]
 pub struct Args {
     /// A router's address; repeat it to spread clients over routers round-robin.
-    #[arg(long = "router", value_name = "HOST:PORT", required = true)]
+    #[arg(
+        long = "router",
+        value_name = "HOST:PORT",
+        required_unless_present = "etcd"
+    )]
     pub routers: Vec<String>,
+    /// Run the workload against etcd v3 instead (`http://HOST:PORT` of a member's client URL;
+    /// repeat it to spread clients over members): increments are compare-and-swap
+    /// transactions, reads are ranges (see `tools/etcd-bench.sh`). Request ids, `--direct`
+    /// and `--conns` do not apply.
+    #[arg(long = "etcd", value_name = "URL", conflicts_with_all = ["routers", "direct"])]
+    pub etcd: Vec<String>,
     /// Concurrent clients (each has one op in flight at a time).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub clients: u32,
@@ -59,6 +69,11 @@ pub struct Args {
     /// reported). Read from /proc/PID/stat.
     #[arg(long = "cpu", value_name = "NAME=PID", value_parser = crate::cpu::parse_watched)]
     pub cpu: Vec<crate::cpu::Watched>,
+    /// Also count each `--cpu` process's system calls over the measured window (one
+    /// `perf stat -e raw_syscalls:sys_enter -p PID` each; needs `perf` and the right to trace
+    /// those processes; root, or a low `perf_event_paranoid`).
+    #[arg(long)]
+    pub syscalls: bool,
     /// Send each op straight to a replica of its key, which coordinates it (placement fetched
     /// from the first router; one hop less), instead of through the routers. `--conns`
     /// connections per node.

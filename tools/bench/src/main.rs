@@ -17,6 +17,7 @@
 mod client;
 mod config;
 mod cpu;
+mod etcd;
 mod keys;
 mod report;
 mod run;
@@ -87,7 +88,11 @@ async fn bench(args: Args, prefix: String, seed: u64) -> ExitCode {
         None => Mode::Closed,
     };
     let config = report::Config {
-        routers: args.routers.clone(),
+        routers: if args.etcd.is_empty() {
+            args.routers.clone()
+        } else {
+            args.etcd.clone()
+        },
         clients: args.clients,
         conns_per_router: args.conns,
         keys: args.keys,
@@ -111,6 +116,7 @@ async fn bench(args: Args, prefix: String, seed: u64) -> ExitCode {
         seed,
         threads: args.threads,
         direct: args.direct,
+        etcd: !args.etcd.is_empty(),
     };
     eprintln!("counter-bench: {}", config.line());
 
@@ -130,7 +136,21 @@ async fn bench(args: Args, prefix: String, seed: u64) -> ExitCode {
         },
         false => None,
     };
-    for j in 0..args.clients as usize {
+    if !args.etcd.is_empty() {
+        for j in 0..args.clients as usize {
+            let url = &args.etcd[j % args.etcd.len()];
+            let mut c = Client::new(Link::new(pools[0].clone(), url.clone()), timeout);
+            match etcd::Etcd::new(url) {
+                Ok(e) => c.use_etcd(e),
+                Err(e) => {
+                    eprintln!("counter-bench: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+            clients.push(c);
+        }
+    }
+    for j in (0..args.clients as usize).filter(|_| args.etcd.is_empty()) {
         let router = j % args.routers.len();
         let pool = (j / args.routers.len()) % pools.len();
         links.insert((router, pool));
@@ -194,9 +214,11 @@ async fn bench(args: Args, prefix: String, seed: u64) -> ExitCode {
     let cpu_before = {
         let watched = watched.clone();
         let warmup = args.warmup;
+        let syscalls = args.syscalls;
         tokio::spawn(async move {
             tokio::time::sleep(warmup).await;
-            cpu::sample(&watched)
+            let perf = syscalls.then(|| cpu::Syscalls::start(&watched));
+            (cpu::sample(&watched), cpu::tcp_segments_sent(), perf)
         })
     };
     let tasks: Vec<_> = clients
@@ -213,8 +235,9 @@ async fn bench(args: Args, prefix: String, seed: u64) -> ExitCode {
         stats.merge(&s);
         clients.push(client);
     }
-    let cpu_after = cpu::sample(&watched);
-    let cpu_before = cpu_before.await.expect("the sampling task");
+    let (cpu_after, segments_after) = (cpu::sample(&watched), cpu::tcp_segments_sent());
+    let (cpu_before, segments_before, perf) = cpu_before.await.expect("the sampling task");
+    let syscalls = perf.map(cpu::Syscalls::stop).unwrap_or_default();
     finished.store(true, Relaxed);
     let _ = progress.await;
 
@@ -252,7 +275,11 @@ async fn bench(args: Args, prefix: String, seed: u64) -> ExitCode {
     );
     report.unsent = scheduled.map_or(0, |n| n.saturating_sub(report.counts.sent));
     let measured_ops = stats.measured_ok.iter().sum();
-    report.cpu = cpu::usage(&watched, &cpu_before, &cpu_after, measured_ops);
+    report.cpu = cpu::usage(&watched, &cpu_before, &cpu_after, &syscalls, measured_ops);
+    report.tcp_segments_per_op = segments_after
+        .zip(segments_before)
+        .filter(|_| measured_ops > 0)
+        .map(|(a, b)| a.saturating_sub(b) as f64 / measured_ops as f64);
     if args.json {
         println!(
             "{}",

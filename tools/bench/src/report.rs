@@ -30,19 +30,26 @@ pub struct Config {
     pub threads: u32,
     /// Ops sent straight to a replica of their key (placement-aware), not through a router.
     pub direct: bool,
+    /// The ops went to etcd (`--etcd`; `routers` holds its members' URLs).
+    pub etcd: bool,
 }
 
 impl Config {
     /// The configuration in one line.
     pub fn line(&self) -> String {
         let mut s = format!(
-            "{}{} router(s) x {} conns, {} clients, {} keys {}, mix {}, ",
+            "{}{} {} x {} conns, {} clients, {} keys {}, mix {}, ",
             if self.direct {
                 "direct to replicas (placement from) "
             } else {
                 ""
             },
             self.routers.len(),
+            if self.etcd {
+                "etcd member(s)"
+            } else {
+                "router(s)"
+            },
             self.conns_per_router,
             self.clients,
             self.keys,
@@ -141,6 +148,9 @@ pub struct Report {
     pub verify: Option<VerifySummary>,
     /// CPU over the measured window, per process (`--cpu`, and counter-bench itself).
     pub cpu: Vec<crate::cpu::CpuUse>,
+    /// TCP segments sent on this network namespace per measured operation (every process's:
+    /// meaningful on a machine doing nothing else over TCP).
+    pub tcp_segments_per_op: Option<f64>,
 }
 
 /// Builds the report from the merged client stats.
@@ -199,6 +209,7 @@ pub fn build(
         interrupted,
         verify,
         cpu: Vec::new(),
+        tcp_segments_per_op: None,
         config,
     }
 }
@@ -275,6 +286,26 @@ impl Report {
                 .map(|c| c.us_per_op)
                 .sum();
             let _ = writeln!(w, "cpu µs/op    {} (servers {servers:.1})", each.join(", "));
+            let per_op = |f: fn(&crate::cpu::CpuUse) -> Option<f64>| -> Vec<String> {
+                self.cpu
+                    .iter()
+                    .filter_map(|c| Some(format!("{} {:.1}", c.name, f(c)?)))
+                    .collect()
+            };
+            let switches = per_op(|c| c.switches_per_op);
+            if !switches.is_empty() {
+                let _ = writeln!(w, "switches/op  {}", switches.join(", "));
+            }
+            let syscalls = per_op(|c| c.syscalls_per_op);
+            if !syscalls.is_empty() {
+                let _ = writeln!(w, "syscalls/op  {}", syscalls.join(", "));
+            }
+        }
+        if let Some(segments) = self.tcp_segments_per_op {
+            let _ = writeln!(
+                w,
+                "tcp segs/op  {segments:.1} (sent, every process on this host)"
+            );
         }
         if let Some(e) = &self.first_error {
             let _ = writeln!(w, "first error  {e}");
@@ -317,6 +348,7 @@ mod tests {
             seed: 5,
             threads: 2,
             direct: false,
+            etcd: false,
         }
     }
 
