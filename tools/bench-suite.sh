@@ -12,7 +12,9 @@
 # `perf stat` per process over the measured window). Every run reports the servers' CPU and
 # context switches per op, and the TCP segments sent per op on this host.
 # --bin DIR: take counter-node and counter-router from DIR instead of building them (to
-# compare two builds in one session; counter-bench always comes from target/release).
+# compare two builds in one session), and counter-bench too when DIR has it (a build of
+# another protocol version needs its own; an older counter-bench may not count syscalls, and
+# then --syscalls is left out).
 # Builds the release binaries, starts the cluster on 127.0.0.1:7201-7203 (router :7200) with
 # data in DIR/data (default bench-results/<timestamp>), then for each workload and run: the
 # fdatasync probe (tools/fsync-latency.py, on the data's file system), counter-bench --json,
@@ -41,6 +43,11 @@ if [ -z "${NODE_BIN:-}" ]; then
   NODE_BIN=$BIN
 else
   cargo build --release --quiet -p counter-bench
+  if [ -x "$NODE_BIN/counter-bench" ]; then BIN=$NODE_BIN; fi
+fi
+if [ ${#SYSCALLS[@]} -gt 0 ] && ! "$BIN/counter-bench" --help | grep -q -- --syscalls; then
+  echo "note: $BIN/counter-bench cannot count syscalls; --syscalls left out"
+  SYSCALLS=()
 fi
 mkdir -p "$OUT/data"
 DATA=$(cd "$OUT/data" && pwd)
@@ -83,7 +90,12 @@ PIDS+=($!)
 # CPU per op of every server process, in every report (counter-bench --cpu).
 CPU_ARGS=(--cpu "router=$!")
 for i in 0 1 2; do CPU_ARGS+=(--cpu "node$((i + 1))=${NODE_PIDS[$i]}"); done
-for _ in $(seq 100); do "$BIN/counter-cli" --router "$ROUTER" get ready >/dev/null 2>&1 && break; sleep 0.1; done
+# Ready once one increment goes through (with the counter-bench of the build measured).
+for _ in $(seq 100); do
+  "$BIN/counter-bench" --router "$ROUTER" --clients 1 --keys 1 --ops 1 --timeout-ms 500 \
+    --key-prefix ready- --no-verify >/dev/null 2>&1 && break
+  sleep 0.1
+done
 
 args_of() {
   case "$1" in
