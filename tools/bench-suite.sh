@@ -3,7 +3,7 @@
 # machine: 3 counter-nodes (R=3, fsync on), a router, counter-bench, and an fdatasync probe.
 #
 #   tools/bench-suite.sh [--secs 20] [--runs 3] [--only W1,W3] [--out DIR] [--keep] [--bin DIR]
-#                        [--metrics] [--syscalls]
+#                        [--metrics] [--syscalls] [--direct]
 #
 # --metrics: the nodes and the router serve Prometheus metrics (--metrics-listen on
 # 127.0.0.1:9201-9203 and :9200), scraped once per run into DIR (to measure their overhead).
@@ -11,6 +11,7 @@
 # --syscalls: also count every server's system calls per op (counter-bench --syscalls: one
 # `perf stat` per process over the measured window). Every run reports the servers' CPU and
 # context switches per op, and the TCP segments sent per op on this host.
+# --direct: counter-bench sends each op straight to a replica of its key (one hop less).
 # --bin DIR: take counter-node and counter-router from DIR instead of building them (to
 # compare two builds in one session), and counter-bench too when DIR has it (a build of
 # another protocol version needs its own; an older counter-bench may not count syscalls, and
@@ -22,7 +23,7 @@
 # Stops what it started (by PID) on exit; --keep leaves the data dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SECS=20 RUNS=3 ONLY=W1,W2,W3,W4,W5 KEEP=0 NODE_BIN= METRICS=0 SYSCALLS=()
+SECS=20 RUNS=3 ONLY=W1,W2,W3,W4,W5 KEEP=0 NODE_BIN= METRICS=0 SYSCALLS=() DIRECT=()
 OUT=bench-results/$(date -u +%Y%m%dT%H%M%SZ)
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -34,6 +35,7 @@ while [ $# -gt 0 ]; do
     --bin) NODE_BIN=$(cd "$2" && pwd); shift 2 ;;
     --metrics) METRICS=1; shift ;;
     --syscalls) SYSCALLS=(--syscalls); shift ;;
+    --direct) DIRECT=(--direct); shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -121,7 +123,7 @@ for w in ${ONLY//,/ }; do
   for run in $(seq "$RUNS"); do
     fsync=$(python3 tools/fsync-latency.py --dir "$DATA" --count 300)
     # shellcheck disable=SC2046
-    "$BIN/counter-bench" --router "$ROUTER" $(args_of "$w") "${CPU_ARGS[@]}" ${SYSCALLS[@]+"${SYSCALLS[@]}"} --duration "${SECS}s" --warmup 2s \
+    "$BIN/counter-bench" --router "$ROUTER" $(args_of "$w") "${CPU_ARGS[@]}" ${SYSCALLS[@]+"${SYSCALLS[@]}"} ${DIRECT[@]+"${DIRECT[@]}"} --duration "${SECS}s" --warmup 2s \
       --json >"$OUT/$w-run$run.json" 2>"$OUT/$w-run$run.err" || {
         echo "$w run $run: counter-bench failed (see $OUT/$w-run$run.err)"; continue; }
     echo "$w run $run: $(python3 tools/bench-summary.py "$OUT/$w-run$run.json") | node RSS $(rss_mib) MiB avg | $fsync"
