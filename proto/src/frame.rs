@@ -159,25 +159,121 @@ pub enum Msg {
     Admin(Change),
     /// Answer to `Admin`: what was done, one line.
     AdminDone(String),
-    /// Coordinator to acceptor: several acceptor messages ([`Msg::batchable`]: `Prepare`,
-    /// `Accept`, `Read`, of any keys) in one frame, each with its own request id (the batch's
-    /// own frame id is 0 and answered by nothing). The acceptor runs them together (one task,
-    /// so their writes meet in one group commit) and answers each on its own, in a frame with
-    /// its id, exactly as if it had come alone: a key's round is decided as before, and a
-    /// reply never outgrows a frame. Anything else in a batch (another batch, a client
-    /// command) is answered `invalid`, alone. Sent by `counter-net`'s connections whenever
-    /// two or more acceptor messages wait to be written at once (protocol version 5).
-    Batch(Vec<Frame>),
+    /// Coordinator to acceptor: up to [`MAX_BATCH`] acceptor messages (of any keys) in one
+    /// frame, each with its own request id (the batch's own frame id is 0 and answered by
+    /// nothing). The acceptor runs them together (one task, so their writes meet in one group
+    /// commit) and answers each on its own, in a frame with its id, exactly as if it had come
+    /// alone: a key's round is decided as before, and a reply never outgrows a frame. Only
+    /// acceptor messages can be written into a batch ([`AcceptorMsg`]): a batch cannot hold a
+    /// batch, so decoding never recurses. Sent by `counter-net`'s connections whenever two or
+    /// more acceptor messages wait to be written at once (protocol version 5).
+    Batch(Vec<BatchItem>),
 }
 
-impl Msg {
-    /// Whether a connection may carry this message inside a [`Msg::Batch`]: the acceptor
-    /// messages a coordinator sends, whose handling is the same alone or batched.
-    pub fn batchable(&self) -> bool {
-        matches!(
-            self,
-            Msg::Prepare { .. } | Msg::Accept { .. } | Msg::Read { .. }
-        )
+/// Most messages in one [`Msg::Batch`]; a larger batch is a bad frame.
+pub const MAX_BATCH: usize = 256;
+
+/// One message of a [`Msg::Batch`] and the request id its answer carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchItem {
+    pub id: u64,
+    pub msg: AcceptorMsg,
+}
+
+/// The messages a [`Msg::Batch`] may carry: [`Msg`]'s `Prepare`, `Accept` and `Read`, with
+/// the same fields (converted both ways).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AcceptorMsg {
+    Prepare {
+        shard: ShardId,
+        key: String,
+        ballot: Ballot,
+        config: u64,
+    },
+    Accept {
+        shard: ShardId,
+        key: String,
+        ballot: Ballot,
+        register: Register,
+        next: Option<Ballot>,
+        config: u64,
+    },
+    Read {
+        shard: ShardId,
+        key: String,
+        config: u64,
+    },
+}
+
+impl From<AcceptorMsg> for Msg {
+    fn from(m: AcceptorMsg) -> Msg {
+        match m {
+            AcceptorMsg::Prepare {
+                shard,
+                key,
+                ballot,
+                config,
+            } => Msg::Prepare {
+                shard,
+                key,
+                ballot,
+                config,
+            },
+            AcceptorMsg::Accept {
+                shard,
+                key,
+                ballot,
+                register,
+                next,
+                config,
+            } => Msg::Accept {
+                shard,
+                key,
+                ballot,
+                register,
+                next,
+                config,
+            },
+            AcceptorMsg::Read { shard, key, config } => Msg::Read { shard, key, config },
+        }
+    }
+}
+
+impl TryFrom<Msg> for AcceptorMsg {
+    /// Any other message, given back.
+    type Error = Msg;
+
+    fn try_from(m: Msg) -> Result<AcceptorMsg, Msg> {
+        Ok(match m {
+            Msg::Prepare {
+                shard,
+                key,
+                ballot,
+                config,
+            } => AcceptorMsg::Prepare {
+                shard,
+                key,
+                ballot,
+                config,
+            },
+            Msg::Accept {
+                shard,
+                key,
+                ballot,
+                register,
+                next,
+                config,
+            } => AcceptorMsg::Accept {
+                shard,
+                key,
+                ballot,
+                register,
+                next,
+                config,
+            },
+            Msg::Read { shard, key, config } => AcceptorMsg::Read { shard, key, config },
+            other => return Err(other),
+        })
     }
 }
 

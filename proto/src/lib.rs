@@ -29,8 +29,8 @@ pub mod status;
 pub use config::{Change, Config, Dedup, ShardSet, BOOTSTRAP_CONFIG_VERSION};
 pub use error::{ClientError, ErrorKind, CLOSING, DRAINING, NOT_A_MEMBER};
 pub use frame::{
-    decode_frame, encode_frame, DecodeError, EncodeError, Frame, Msg, MAX_FRAME_LEN,
-    PROTOCOL_VERSION,
+    decode_frame, encode_frame, AcceptorMsg, BatchItem, DecodeError, EncodeError, Frame, Msg,
+    MAX_BATCH, MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 pub use identity::DataState;
 pub use register::{Ballot, ClientEntry, Command, Op, Outcome, Register, RequestId};

@@ -2,7 +2,7 @@
 
 use crate::codec::FrameCodec;
 use bytes::BytesMut;
-use counter_proto::{Frame, Msg};
+use counter_proto::{AcceptorMsg, BatchItem, Frame, Msg, MAX_BATCH};
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -165,15 +165,15 @@ fn is_draining(e: &counter_proto::ClientError) -> bool {
 }
 
 /// Whether a writer puts the acceptor messages waiting together into one [`Msg::Batch`]
-/// frame (a connection to a node: yes; a server's replies: never batchable anyway).
+/// frame (a connection to a node: yes; a server's replies: never acceptor messages anyway).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Batching {
     On,
     Off,
 }
 
-/// Writes queued frames, as many per write as are waiting; with [`Batching::On`], the
-/// acceptor messages among them ([`Msg::batchable`]) go as one [`Msg::Batch`] frame, so that
+/// Writes queued frames, as many per write as are waiting (at most [`MAX_BATCH`]); with
+/// [`Batching::On`], the acceptor messages among them go as one [`Msg::Batch`] frame, so that
 /// the peer reads, wakes and commits once for all of them.
 pub(crate) async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
     mut write: W,
@@ -183,20 +183,26 @@ pub(crate) async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
 ) {
     let mut codec = FrameCodec::default();
     let mut buf = BytesMut::with_capacity(16 * 1024);
-    let mut frames = Vec::with_capacity(256);
-    let mut batch = Vec::with_capacity(256);
+    let mut frames = Vec::with_capacity(MAX_BATCH);
     loop {
-        if rx.recv_many(&mut frames, 256).await == 0 {
+        if rx.recv_many(&mut frames, MAX_BATCH).await == 0 {
             break;
         }
-        for frame in frames.drain(..) {
-            if batching == Batching::On && frame.msg.batchable() {
-                batch.push(frame);
-            } else {
-                encode_or_log(&mut codec, &frame, &mut buf);
-            }
+        let mut batch = Vec::new();
+        for Frame { id, msg } in frames.drain(..) {
+            let msg = match batching {
+                Batching::On => match AcceptorMsg::try_from(msg) {
+                    Ok(msg) => {
+                        batch.push(BatchItem { id, msg });
+                        continue;
+                    }
+                    Err(msg) => msg,
+                },
+                Batching::Off => msg,
+            };
+            encode_or_log(&mut codec, &Frame { id, msg }, &mut buf);
         }
-        encode_batch(&mut codec, std::mem::take(&mut batch), &mut buf);
+        encode_batch(&mut codec, batch, &mut buf);
         match tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&buf)).await {
             Ok(Ok(())) => buf.clear(),
             Ok(Err(e)) => {
@@ -219,16 +225,26 @@ fn encode_or_log(codec: &mut FrameCodec, frame: &Frame, buf: &mut BytesMut) {
     }
 }
 
-/// Encodes `frames` as one [`Msg::Batch`] frame (one alone as itself); a batch that outgrows
+/// Encodes `items` as one [`Msg::Batch`] frame (one alone as itself); a batch that outgrows
 /// a frame is split in halves until each part fits.
-fn encode_batch(codec: &mut FrameCodec, mut frames: Vec<Frame>, buf: &mut BytesMut) {
-    match frames.len() {
+fn encode_batch(codec: &mut FrameCodec, mut items: Vec<BatchItem>, buf: &mut BytesMut) {
+    match items.len() {
         0 => {}
-        1 => encode_or_log(codec, &frames[0], buf),
+        1 => {
+            let BatchItem { id, msg } = items.remove(0);
+            encode_or_log(
+                codec,
+                &Frame {
+                    id,
+                    msg: msg.into(),
+                },
+                buf,
+            );
+        }
         n => {
             let batch = Frame {
                 id: 0,
-                msg: Msg::Batch(frames),
+                msg: Msg::Batch(items),
             };
             if codec.encode(&batch, buf).is_ok() {
                 return;
@@ -236,9 +252,9 @@ fn encode_batch(codec: &mut FrameCodec, mut frames: Vec<Frame>, buf: &mut BytesM
             let Msg::Batch(all) = batch.msg else {
                 unreachable!("built above")
             };
-            frames = all;
-            let second = frames.split_off(n / 2);
-            encode_batch(codec, frames, buf);
+            items = all;
+            let second = items.split_off(n / 2);
+            encode_batch(codec, items, buf);
             encode_batch(codec, second, buf);
         }
     }
@@ -321,12 +337,14 @@ mod tests {
                 let mut out = BytesMut::new();
                 let mut codec = FrameCodec::default();
                 for frame in decode_all(&mut buf) {
-                    let inner = match frame.msg.clone() {
-                        Msg::Batch(inner) => inner,
-                        _ => vec![frame.clone()],
+                    let inner: Vec<(u64, Msg)> = match frame.msg.clone() {
+                        Msg::Batch(items) => {
+                            items.into_iter().map(|i| (i.id, i.msg.into())).collect()
+                        }
+                        msg => vec![(frame.id, msg)],
                     };
                     seen.push(frame);
-                    for Frame { id, msg } in inner {
+                    for (id, msg) in inner {
                         let reply = match msg {
                             Msg::Read { key, .. } => Msg::ReadReply {
                                 accepted: Some((Default::default(), key[1..].parse().unwrap())),
@@ -374,22 +392,22 @@ mod tests {
     #[test]
     fn a_batch_that_outgrows_a_frame_is_split() {
         let key = |i: usize| format!("{i:0>1000}");
-        let frames: Vec<Frame> = (0..150)
-            .map(|i| Frame {
+        let items: Vec<BatchItem> = (0..150)
+            .map(|i| BatchItem {
                 id: i as u64 + 1,
-                msg: read(key(i)),
+                msg: AcceptorMsg::try_from(read(key(i))).unwrap(),
             })
             .collect();
         let mut codec = FrameCodec::default();
         let mut buf = BytesMut::new();
-        encode_batch(&mut codec, frames, &mut buf);
+        encode_batch(&mut codec, items, &mut buf);
         assert!(buf.len() > MAX_FRAME_LEN);
         let decoded = decode_all(&mut buf);
         assert!(decoded.len() >= 3, "{} frames", decoded.len());
         let ids: Vec<u64> = decoded
             .into_iter()
             .flat_map(|f| match f.msg {
-                Msg::Batch(inner) => inner.into_iter().map(|f| f.id).collect::<Vec<_>>(),
+                Msg::Batch(items) => items.into_iter().map(|i| i.id).collect::<Vec<_>>(),
                 other => panic!("not a batch: {other:?}"),
             })
             .collect();

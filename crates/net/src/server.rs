@@ -11,7 +11,7 @@
 
 use crate::client::{write_loop, Batching};
 use crate::codec::{FrameCodec, NetError};
-use counter_proto::{ClientError, Frame, Msg};
+use counter_proto::{BatchItem, ClientError, Frame, Msg, MAX_BATCH};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -425,6 +425,27 @@ where
             Some(Ok(Frame { id, msg })) => {
                 // The next frame's time starts when its first bytes are seen.
                 partial_since = None;
+                // A batch's messages each count against the in-flight limit, as if they had
+                // come alone; a batch beyond the limit of one is a bad frame.
+                let weight = match &msg {
+                    Msg::Batch(items) if items.len() > MAX_BATCH => {
+                        let why = format!(
+                            "a batch of {} messages exceeds the limit of {MAX_BATCH}",
+                            items.len()
+                        );
+                        tracing::warn!(%peer, "closing connection after a bad frame: {why}");
+                        let _ = tx
+                            .send(Frame {
+                                id: 0,
+                                msg: Msg::Error(ClientError::invalid(why)),
+                            })
+                            .await;
+                        break Closed::BadFrame;
+                    }
+                    Msg::Batch(items) if items.is_empty() => continue,
+                    Msg::Batch(items) => items.len().min(config.max_inflight_per_conn) as u32,
+                    _ => 1,
+                };
                 last_request = Instant::now();
                 live.last_active_ms
                     .store(registry.ms_at(last_request), Ordering::Relaxed);
@@ -459,9 +480,9 @@ where
                             answer_all(&tx, id, &msg, &drained).await;
                             continue;
                         }
-                        live.inflight.clone().acquire_owned().await.expect("never closed")
+                        live.inflight.clone().acquire_many_owned(weight).await.expect("never closed")
                     }
-                    permit = live.inflight.clone().acquire_owned() => permit.expect("never closed"),
+                    permit = live.inflight.clone().acquire_many_owned(weight) => permit.expect("never closed"),
                 };
                 // Waiting for a slot is the server's doing, not a slow frame.
                 partial_since = None;
@@ -473,7 +494,7 @@ where
                 let live = live.clone();
                 tokio::spawn(async move {
                     match msg {
-                        Msg::Batch(frames) => run_batch(frames, handler, &tx).await,
+                        Msg::Batch(items) => run_batch(items, handler, &tx).await,
                         msg => {
                             let reply = handler(msg).await;
                             let _ = tx.send(Frame { id, msg: reply }).await;
@@ -513,27 +534,17 @@ where
 
 /// Runs a [`Msg::Batch`]'s messages together in this one task (so that their writes reach
 /// the group commit together and their completions wake one task) and answers each, as it
-/// completes, in a frame with its own id. A message that may not ride in a batch
-/// ([`Msg::batchable`]) is answered `invalid` and not run.
-async fn run_batch<H, F>(frames: Vec<Frame>, handler: H, tx: &mpsc::Sender<Frame>)
+/// completes, in a frame with its own id.
+async fn run_batch<H, F>(items: Vec<BatchItem>, handler: H, tx: &mpsc::Sender<Frame>)
 where
     H: Fn(Msg) -> F,
     F: Future<Output = Msg>,
 {
-    let mut replies: FuturesUnordered<_> = frames
+    let mut replies: FuturesUnordered<_> = items
         .into_iter()
-        .map(|Frame { id, msg }| {
-            let run = msg.batchable().then(|| handler(msg));
-            async move {
-                let msg = match run {
-                    Some(run) => run.await,
-                    None => Msg::Error(ClientError::invalid(
-                        "a batch carries only Prepare, Accept and Read messages; \
-                         this one was not run",
-                    )),
-                };
-                Frame { id, msg }
-            }
+        .map(|BatchItem { id, msg }| {
+            let run = handler(msg.into());
+            async move { Frame { id, msg: run.await } }
         })
         .collect();
     while let Some(reply) = replies.next().await {
@@ -544,7 +555,7 @@ where
 /// Answers `answer` to a request that is not run: to each message of a batch, by its id.
 async fn answer_all(tx: &mpsc::Sender<Frame>, id: u64, msg: &Msg, answer: &Msg) {
     let ids: Vec<u64> = match msg {
-        Msg::Batch(frames) => frames.iter().map(|f| f.id).collect(),
+        Msg::Batch(items) => items.iter().map(|i| i.id).collect(),
         _ => vec![id],
     };
     for id in ids {
@@ -833,7 +844,7 @@ mod tests {
         let ids: Vec<u64> = frames
             .iter()
             .flat_map(|f| match &f.msg {
-                Msg::Batch(inner) => inner.iter().map(|f| f.id).collect(),
+                Msg::Batch(items) => items.iter().map(|i| i.id).collect(),
                 _ => vec![f.id],
             })
             .collect();
@@ -857,24 +868,32 @@ mod tests {
         got
     }
 
-    fn read(key: &str) -> Msg {
-        Msg::Read {
-            shard: 1,
-            key: key.into(),
-            config: 1,
+    fn read(id: u64, key: &str) -> BatchItem {
+        BatchItem {
+            id,
+            msg: counter_proto::AcceptorMsg::Read {
+                shard: 1,
+                key: key.into(),
+                config: 1,
+            },
         }
     }
 
-    /// A batch's messages are each answered by their own id, as if each had come alone; what
-    /// may not ride in a batch (a client command, a nested batch) is answered `invalid` and
-    /// not run.
+    /// A batch's messages are each answered by their own id, as if each had come alone; a
+    /// batch of more than `MAX_BATCH` messages is a bad frame: nothing of it runs and the
+    /// connection closes with `invalid`.
     #[tokio::test]
-    async fn a_batch_is_answered_message_by_message_and_carries_only_acceptor_messages() {
+    async fn a_batch_is_answered_message_by_message_and_a_batch_too_large_is_refused() {
         let runs = Arc::new(AtomicUsize::new(0));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let counted = runs.clone();
-        tokio::spawn(serve(listener, ServerConfig::default(), move |msg| {
+        let config = ServerConfig {
+            // Fewer than a batch's messages: a batch still runs (it takes every slot).
+            max_inflight_per_conn: 2,
+            ..ServerConfig::default()
+        };
+        tokio::spawn(serve(listener, config, move |msg| {
             counted.fetch_add(1, Ordering::SeqCst);
             async move {
                 match msg {
@@ -886,47 +905,53 @@ mod tests {
             }
         }));
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let command = Msg::Command {
-            key: "k".into(),
-            command: counter_proto::Command::from(counter_proto::Op::Incr(1)),
-            timeout_ms: 100,
-        };
-        let nested = Msg::Batch(vec![Frame {
-            id: 9,
-            msg: read("zz"),
-        }]);
         let batch = Frame {
             id: 0,
-            msg: Msg::Batch(vec![
-                Frame {
-                    id: 5,
-                    msg: read("a"),
-                },
-                Frame {
-                    id: 6,
-                    msg: command,
-                },
-                Frame { id: 7, msg: nested },
-                Frame {
-                    id: 8,
-                    msg: read("bbb"),
-                },
-            ]),
+            msg: Msg::Batch(vec![read(5, "a"), read(6, "bb"), read(8, "bbb")]),
         };
         let got = raw_calls(&mut stream, &[batch]).await;
         let value = |n| Msg::ReadReply {
             accepted: Some((Default::default(), n)),
         };
         assert_eq!(got.get(&5), Some(&value(1)));
+        assert_eq!(got.get(&6), Some(&value(2)));
         assert_eq!(got.get(&8), Some(&value(3)));
-        for refused in [6, 7] {
-            assert!(
-                matches!(got.get(&refused), Some(Msg::Error(e)) if e.kind == counter_proto::ErrorKind::Invalid),
-                "{got:?}"
-            );
+        assert!(!got.contains_key(&0), "{got:?}");
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
+
+        let too_many = Frame {
+            id: 0,
+            msg: Msg::Batch((1..=MAX_BATCH as u64 + 1).map(|i| read(i, "k")).collect()),
+        };
+        use tokio_util::codec::{Decoder, Encoder};
+        let mut codec = FrameCodec::default();
+        let mut out = bytes::BytesMut::new();
+        codec.encode(&too_many, &mut out).unwrap();
+        stream.write_all(&out).await.unwrap();
+        // Everything the server sends until it closes the connection.
+        let mut bytes = bytes::BytesMut::new();
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+                .await
+                .expect("the server closes the connection")
+                .unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            bytes.extend_from_slice(&chunk[..n]);
         }
-        assert!(!got.contains_key(&9) && !got.contains_key(&0), "{got:?}");
-        assert_eq!(runs.load(Ordering::SeqCst), 2, "only the two reads ran");
+        let answers: Vec<Frame> =
+            std::iter::from_fn(|| codec.decode(&mut bytes).unwrap()).collect();
+        assert!(
+            matches!(&answers[..], [Frame { id: 0, msg: Msg::Error(e) }] if e.kind == counter_proto::ErrorKind::Invalid && e.message.contains("exceeds the limit")),
+            "{answers:?}"
+        );
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            3,
+            "nothing of the large batch ran"
+        );
     }
 
     /// A batch read once a server began to close is answered "not run", message by message.
@@ -949,16 +974,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let batch = Frame {
             id: 0,
-            msg: Msg::Batch(vec![
-                Frame {
-                    id: 2,
-                    msg: read("a"),
-                },
-                Frame {
-                    id: 3,
-                    msg: read("b"),
-                },
-            ]),
+            msg: Msg::Batch(vec![read(2, "a"), read(3, "b")]),
         };
         let got = raw_calls(&mut stream, &[batch]).await;
         for id in [2, 3] {

@@ -281,17 +281,17 @@ fn golden() -> Vec<(Msg, &'static str)> {
         (Msg::AdminDone("ok".into()), "050121026f6b"),
         (
             Msg::Batch(vec![
-                Frame {
+                BatchItem {
                     id: 2,
-                    msg: Msg::Read {
+                    msg: AcceptorMsg::Read {
                         shard: 1,
                         key: "k".into(),
                         config: 3,
                     },
                 },
-                Frame {
+                BatchItem {
                     id: 3,
-                    msg: Msg::Prepare {
+                    msg: AcceptorMsg::Prepare {
                         shard: 1,
                         key: "k".into(),
                         ballot: b,
@@ -299,7 +299,7 @@ fn golden() -> Vec<(Msg, &'static str)> {
                     },
                 },
             ]),
-            "05012202020901016b03030401016bac02020103",
+            "05012202020201016b03030001016bac02020103",
         ),
     ]
 }
@@ -432,4 +432,27 @@ fn garbage_and_truncations_are_errors_not_panics() {
         decode_frame(&vec![0; MAX_FRAME_LEN + 1]),
         Err(DecodeError::TooLarge(_))
     ));
+}
+
+/// A batch holds only acceptor messages, so no bytes make the decoder recurse: a batch inside
+/// a batch (however deep, up to a frame's length) is a malformed frame, and converting an
+/// acceptor message to a `Msg` and back is the identity.
+#[test]
+fn a_batch_inside_a_batch_is_malformed_and_acceptor_messages_convert_both_ways() {
+    let mut buf = postcard::to_stdvec(&PROTOCOL_VERSION).unwrap();
+    // Frame { id: 0, Batch([ { id: 1, <0x22: Batch> [ ... ] } ]) }, nested 20,000 deep.
+    buf.extend_from_slice(&[0x00]);
+    for _ in 0..20_000 {
+        buf.extend_from_slice(&[0x22, 0x01, 0x01]);
+    }
+    assert!(buf.len() <= MAX_FRAME_LEN);
+    assert!(matches!(decode_frame(&buf), Err(DecodeError::Malformed(_))));
+    let read = Msg::Read {
+        shard: 2,
+        key: "k".into(),
+        config: 9,
+    };
+    let acceptor = AcceptorMsg::try_from(read.clone()).unwrap();
+    assert_eq!(Msg::from(acceptor), read);
+    assert_eq!(AcceptorMsg::try_from(Msg::Value(1)), Err(Msg::Value(1)));
 }
