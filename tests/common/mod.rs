@@ -14,12 +14,23 @@ pub const ROUTER: &str = env!("CARGO_BIN_EXE_counter-router");
 pub const CLI: &str = env!("CARGO_BIN_EXE_counter-cli");
 
 /// A free loopback port (bound and released; good enough for tests on one machine).
+/// A port nothing listens on now, never the same twice in this process: the kernel may hand
+/// out a port it just handed out, and two members given one address answer for each other
+/// (a guards test once saw node 1 answer at node 2's address).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub struct LocalCluster {
