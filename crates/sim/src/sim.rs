@@ -205,7 +205,8 @@ struct Lead {
     read: u64,
     waiters: Vec<Waiter>,
     deadline: u64,
-    /// Bumped at every step so stale timers are ignored.
+    /// A new name at every step (unique in the run: `Sim::phases`), so that stale timers and
+    /// refusals are ignored.
     gen: u64,
     /// The key's shard, the configuration version the rounds run under, and the replicas they
     /// send to (both sets while the shard moves).
@@ -299,8 +300,9 @@ struct Sim {
     /// The batch each node is filling for each peer: when it was opened, and the events that
     /// deliver its copies (none if it was lost).
     batches: BTreeMap<(NodeId, NodeId), (u64, Vec<usize>)>,
-    /// Quiet reads started so far (each one's name).
-    reads: u64,
+    /// Phases (quiet reads, and each Prepare or Accept phase of a round) started so far: each
+    /// one's name (`Lead::gen`, `Lead::read`), unique in the run.
+    phases: u64,
 }
 
 /// Runs one seeded simulation and checks its history.
@@ -338,7 +340,7 @@ pub fn run(seed: u64, cfg: &Config) -> Run {
         stats: Stats::default(),
         trace: std::env::var_os("SIM_TRACE").is_some(),
         batches: BTreeMap::new(),
-        reads: 0,
+        phases: 0,
     };
     for id in 1..=cfg.nodes as NodeId {
         let offset = sim.rng.range(0, cfg.clock_skew);

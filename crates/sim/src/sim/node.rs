@@ -283,9 +283,9 @@ impl Sim {
         };
         if reads {
             lead.quiet = Some(QuietRead::new(counted));
-            lead.gen = 1;
-            self.reads += 1;
-            lead.read = self.reads;
+            self.phases += 1;
+            lead.read = self.phases;
+            lead.gen = self.phases;
             let read = lead.read;
             self.nodes
                 .get_mut(&node)
@@ -295,10 +295,10 @@ impl Sim {
             let payload = Payload::Read {
                 key: key.into(),
                 version,
-                gen: 1,
+                gen: read,
                 read,
             };
-            self.start_phase(node, key, 1, payload);
+            self.start_phase(node, key, read, payload);
             return;
         }
         // A prepared round is used only under the configuration it was prepared under.
@@ -370,13 +370,17 @@ impl Sim {
     }
 
     pub(super) fn act(&mut self, node: NodeId, key: &str, action: Action) {
+        // Every phase is named uniquely in the run, so that a late refusal or timer of an
+        // earlier lead's phase never acts on a later lead's (in the node each is tied to its
+        // own call or future).
+        self.phases += 1;
         let (gen, version) = {
             let lead = self
                 .nodes
                 .get_mut(&node)
                 .and_then(|n| n.leads.get_mut(key))
                 .expect("acting on a live lead");
-            lead.gen += 1;
+            lead.gen = self.phases;
             (lead.gen, lead.version)
         };
         match action {
