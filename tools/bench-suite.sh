@@ -23,6 +23,7 @@
 # Stops what it started (by PID) on exit; --keep leaves the data dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. tools/bench-lib.sh
 SECS=20 RUNS=3 ONLY=W1,W2,W3,W4,W5 KEEP=0 NODE_BIN= METRICS=0 SYSCALLS=() DIRECT=()
 OUT=bench-results/$(date -u +%Y%m%dT%H%M%SZ)
 while [ $# -gt 0 ]; do
@@ -56,8 +57,7 @@ DATA=$(cd "$OUT/data" && pwd)
 ROUTER=127.0.0.1:7200
 PIDS=()
 cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  stop_started
   if [ "$KEEP" = 0 ]; then rm -rf "$DATA"; fi
 }
 trap cleanup EXIT
@@ -99,16 +99,6 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
-args_of() {
-  case "$1" in
-    W1) echo "--clients 1 --keys 1" ;;
-    W2) echo "--clients 64 --keys 1 --distribution hot" ;;
-    W3) echo "--clients 64 --keys 10000" ;;
-    W4) echo "--clients 256 --keys 10000" ;;
-    W5) echo "--clients 64 --keys 1000000 --distribution zipf:0.99" ;;
-    *) echo "unknown workload $1" >&2; exit 2 ;;
-  esac
-}
 rss_mib() {
   local total=0
   for pid in "${NODE_PIDS[@]}"; do

@@ -11,6 +11,7 @@
 # (removed at the end); every process it started is stopped by PID on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. tools/bench-lib.sh
 SECS=10 RUNS=2 ONLY=W1,W3,W4 OURS=1
 OUT=bench-results/etcd-$(date -u +%Y%m%dT%H%M%SZ)
 while [ $# -gt 0 ]; do
@@ -34,8 +35,7 @@ mkdir -p "$OUT/etcd/data"
 DATA=$(cd "$OUT/etcd/data" && pwd)
 PIDS=()
 cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  stop_started
   rm -rf "$DATA"
 }
 trap cleanup EXIT
@@ -60,16 +60,6 @@ healthy() {
 for _ in $(seq 100); do healthy 1 && healthy 2 && healthy 3 && break; sleep 0.2; done
 healthy 1 || { echo "etcd did not become healthy; see $DATA/e1.log" >&2; exit 1; }
 
-args_of() {
-  case "$1" in
-    W1) echo "--clients 1 --keys 1" ;;
-    W2) echo "--clients 64 --keys 1 --distribution hot" ;;
-    W3) echo "--clients 64 --keys 10000" ;;
-    W4) echo "--clients 256 --keys 10000" ;;
-    W5) echo "--clients 64 --keys 1000000 --distribution zipf:0.99" ;;
-    *) echo "unknown workload $1" >&2; exit 2 ;;
-  esac
-}
 echo "etcd $(etcd --version | head -1 | awk '{print $3}'), 3 members; results in $OUT/etcd"
 for w in ${ONLY//,/ }; do
   for run in $(seq "$RUNS"); do

@@ -12,13 +12,13 @@
 # release binaries (BIN=DIR to take them from elsewhere; default target/release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. tools/bench-lib.sh
 N=${1:-100000}
 BIN=${BIN:-$PWD/target/release}
 DATA=$(mktemp -d /tmp/resp-bench.XXXXXX)
 PIDS=()
 cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  stop_started
   rm -rf "$DATA"
 }
 trap cleanup EXIT

@@ -62,7 +62,7 @@ impl Conn {
         let (tx, rx) = mpsc::channel(QUEUE);
         let inflight: Inflight = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
-        tokio::spawn(write_loop(write, rx, closed.clone(), Batching::On));
+        tokio::spawn(write_loop(write, rx, closed.clone()));
         tokio::spawn(read_loop(
             addr.to_string(),
             FramedRead::new(read, FrameCodec::default()),
@@ -164,22 +164,13 @@ fn is_draining(e: &counter_proto::ClientError) -> bool {
             .any(|name| !name.is_empty() && !name.contains(' '))
 }
 
-/// Whether a writer puts the acceptor messages waiting together into one [`Msg::Batch`]
-/// frame (a connection to a node: yes; a server's replies: never acceptor messages anyway).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Batching {
-    On,
-    Off,
-}
-
-/// Writes queued frames, as many per write as are waiting (at most [`MAX_BATCH`]); with
-/// [`Batching::On`], the acceptor messages among them go as one [`Msg::Batch`] frame, so that
-/// the peer reads, wakes and commits once for all of them.
+/// Writes queued frames, as many per write as are waiting (at most [`MAX_BATCH`]); the
+/// acceptor messages among them go as one [`Msg::Batch`] frame, so that the peer reads, wakes
+/// and commits once for all of them (a server's writer carries replies only: never any).
 pub(crate) async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
     mut write: W,
     mut rx: mpsc::Receiver<Frame>,
     closed: Arc<AtomicBool>,
-    batching: Batching,
 ) {
     let mut codec = FrameCodec::default();
     let mut buf = BytesMut::with_capacity(16 * 1024);
@@ -190,17 +181,10 @@ pub(crate) async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
         }
         let mut batch = Vec::new();
         for Frame { id, msg } in frames.drain(..) {
-            let msg = match batching {
-                Batching::On => match AcceptorMsg::try_from(msg) {
-                    Ok(msg) => {
-                        batch.push(BatchItem { id, msg });
-                        continue;
-                    }
-                    Err(msg) => msg,
-                },
-                Batching::Off => msg,
-            };
-            encode_or_log(&mut codec, &Frame { id, msg }, &mut buf);
+            match AcceptorMsg::try_from(msg) {
+                Ok(msg) => batch.push(BatchItem { id, msg }),
+                Err(msg) => encode_or_log(&mut codec, &Frame { id, msg }, &mut buf),
+            }
         }
         encode_batch(&mut codec, batch, &mut buf);
         match tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&buf)).await {

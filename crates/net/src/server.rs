@@ -9,7 +9,7 @@
 //! loop, lets every request already read finish and its reply go out, and answers requests read
 //! after it began with "draining, not run" (see [`serve_until`]).
 
-use crate::client::{write_loop, Batching};
+use crate::client::write_loop;
 use crate::codec::{FrameCodec, NetError};
 use counter_proto::{BatchItem, ClientError, Frame, Msg, MAX_BATCH};
 use futures::stream::FuturesUnordered;
@@ -330,12 +330,7 @@ where
 {
     let (read, write) = stream.into_split();
     let (tx, rx) = mpsc::channel::<Frame>(config.max_inflight_per_conn);
-    let writer = tokio::spawn(write_loop(
-        write,
-        rx,
-        Arc::new(AtomicBool::new(false)),
-        Batching::Off,
-    ));
+    let writer = tokio::spawn(write_loop(write, rx, Arc::new(AtomicBool::new(false))));
     let mut frames = FramedRead::new(read, FrameCodec::default());
     // How often the timeouts are checked: one periodic timer per connection, not one timer
     // per request.

@@ -881,14 +881,7 @@ impl ReadSide {
                     } else {
                         Op::Decr(1)
                     };
-                    let run = run_as(
-                        self.shared.clone(),
-                        key.clone(),
-                        op.into(),
-                        None,
-                        Frame::Integer,
-                    );
-                    self.later(&[key], run)
+                    self.change(key, op)
                 }
                 Err(e) => now(e),
             },
@@ -909,14 +902,7 @@ impl ReadSide {
                         n => add(-n),
                     }
                 };
-                let run = run_as(
-                    self.shared.clone(),
-                    key.clone(),
-                    op.into(),
-                    None,
-                    Frame::Integer,
-                );
-                self.later(&[key], run)
+                self.change(key, op)
             }
             "CINCRBY" | "CDECRBY" => self.cincrby(&name, &args),
             "MGET" => {
@@ -931,6 +917,18 @@ impl ReadSide {
             }
             _ => now(unknown_command(&args)),
         }
+    }
+
+    /// Runs `op` on `key` in its turn, answering the value as an integer.
+    fn change(&mut self, key: String, op: Op) -> Step {
+        let run = run_as(
+            self.shared.clone(),
+            key.clone(),
+            op.into(),
+            None,
+            Frame::Integer,
+        );
+        self.later(&[key], run)
     }
 
     /// Runs `fut` once the connection's earlier commands on `keys` are done.
