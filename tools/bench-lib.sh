@@ -1,7 +1,8 @@
 # Shared by the benchmark scripts (sourced, not run): the workloads of BENCHMARKS.md and the
 # stopping of what a script started.
 
-# counter-bench's arguments for workload W1-W5.
+# counter-bench's arguments for workload W1-W6 (W6 runs over keys a fill wrote first, see
+# bench-suite.sh; W6_KEYS of them, default 10^7).
 args_of() {
   case "$1" in
     W1) echo "--clients 1 --keys 1" ;;
@@ -9,6 +10,7 @@ args_of() {
     W3) echo "--clients 64 --keys 10000" ;;
     W4) echo "--clients 256 --keys 10000" ;;
     W5) echo "--clients 64 --keys 1000000 --distribution zipf:0.99" ;;
+    W6) echo "--clients 64 --keys ${W6_KEYS:-10000000} --key-prefix w6-" ;;
     *) echo "unknown workload $1" >&2; exit 2 ;;
   esac
 }

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# The W1-W5 workloads of BENCHMARKS.md, against a fresh local cluster, everything on this
+# The W1-W6 workloads of BENCHMARKS.md, against a fresh local cluster, everything on this
 # machine: 3 counter-nodes (R=3, fsync on), a router, counter-bench, and an fdatasync probe.
 #
 #   tools/bench-suite.sh [--secs 20] [--runs 3] [--only W1,W3] [--out DIR] [--keep] [--bin DIR]
-#                        [--metrics] [--syscalls] [--direct]
+#                        [--metrics] [--syscalls] [--direct] [--w6-keys N]
 #
+# W6 (not in the default set: its fill takes 10-25 minutes here) first fills N keys (default
+# 10^7; --w6-keys for a smaller try) with one increment each (256 clients, not read back: the
+# runs read back what they touch), then runs 64 clients uniform over them. Only the first W6
+# run is verified (it knows every key started at 1; later runs would find earlier runs' counts).
 # --metrics: the nodes and the router serve Prometheus metrics (--metrics-listen on
 # 127.0.0.1:9201-9203 and :9200), scraped once per run into DIR (to measure their overhead).
 # RUST_LOG is passed on (e.g. RUST_LOG=warn: no per-request spans are created).
@@ -37,6 +41,7 @@ while [ $# -gt 0 ]; do
     --metrics) METRICS=1; shift ;;
     --syscalls) SYSCALLS=(--syscalls); shift ;;
     --direct) DIRECT=(--direct); shift ;;
+    --w6-keys) export W6_KEYS=$2; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -109,11 +114,26 @@ rss_mib() {
 }
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); results in $OUT"
+# W6's fill: every key once, in order, then the node RSS and data size it left.
+fill_w6() {
+  local keys=${W6_KEYS:-10000000} start
+  start=$(date +%s)
+  "$BIN/counter-bench" --router "$ROUTER" --clients 256 --keys "$keys" --distribution sequential \
+    --ops "$keys" --warmup 0s --key-prefix w6- --no-verify --json "${CPU_ARGS[@]}" \
+    >"$OUT/W6-fill.json" 2>"$OUT/W6-fill.err" || { echo "W6 fill failed (see $OUT/W6-fill.err)"; exit 1; }
+  echo "W6 fill: $keys keys in $(($(date +%s) - start)) s: $(python3 tools/bench-summary.py "$OUT/W6-fill.json") | node RSS $(rss_mib) MiB avg | data $(du -sh "$DATA" | cut -f1)"
+}
+
 for w in ${ONLY//,/ }; do
+  extra=()
+  if [ "$w" = W6 ]; then fill_w6; fi
   for run in $(seq "$RUNS"); do
+    if [ "$w" = W6 ]; then
+      if [ "$run" = 1 ]; then extra=(--base 1); else extra=(--no-verify); fi
+    fi
     fsync=$(python3 tools/fsync-latency.py --dir "$DATA" --count 300)
     # shellcheck disable=SC2046
-    "$BIN/counter-bench" --router "$ROUTER" $(args_of "$w") "${CPU_ARGS[@]}" ${SYSCALLS[@]+"${SYSCALLS[@]}"} ${DIRECT[@]+"${DIRECT[@]}"} --duration "${SECS}s" --warmup 2s \
+    "$BIN/counter-bench" --router "$ROUTER" $(args_of "$w") "${CPU_ARGS[@]}" ${SYSCALLS[@]+"${SYSCALLS[@]}"} ${DIRECT[@]+"${DIRECT[@]}"} ${extra[@]+"${extra[@]}"} --duration "${SECS}s" --warmup 2s \
       --json >"$OUT/$w-run$run.json" 2>"$OUT/$w-run$run.err" || {
         echo "$w run $run: counter-bench failed (see $OUT/$w-run$run.err)"; continue; }
     echo "$w run $run: $(python3 tools/bench-summary.py "$OUT/$w-run$run.json") | node RSS $(rss_mib) MiB avg | $fsync"

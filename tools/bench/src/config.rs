@@ -86,6 +86,10 @@ pub struct Args {
     /// Skip reading every touched key back at the end.
     #[arg(long)]
     pub no_verify: bool,
+    /// Every key holds this value when the run starts (1 after a fill: `--distribution
+    /// sequential --ops N --keys N` with the same `--key-prefix`); the check counts from it.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub base: i64,
     /// Print one JSON object on stdout instead of the table.
     #[arg(long)]
     pub json: bool,

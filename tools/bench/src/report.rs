@@ -26,6 +26,8 @@ pub struct Config {
     pub timeout_ms: u32,
     pub request_ids: bool,
     pub key_prefix: String,
+    /// The value every key held when the run started (`--base`).
+    pub base: i64,
     pub seed: u64,
     pub threads: u32,
     /// Ops sent straight to a replica of their key (placement-aware), not through a router.
@@ -80,6 +82,9 @@ impl Config {
             self.seed,
             self.key_prefix
         );
+        if self.base != 0 {
+            let _ = write!(s, " (keys start at {})", self.base);
+        }
         s
     }
 }
@@ -345,6 +350,7 @@ mod tests {
             timeout_ms: 1000,
             request_ids: true,
             key_prefix: "bench-x-".into(),
+            base: 0,
             seed: 5,
             threads: 2,
             direct: false,

@@ -25,6 +25,8 @@ pub struct Load {
     pub picker: KeyPicker,
     pub mix: Mix,
     pub request_ids: bool,
+    /// The value every key held when the run started; values read are counted from it.
+    pub base: i64,
     /// Budget of one op.
     pub timeout: Duration,
     pub seed: u64,
@@ -188,7 +190,7 @@ pub async fn client_loop(
             Outcome::Ok(value) => {
                 stats.counts.ok += 1;
                 if kind == Kind::Get {
-                    tally.got(value);
+                    tally.got(value.saturating_sub(load.base));
                 } else {
                     tally.change(delta, Applied::Yes);
                 }
@@ -275,6 +277,7 @@ pub async fn read_back(
     let mut summary = VerifySummary::default();
     for (key, value) in values {
         let expect = load.tallies[key as usize].expect();
+        let value = value.map(|v| v.saturating_sub(load.base));
         summary.add(|| load.keys.name(key), &expect, value);
     }
     summary
