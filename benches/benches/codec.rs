@@ -2,7 +2,9 @@
 //! entries and with 256 (a busy key under exactly-once requests).
 
 use counter_benches::register_with_clients;
-use counter_proto::{decode_frame, encode_frame, Ballot, Command, Frame, Msg, Op, RequestId};
+use counter_proto::{
+    decode_frame, encode_frame, AcceptorMsg, Ballot, Command, Frame, Msg, Op, RequestId,
+};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 
 fn frames() -> Vec<(&'static str, Frame)> {
@@ -13,7 +15,7 @@ fn frames() -> Vec<(&'static str, Frame)> {
     };
     let accept = |clients| Frame {
         id: 77,
-        msg: Msg::Accept {
+        msg: Msg::Acceptor(AcceptorMsg::Accept {
             shard: 12,
             key: "page_views:tenant-42".into(),
             ballot,
@@ -23,7 +25,7 @@ fn frames() -> Vec<(&'static str, Frame)> {
                 ..ballot
             }),
             config: 3,
-        },
+        }),
     };
     vec![
         (

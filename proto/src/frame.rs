@@ -8,7 +8,7 @@ use crate::{
 use serde::{Deserialize, Serialize};
 
 /// Version of the wire protocol. Bumped on any incompatible change of [`Msg`].
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// Largest frame body accepted or produced, in bytes. A frame is at most one key (1 KiB), a
 /// register and a little framing; 64 KiB leaves room while bounding what a peer can make us buffer.
@@ -31,29 +31,12 @@ pub enum Msg {
     Swapped { value: i64, swapped: bool },
     /// Answer to `Command` when it did not succeed.
     Error(ClientError),
-    /// Phase 1 of a round, coordinator to acceptor.
-    Prepare {
-        shard: ShardId,
-        key: String,
-        ballot: Ballot,
-        /// The configuration version the coordinator runs (see [`Config`]).
-        config: u64,
-    },
+    /// Coordinator to acceptor: a round's phase 1 or 2, or a quiet read's question.
+    Acceptor(AcceptorMsg),
     /// The acceptor promised `ballot`; it carries what it had accepted.
     Promise {
         ballot: Ballot,
         accepted: Option<(Ballot, Register)>,
-    },
-    /// Phase 2 of a round, coordinator to acceptor. `next`, if above `ballot`, is also
-    /// promised by an acceptor that accepts: phase 1 of the coordinator's next round on the
-    /// key, piggybacked, so that in steady state a change takes one round trip.
-    Accept {
-        shard: ShardId,
-        key: String,
-        ballot: Ballot,
-        register: Register,
-        next: Option<Ballot>,
-        config: u64,
     },
     /// The acceptor accepted `ballot`, and promised `next` if it says so.
     Accepted {
@@ -62,14 +45,7 @@ pub enum Msg {
     },
     /// The acceptor refused `ballot` because it has promised `promised` (>= ballot).
     Reject { ballot: Ballot, promised: Ballot },
-    /// A read's first try, coordinator to acceptor: report what is durably accepted, change
-    /// nothing, write nothing.
-    Read {
-        shard: ShardId,
-        key: String,
-        config: u64,
-    },
-    /// Answer to `Read`: the durably accepted ballot and value, if any.
+    /// Answer to [`AcceptorMsg::Read`]: the durably accepted ballot and value, if any.
     ReadReply { accepted: Option<(Ballot, i64)> },
     /// Client to router or node: start a session, asking for `lifetime_ms` (0: the longest).
     /// The server grants between 4 × the clock skew allowed and `dedup_idle_secs`.
@@ -166,7 +142,7 @@ pub enum Msg {
     /// alone: a key's round is decided as before, and a reply never outgrows a frame. Only
     /// acceptor messages can be written into a batch ([`AcceptorMsg`]): a batch cannot hold a
     /// batch, so decoding never recurses. Sent by `counter-net`'s connections whenever two or
-    /// more acceptor messages wait to be written at once (protocol version 5).
+    /// more acceptor messages wait to be written at once (protocol version 5 on).
     Batch(Vec<BatchItem>),
 }
 
@@ -180,16 +156,21 @@ pub struct BatchItem {
     pub msg: AcceptorMsg,
 }
 
-/// The messages a [`Msg::Batch`] may carry: [`Msg`]'s `Prepare`, `Accept` and `Read`, with
-/// the same fields (converted both ways).
+/// What a coordinator asks of an acceptor ([`Msg::Acceptor`]); a [`Msg::Batch`] carries only
+/// these.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AcceptorMsg {
+    /// Phase 1 of a round.
     Prepare {
         shard: ShardId,
         key: String,
         ballot: Ballot,
+        /// The configuration version the coordinator runs (see [`Config`]).
         config: u64,
     },
+    /// Phase 2 of a round. `next`, if above `ballot`, is also promised by an acceptor that
+    /// accepts: phase 1 of the coordinator's next round on the key, piggybacked, so that in
+    /// steady state a change takes one round trip.
     Accept {
         shard: ShardId,
         key: String,
@@ -198,83 +179,12 @@ pub enum AcceptorMsg {
         next: Option<Ballot>,
         config: u64,
     },
+    /// A read's first try: report what is durably accepted, change nothing, write nothing.
     Read {
         shard: ShardId,
         key: String,
         config: u64,
     },
-}
-
-impl From<AcceptorMsg> for Msg {
-    fn from(m: AcceptorMsg) -> Msg {
-        match m {
-            AcceptorMsg::Prepare {
-                shard,
-                key,
-                ballot,
-                config,
-            } => Msg::Prepare {
-                shard,
-                key,
-                ballot,
-                config,
-            },
-            AcceptorMsg::Accept {
-                shard,
-                key,
-                ballot,
-                register,
-                next,
-                config,
-            } => Msg::Accept {
-                shard,
-                key,
-                ballot,
-                register,
-                next,
-                config,
-            },
-            AcceptorMsg::Read { shard, key, config } => Msg::Read { shard, key, config },
-        }
-    }
-}
-
-impl TryFrom<Msg> for AcceptorMsg {
-    /// Any other message, given back.
-    type Error = Msg;
-
-    fn try_from(m: Msg) -> Result<AcceptorMsg, Msg> {
-        Ok(match m {
-            Msg::Prepare {
-                shard,
-                key,
-                ballot,
-                config,
-            } => AcceptorMsg::Prepare {
-                shard,
-                key,
-                ballot,
-                config,
-            },
-            Msg::Accept {
-                shard,
-                key,
-                ballot,
-                register,
-                next,
-                config,
-            } => AcceptorMsg::Accept {
-                shard,
-                key,
-                ballot,
-                register,
-                next,
-                config,
-            },
-            Msg::Read { shard, key, config } => AcceptorMsg::Read { shard, key, config },
-            other => return Err(other),
-        })
-    }
 }
 
 /// One message with the id that pairs a reply with its request (0 for connection-level errors).

@@ -388,7 +388,7 @@ pub fn apply_all(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use counter_proto::RequestId;
+    use counter_proto::{AcceptorMsg, Msg, RequestId};
 
     fn reg(value: i64) -> Register {
         Register::new(value, 3)
@@ -885,14 +885,14 @@ mod tests {
         };
         let frame = counter_proto::Frame {
             id: u64::MAX,
-            msg: counter_proto::Msg::Accept {
+            msg: Msg::Acceptor(AcceptorMsg::Accept {
                 shard: u32::MAX,
                 key: "k".repeat(MAX_KEY_LEN),
                 ballot: counter_proto::Ballot::default(),
                 register: full,
                 next: None,
                 config: u64::MAX,
-            },
+            }),
         };
         let mut out = Vec::new();
         counter_proto::encode_frame(&frame, &mut out).expect("fits");

@@ -16,7 +16,7 @@ use counter_core::{
 };
 use counter_net::Pool;
 use counter_proto::{
-    Ballot, ClientError, Command, Config, Msg, NodeId, Outcome, Register, ShardId,
+    AcceptorMsg, Ballot, ClientError, Command, Config, Msg, NodeId, Outcome, Register, ShardId,
 };
 use counter_storage::Store;
 use dashmap::DashMap;
@@ -289,11 +289,11 @@ impl Coordinator {
         let call = self.call_peer(
             config,
             node,
-            Msg::Read {
+            Msg::Acceptor(AcceptorMsg::Read {
                 shard,
                 key: key.to_string(),
                 config: config.version,
-            },
+            }),
         );
         let membership = self.membership.clone();
         Box::pin(async move {
@@ -465,12 +465,12 @@ impl Coordinator {
         self.remote(
             config,
             node,
-            Msg::Prepare {
+            Msg::Acceptor(AcceptorMsg::Prepare {
                 shard,
                 key: key.to_string(),
                 ballot,
                 config: config.version,
-            },
+            }),
         )
     }
 
@@ -499,14 +499,14 @@ impl Coordinator {
         self.remote(
             config,
             node,
-            Msg::Accept {
+            Msg::Acceptor(AcceptorMsg::Accept {
                 shard,
                 key: key.to_string(),
                 ballot,
                 register,
                 next,
                 config: config.version,
-            },
+            }),
         )
     }
 

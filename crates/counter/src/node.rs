@@ -7,8 +7,8 @@ use counter_cluster::{placement_msg, shard_of};
 use counter_core::change::MAX_CLIENTS_LIMIT;
 use counter_core::{AcceptorReply, Limits};
 use counter_proto::{
-    validate_command, validate_key, validate_register, ClientError, Command, Msg, NodeId, Outcome,
-    NOT_A_MEMBER,
+    validate_command, validate_key, validate_register, AcceptorMsg, ClientError, Command, Msg,
+    NodeId, Outcome, NOT_A_MEMBER,
 };
 use counter_router::forward::{msg_name, record_command, DEFAULT_TIMEOUT_MS};
 use counter_storage::Store;
@@ -130,7 +130,7 @@ impl Node {
                 record_command("node", &command, &reply, started);
                 reply
             }
-            Msg::Read { shard, key, config } => {
+            Msg::Acceptor(AcceptorMsg::Read { shard, key, config }) => {
                 if let Some(refusal) = self.membership.check_key(shard, &key, config) {
                     return refusal;
                 }
@@ -142,25 +142,25 @@ impl Node {
                     }
                 }
             }
-            Msg::Prepare {
+            Msg::Acceptor(AcceptorMsg::Prepare {
                 shard,
                 key,
                 ballot,
                 config,
-            } => {
+            }) => {
                 if let Some(refusal) = self.membership.check_key(shard, &key, config) {
                     return refusal;
                 }
                 to_msg(self.store.prepare(shard, &key, ballot).await)
             }
-            Msg::Accept {
+            Msg::Acceptor(AcceptorMsg::Accept {
                 shard,
                 key,
                 ballot,
                 register,
                 next,
                 config,
-            } => {
+            }) => {
                 if let Some(refusal) = self.membership.check_key(shard, &key, config) {
                     return refusal;
                 }

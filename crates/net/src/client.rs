@@ -2,7 +2,7 @@
 
 use crate::codec::FrameCodec;
 use bytes::BytesMut;
-use counter_proto::{AcceptorMsg, BatchItem, Frame, Msg, MAX_BATCH};
+use counter_proto::{BatchItem, Frame, Msg, MAX_BATCH};
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -181,9 +181,9 @@ pub(crate) async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
         }
         let mut batch = Vec::new();
         for Frame { id, msg } in frames.drain(..) {
-            match AcceptorMsg::try_from(msg) {
-                Ok(msg) => batch.push(BatchItem { id, msg }),
-                Err(msg) => encode_or_log(&mut codec, &Frame { id, msg }, &mut buf),
+            match msg {
+                Msg::Acceptor(msg) => batch.push(BatchItem { id, msg }),
+                msg => encode_or_log(&mut codec, &Frame { id, msg }, &mut buf),
             }
         }
         encode_batch(&mut codec, batch, &mut buf);
@@ -216,14 +216,8 @@ fn encode_batch(codec: &mut FrameCodec, mut items: Vec<BatchItem>, buf: &mut Byt
         0 => {}
         1 => {
             let BatchItem { id, msg } = items.remove(0);
-            encode_or_log(
-                codec,
-                &Frame {
-                    id,
-                    msg: msg.into(),
-                },
-                buf,
-            );
+            let msg = Msg::Acceptor(msg);
+            encode_or_log(codec, &Frame { id, msg }, buf);
         }
         n => {
             let batch = Frame {
@@ -283,12 +277,12 @@ async fn read_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use counter_proto::{ClientError, CLOSING, DRAINING, MAX_FRAME_LEN};
+    use counter_proto::{AcceptorMsg, ClientError, CLOSING, DRAINING, MAX_FRAME_LEN};
     use tokio::io::AsyncReadExt;
     use tokio_util::codec::Decoder;
 
-    fn read(key: String) -> Msg {
-        Msg::Read {
+    fn read(key: String) -> AcceptorMsg {
+        AcceptorMsg::Read {
             shard: 0,
             key,
             config: 1,
@@ -322,15 +316,16 @@ mod tests {
                 let mut codec = FrameCodec::default();
                 for frame in decode_all(&mut buf) {
                     let inner: Vec<(u64, Msg)> = match frame.msg.clone() {
-                        Msg::Batch(items) => {
-                            items.into_iter().map(|i| (i.id, i.msg.into())).collect()
-                        }
+                        Msg::Batch(items) => items
+                            .into_iter()
+                            .map(|i| (i.id, Msg::Acceptor(i.msg)))
+                            .collect(),
                         msg => vec![(frame.id, msg)],
                     };
                     seen.push(frame);
                     for (id, msg) in inner {
                         let reply = match msg {
-                            Msg::Read { key, .. } => Msg::ReadReply {
+                            Msg::Acceptor(AcceptorMsg::Read { key, .. }) => Msg::ReadReply {
                                 accepted: Some((Default::default(), key[1..].parse().unwrap())),
                             },
                             other => other,
@@ -346,8 +341,9 @@ mod tests {
         let conn = Conn::connect(&addr, Duration::from_secs(1)).await.unwrap();
         let timeout = Duration::from_secs(5);
         // Polled together in one task: every frame is queued before the writer runs.
-        let reads =
-            futures::future::join_all((0..20).map(|i| conn.call(read(format!("k{i}")), timeout)));
+        let reads = futures::future::join_all(
+            (0..20).map(|i| conn.call(Msg::Acceptor(read(format!("k{i}"))), timeout)),
+        );
         let (replies, alone) = tokio::join!(reads, conn.call(Msg::Value(7), timeout));
         for (i, reply) in replies.into_iter().enumerate() {
             let want = Msg::ReadReply {
@@ -379,7 +375,7 @@ mod tests {
         let items: Vec<BatchItem> = (0..150)
             .map(|i| BatchItem {
                 id: i as u64 + 1,
-                msg: AcceptorMsg::try_from(read(key(i))).unwrap(),
+                msg: read(key(i)),
             })
             .collect();
         let mut codec = FrameCodec::default();

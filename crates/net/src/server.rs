@@ -538,7 +538,7 @@ where
     let mut replies: FuturesUnordered<_> = items
         .into_iter()
         .map(|BatchItem { id, msg }| {
-            let run = handler(msg.into());
+            let run = handler(Msg::Acceptor(msg));
             async move { Frame { id, msg: run.await } }
         })
         .collect();
@@ -892,7 +892,7 @@ mod tests {
             counted.fetch_add(1, Ordering::SeqCst);
             async move {
                 match msg {
-                    Msg::Read { key, .. } => Msg::ReadReply {
+                    Msg::Acceptor(counter_proto::AcceptorMsg::Read { key, .. }) => Msg::ReadReply {
                         accepted: Some((Default::default(), key.len() as i64)),
                     },
                     _ => Msg::Value(-1),
