@@ -1,8 +1,12 @@
 # Shared by the benchmark scripts (sourced, not run): the workloads of BENCHMARKS.md and the
 # stopping of what a script started.
 
-# counter-bench's arguments for workload W1-W6 (W6 runs over keys a fill wrote first, see
-# bench-suite.sh; W6_KEYS of them, default 10^7).
+# W6's keys: W6_KEYS of them (default 10^7) under this prefix, each left at 1 by a fill first
+# (see bench-suite.sh).
+W6_KEYS=${W6_KEYS:-10000000}
+W6_PREFIX=w6-
+
+# counter-bench's arguments for workload W1-W6.
 args_of() {
   case "$1" in
     W1) echo "--clients 1 --keys 1" ;;
@@ -10,7 +14,7 @@ args_of() {
     W3) echo "--clients 64 --keys 10000" ;;
     W4) echo "--clients 256 --keys 10000" ;;
     W5) echo "--clients 64 --keys 1000000 --distribution zipf:0.99" ;;
-    W6) echo "--clients 64 --keys ${W6_KEYS:-10000000} --key-prefix w6-" ;;
+    W6) echo "--clients 64 --keys $W6_KEYS --key-prefix $W6_PREFIX" ;;
     *) echo "unknown workload $1" >&2; exit 2 ;;
   esac
 }

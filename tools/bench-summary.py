@@ -49,8 +49,11 @@ if len(sys.argv) == 3 and sys.argv[1] == "--medians":
     runs = {}
     for path in sorted(glob.glob(os.path.join(sys.argv[2], "W*-run*.json"))):
         w = re.match(r"(W\d+)-run", os.path.basename(path)).group(1)
-        with open(path) as f:
-            runs.setdefault(w, []).append(json.load(f))
+        try:
+            with open(path) as f:
+                runs.setdefault(w, []).append(json.load(f))
+        except ValueError:
+            print(f"skipped {path}: not a report", file=sys.stderr)
     print("| workload | runs | ops/s (median) | p50 ms | p99 ms | max ms | server CPU µs/op (median) | per op (median run) | unknown | verify |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for w, rs in sorted(runs.items()):

@@ -24,6 +24,9 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
+case ",$ONLY," in
+  *,W6,*) echo "W6 needs a fill of 10^7 keys first: run it with tools/bench-suite.sh --only W6" >&2; exit 2 ;;
+esac
 if ! command -v etcd >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
   # The package enables a single-member service of its own; it is not the one measured here.

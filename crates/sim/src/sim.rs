@@ -104,7 +104,7 @@ enum Payload {
 }
 
 impl Payload {
-    /// What `counter-net` carries in a `Msg::Batch` (`Msg::batchable`).
+    /// What `counter-net` carries in a `Msg::Batch` (the `Msg::Acceptor` messages).
     fn batchable(&self) -> bool {
         matches!(
             self,

@@ -111,6 +111,9 @@ impl Store {
         opts.create_missing_column_families(true);
         // One WAL for all shards; bound the memtables of many column families together.
         opts.set_db_write_buffer_size(64 << 20);
+        // The `default` column family (unused, but always there) takes these options.
+        let table = table_options();
+        opts.set_block_based_table_factory(&table);
         let existing = DB::list_cf(&opts, dir).ok();
         let names: Vec<String> = match &existing {
             Some(cfs) => cfs.clone(),
@@ -118,7 +121,6 @@ impl Store {
                 .chain((0..shards).map(shard_cf))
                 .collect(),
         };
-        let table = table_options();
         let descriptors = names.iter().map(|name| {
             let mut cf = Options::default();
             cf.set_write_buffer_size(4 << 20);

@@ -65,8 +65,8 @@ fn identity_messages_are_appended_and_round_trip() {
         encode_frame(&frame, &mut buf).unwrap();
         assert_eq!(decode_frame(&buf).unwrap(), frame);
     }
-    // Variant indexes are the encoding: the old ones must not move (postcard: version,
-    // frame id, then the variant index as a varint).
+    // Variant indexes are the encoding (postcard: version, frame id, then the variant index
+    // as a varint), pinned here: moving one is a new PROTOCOL_VERSION.
     let index = |msg: Msg| {
         let mut buf = Vec::new();
         encode_frame(&Frame { id: 1, msg }, &mut buf).unwrap();
@@ -435,8 +435,7 @@ fn garbage_and_truncations_are_errors_not_panics() {
 }
 
 /// A batch holds only acceptor messages, so no bytes make the decoder recurse: a batch inside
-/// a batch (however deep, up to a frame's length) is a malformed frame, and converting an
-/// acceptor message to a `Msg` and back is the identity.
+/// a batch (however deep, up to a frame's length) is a malformed frame.
 #[test]
 fn a_batch_inside_a_batch_is_malformed() {
     let mut buf = postcard::to_stdvec(&PROTOCOL_VERSION).unwrap();

@@ -61,7 +61,7 @@ pub struct Args {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub conns: u32,
     /// Prefix of every key. Default: bench-<random hex>- so that each run starts from fresh
-    /// keys at 0 (verification assumes that).
+    /// keys at 0 (verification assumes that, unless `--base` says where they start).
     #[arg(long)]
     pub key_prefix: Option<String>,
     /// Also report the CPU time this process uses over the measured window, per operation
@@ -88,7 +88,12 @@ pub struct Args {
     pub no_verify: bool,
     /// Every key holds this value when the run starts (1 after a fill: `--distribution
     /// sequential --ops N --keys N` with the same `--key-prefix`); the check counts from it.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        default_value_t = 0,
+        allow_negative_numbers = true,
+        requires = "key_prefix"
+    )]
     pub base: i64,
     /// Print one JSON object on stdout instead of the table.
     #[arg(long)]

@@ -25,7 +25,7 @@ pub struct Load {
     pub picker: KeyPicker,
     pub mix: Mix,
     pub request_ids: bool,
-    /// The value every key held when the run started; values read are counted from it.
+    /// The value every key held when the run started (`--base`).
     pub base: i64,
     /// Budget of one op.
     pub timeout: Duration,
@@ -190,7 +190,7 @@ pub async fn client_loop(
             Outcome::Ok(value) => {
                 stats.counts.ok += 1;
                 if kind == Kind::Get {
-                    tally.got(value.saturating_sub(load.base));
+                    tally.got(value);
                 } else {
                     tally.change(delta, Applied::Yes);
                 }
@@ -276,8 +276,7 @@ pub async fn read_back(
     values.sort_unstable_by_key(|(key, _)| *key);
     let mut summary = VerifySummary::default();
     for (key, value) in values {
-        let expect = load.tallies[key as usize].expect();
-        let value = value.map(|v| v.saturating_sub(load.base));
+        let expect = load.tallies[key as usize].expect(load.base);
         summary.add(|| load.keys.name(key), &expect, value);
     }
     summary

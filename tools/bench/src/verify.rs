@@ -1,6 +1,7 @@
 //! What the bench knows of each key, and the check of the values read back at the end.
 //!
-//! Keys start at 0 (fresh prefix). An increment or decrement answered ok was applied exactly
+//! Keys start at 0 (fresh prefix), or at `--base` (keys a fill left at that value); the ranges
+//! below are counted from there. An increment or decrement answered ok was applied exactly
 //! once; one answered invalid, unavailable or rejected was not applied; one whose outcome stayed
 //! unknown may or may not have been. So a key's final value must lie in
 //! `[acked - unknown_down, acked + unknown_up]`, and every `get` answer in between the extremes
@@ -77,9 +78,10 @@ impl KeyTally {
         self.get_max.fetch_max(value, Relaxed);
     }
 
-    /// A snapshot, once the load is over.
-    pub fn expect(&self) -> Expect {
+    /// A snapshot, once the load is over, of a key that held `base` when the run started.
+    pub fn expect(&self, base: i64) -> Expect {
         Expect {
+            base,
             acked_up: self.acked_up.load(Relaxed),
             acked_down: self.acked_down.load(Relaxed),
             unknown_up: self.unknown_up.load(Relaxed),
@@ -95,6 +97,8 @@ impl KeyTally {
 /// What a key's value may be, from the outcomes of the changes sent to it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Expect {
+    /// The key's value when the run started.
+    pub base: i64,
     pub acked_up: u64,
     pub acked_down: u64,
     pub unknown_up: u64,
@@ -104,9 +108,9 @@ pub struct Expect {
 }
 
 impl Expect {
-    /// The sum of the acknowledged changes.
+    /// The value the acknowledged changes lead to: `base` plus their sum.
     pub fn acked(&self) -> i64 {
-        self.acked_up as i64 - self.acked_down as i64
+        self.base + self.acked_up as i64 - self.acked_down as i64
     }
 
     /// Number of changes (each of delta 1) whose outcome stayed unknown.
@@ -126,8 +130,8 @@ impl Expect {
     /// The values the key could have held at any time during the run.
     pub fn ever_range(&self) -> (i64, i64) {
         (
-            -((self.acked_down + self.unknown_down) as i64),
-            (self.acked_up + self.unknown_up) as i64,
+            self.base - (self.acked_down + self.unknown_down) as i64,
+            self.base + (self.acked_up + self.unknown_up) as i64,
         )
     }
 }
@@ -172,6 +176,7 @@ pub struct Failure {
     pub key: String,
     /// The value read back, if it could be read.
     pub read: Option<i64>,
+    /// The value the acknowledged changes lead to (from `--base`).
     pub acked: i64,
     pub unknown_up: u64,
     pub unknown_down: u64,
@@ -218,7 +223,7 @@ impl VerifySummary {
                     return;
                 }
                 Verdict::Mismatch if lo == hi => {
-                    format!("read {value}, acknowledged changes sum to {lo}")
+                    format!("read {value}, acknowledged changes lead to {lo}")
                 }
                 Verdict::Mismatch => format!("read {value}, outside [{lo}, {hi}]"),
                 Verdict::BadGet { value: got } => {
@@ -356,13 +361,33 @@ mod tests {
         t.change(-1, Applied::Yes);
         t.change(1, Applied::Maybe);
         t.change(-1, Applied::No);
-        let e = t.expect();
+        let e = t.expect(0);
         assert_eq!(e.acked(), 1);
         assert_eq!(e.final_range(), (1, 2));
         assert_eq!(e.gets, None);
         t.got(2);
         t.got(0);
-        assert_eq!(t.expect().gets, Some((0, 2)));
+        assert_eq!(t.expect(0).gets, Some((0, 2)));
+    }
+
+    /// Keys a fill left at 1 (`--base 1`): every bound moves by the base.
+    #[test]
+    fn a_base_moves_every_bound() {
+        let e = Expect {
+            base: 1,
+            unknown_up: 1,
+            gets: Some((1, 3)),
+            ..acked(2, 0)
+        };
+        assert_eq!(judge(&e, 3), Verdict::Exact);
+        assert_eq!(judge(&e, 4), Verdict::WithinUnknown);
+        assert_eq!(judge(&e, 2), Verdict::Mismatch);
+        assert_eq!(judge(&e, 5), Verdict::Mismatch);
+        let below = Expect {
+            gets: Some((0, 3)),
+            ..e
+        };
+        assert_eq!(judge(&below, 3), Verdict::BadGet { value: 0 });
     }
 
     #[test]
@@ -388,7 +413,7 @@ mod tests {
         assert_eq!(s.failed, 2);
         let lines = s.lines();
         assert!(lines[0].starts_with("verify: FAILED: 2 of 4 keys"));
-        assert!(lines[1].contains("k2: read 3, acknowledged changes sum to 2"));
+        assert!(lines[1].contains("k2: read 3, acknowledged changes lead to 2"));
         assert!(lines[2].contains("k3: could not be read back: timed out"));
         for i in 0..20 {
             s.add(|| format!("x{i}"), &acked(0, 0), Ok(1));

@@ -231,7 +231,7 @@ fn counting_twice_fails_verification() {
     assert_eq!(code, 1, "{r:#}");
     assert!(r["verify"]["failed"].as_u64().unwrap() > 0);
     let reason = r["verify"]["failures"][0]["reason"].as_str().unwrap();
-    assert!(reason.contains("acknowledged changes sum to"), "{reason}");
+    assert!(reason.contains("acknowledged changes lead to"), "{reason}");
 }
 
 #[test]
