@@ -48,10 +48,10 @@ sim_bug() {
 }
 
 source_bug "accept does not check the promise" crates/core/src/acceptor.rs \
-  "if ballot >= self.highest() {" "if ballot >= Ballot::ZERO {" \
+  "if ballot >= self.highest_over(floor) {" "if ballot >= Ballot::ZERO {" \
   "core unit tests" cargo test -q --release -p counter-core
 source_bug "accept does not check the promise" crates/core/src/acceptor.rs \
-  "if ballot >= self.highest() {" "if ballot >= Ballot::ZERO {" \
+  "if ballot >= self.highest_over(floor) {" "if ballot >= Ballot::ZERO {" \
   "simulation (counter-sim)" cargo run -q --release -p counter-sim -- --seeds 300
 source_bug "proposer takes a register not the highest-ballot" crates/core/src/proposer.rs \
   "self.best.as_ref().is_none_or(|(best, _)| b > *best)" "self.best.as_ref().is_none_or(|(best, _)| b < *best)" \
@@ -63,6 +63,16 @@ source_bug "stale replies complete a quorum" crates/core/src/proposer.rs \
   "        ballot == self.ballot
             && self.quorum.contains(from)" "        self.quorum.contains(from)" \
   "core unit tests" cargo test -q --release -p counter-core
+source_bug "a shard's floor is no promise" crates/core/src/acceptor.rs \
+  "        self.highest().max(floor)" "        self.highest()" \
+  "core unit tests" cargo test -q --release -p counter-core
+source_bug "a shard's floor is no promise" crates/core/src/acceptor.rs \
+  "        self.highest().max(floor)" "        self.highest()" \
+  "simulation (counter-sim)" cargo run -q --release -p counter-sim -- --setting cold --seeds 4000
+source_bug "a key has a second round at one floor" crates/core/src/floor.rs \
+  "self.is_full() || self.used.contains(key)" "self.is_full()" \
+  "core unit tests" cargo test -q --release -p counter-core
+sim_bug "acceptors judge rounds without their floor" floor-no-promise --setting cold --seeds 4000
 sim_bug "promise not persisted before replying" promise-not-persisted
 sim_bug "read answered from one replica" read-one-replica
 sim_bug "retry after an ambiguous failure" retry-ambiguous

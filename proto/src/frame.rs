@@ -8,7 +8,7 @@ use crate::{
 use serde::{Deserialize, Serialize};
 
 /// Version of the wire protocol. Bumped on any incompatible change of [`Msg`].
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// Largest frame body accepted or produced, in bytes. A frame is at most one key (1 KiB), a
 /// register and a little framing; 64 KiB leaves room while bounding what a peer can make us buffer.
@@ -185,6 +185,53 @@ pub enum AcceptorMsg {
         key: String,
         config: u64,
     },
+    /// Promise `ballot` to every key of the shard at once: raise the shard's floor to it
+    /// (`counter-core`'s `floor` module). Answered with [`Msg::Promise`] (nothing accepted)
+    /// or [`Msg::Reject`] (the floor is already at or above it). Protocol version 7 on.
+    PromiseFloor {
+        shard: ShardId,
+        ballot: Ballot,
+        config: u64,
+    },
+    /// Phase 1 of a round at the shard's floor `ballot`: the promise a Prepare would get, read
+    /// without a write ([`Msg::Promise`] or [`Msg::Reject`]). Protocol version 7 on.
+    ReadAtFloor {
+        shard: ShardId,
+        key: String,
+        ballot: Ballot,
+        config: u64,
+    },
+}
+
+impl AcceptorMsg {
+    /// The shard, the key (none for a message to the whole shard) and the configuration
+    /// version the message is sent under.
+    pub fn target(&self) -> (ShardId, Option<&str>, u64) {
+        match self {
+            AcceptorMsg::Prepare {
+                shard, key, config, ..
+            }
+            | AcceptorMsg::Accept {
+                shard, key, config, ..
+            }
+            | AcceptorMsg::Read { shard, key, config }
+            | AcceptorMsg::ReadAtFloor {
+                shard, key, config, ..
+            } => (*shard, Some(key), *config),
+            AcceptorMsg::PromiseFloor { shard, config, .. } => (*shard, None, *config),
+        }
+    }
+
+    /// The message's name, for logs and error texts.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AcceptorMsg::Prepare { .. } => "Prepare",
+            AcceptorMsg::Accept { .. } => "Accept",
+            AcceptorMsg::Read { .. } => "Read",
+            AcceptorMsg::PromiseFloor { .. } => "PromiseFloor",
+            AcceptorMsg::ReadAtFloor { .. } => "ReadAtFloor",
+        }
+    }
 }
 
 /// One message with the id that pairs a reply with its request (0 for connection-level errors).

@@ -38,11 +38,27 @@ impl AcceptorState {
         }
     }
 
+    /// Highest ballot this acceptor knows of for the key, its shard's floor included (the
+    /// promise every key of the shard was given at once: [`crate::floor`]).
+    pub fn highest_over(&self, floor: Ballot) -> Ballot {
+        self.highest().max(floor)
+    }
+
     /// Phase 1: promise `ballot` if it is above every ballot promised so far.
     ///
     /// Returns `Some(new state)` when the state changed: persist it, then send the reply.
     pub fn prepare(&self, ballot: Ballot) -> (Option<AcceptorState>, AcceptorReply) {
-        if ballot > self.highest() {
+        self.prepare_over(ballot, Ballot::ZERO)
+    }
+
+    /// [`AcceptorState::prepare`] on a key whose shard promised `floor` to every key: the
+    /// floor is a promise like the key's own.
+    pub fn prepare_over(
+        &self,
+        ballot: Ballot,
+        floor: Ballot,
+    ) -> (Option<AcceptorState>, AcceptorReply) {
+        if ballot > self.highest_over(floor) {
             let next = AcceptorState {
                 promised: ballot,
                 accepted: self.accepted.clone(),
@@ -53,7 +69,7 @@ impl AcceptorState {
             };
             (Some(next), reply)
         } else {
-            (None, self.reject(ballot))
+            (None, self.reject(ballot, floor))
         }
     }
 
@@ -71,7 +87,18 @@ impl AcceptorState {
         register: Register,
         next: Option<Ballot>,
     ) -> (Option<AcceptorState>, AcceptorReply) {
-        if ballot >= self.highest() {
+        self.accept_over(ballot, register, next, Ballot::ZERO)
+    }
+
+    /// [`AcceptorState::accept`] on a key whose shard promised `floor` to every key.
+    pub fn accept_over(
+        &self,
+        ballot: Ballot,
+        register: Register,
+        next: Option<Ballot>,
+        floor: Ballot,
+    ) -> (Option<AcceptorState>, AcceptorReply) {
+        if ballot >= self.highest_over(floor) {
             let next = next.filter(|&n| n > ballot);
             let state = AcceptorState {
                 promised: next.unwrap_or(ballot),
@@ -79,14 +106,36 @@ impl AcceptorState {
             };
             (Some(state), AcceptorReply::Accepted { ballot, next })
         } else {
-            (None, self.reject(ballot))
+            (None, self.reject(ballot, floor))
         }
     }
 
-    fn reject(&self, ballot: Ballot) -> AcceptorReply {
+    /// Phase 1 of a round at the shard's floor (`ballot`), with nothing to write: the floor
+    /// was promised to every key of the shard, durably, before. This is the promise the key
+    /// would give to Prepare(`ballot`) now, without the write: what it reports is all that
+    /// it accepted below `ballot` (nothing below the floor can be accepted since the floor
+    /// was promised), and it promises nothing that the floor did not already promise.
+    ///
+    /// Granted only while the shard's floor is exactly `ballot` (a higher floor has promised
+    /// more; a lower one promised nothing of `ballot`) and the key has seen no ballot of its
+    /// own at or above it (that is a round of its own: a Prepare of it would be refused).
+    /// The acceptor must reply from durable state only: a change of the key still waiting
+    /// for its sync must be synced first.
+    pub fn read_at_floor(&self, ballot: Ballot, floor: Ballot) -> AcceptorReply {
+        if floor == ballot && self.highest() < ballot {
+            AcceptorReply::Promise {
+                ballot,
+                accepted: self.accepted.clone(),
+            }
+        } else {
+            self.reject(ballot, floor)
+        }
+    }
+
+    fn reject(&self, ballot: Ballot, floor: Ballot) -> AcceptorReply {
         AcceptorReply::Reject {
             ballot,
-            promised: self.highest(),
+            promised: self.highest_over(floor),
         }
     }
 }

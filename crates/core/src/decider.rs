@@ -16,6 +16,9 @@ use counter_proto::{Ballot, Command, NodeId, Outcome, Register};
 pub enum Action {
     /// Send Prepare(ballot) to every replica.
     Prepare(Ballot),
+    /// Phase 1 at the shard's floor ([`crate::floor`]): send ReadAtFloor(ballot) to every
+    /// replica. Their promises and refusals are fed back as a Prepare's.
+    ReadAtFloor(Ballot),
     /// Send Accept(ballot, register, next) to every replica: `next` is the ballot they are
     /// asked to promise along with it (phase 1 of this coordinator's next round on the key).
     Accept(Ballot, Register, Option<Ballot>),
@@ -153,6 +156,29 @@ impl Decider {
         self.seen = self.seen.max(warm.ballot);
         self.round = Some(Round::promised(warm, &self.quorum));
         self.propose()
+    }
+
+    /// Starts with a round at the shard's floor `floor`, which a majority promised to this
+    /// coordinator for every key of the shard, and which this key has not used yet
+    /// ([`crate::FloorLease::take`]): phase 1 reads instead of writing. If it fails, the
+    /// retries are ordinary rounds above it, never at it again.
+    ///
+    /// Only for a batch that is safe to retry, as [`Decider::start_warm`] (a floor is an
+    /// older ballot than a fresh one), and only if the key has seen no ballot above the floor
+    /// (`seen`, which counts our acceptor's floor: equal to it when the key has seen nothing
+    /// higher; above it, a replica would refuse the read). Otherwise an ordinary round starts.
+    pub fn start_at_floor(&mut self, floor: Ballot) -> Action {
+        assert!(
+            matches!(self.phase, Phase::Idle) && self.failed_rounds == 0,
+            "start_at_floor only as the first round"
+        );
+        if self.seen > floor || !self.ops.iter().all(crate::change::is_retry_safe) {
+            return self.start_round();
+        }
+        self.seen = floor;
+        self.round = Some(Round::new(floor, &self.quorum));
+        self.phase = Phase::Preparing;
+        Action::ReadAtFloor(floor)
     }
 
     /// After [`Action::Done`]: the next round on the key, prepared, if a majority promised it.
@@ -450,6 +476,68 @@ mod tests {
         assert_eq!(promise(&mut d, 1, None), None);
     }
 
+    fn with_id(op: Op, seen: Ballot) -> Decider {
+        let cmd = counter_proto::Command {
+            op,
+            request: Some(counter_proto::RequestId {
+                client: 1,
+                seq: 1,
+                expires_ms: 0,
+            }),
+            ..Default::default()
+        };
+        Decider::new(1, 1, &R, vec![cmd], seen, Ctx::default())
+    }
+
+    #[test]
+    fn a_round_at_the_floor_reads_then_accepts_and_retries_above_it() {
+        let floor = Ballot {
+            round: 4,
+            node: 1,
+            epoch: 1,
+        };
+        // Not for a batch that cannot be retried, nor on a key that saw a ballot above it.
+        assert!(matches!(
+            decider(&[Op::Incr(1)]).start_at_floor(floor),
+            Action::Prepare(_)
+        ));
+        let above = Ballot {
+            round: 4,
+            node: 2,
+            epoch: 1,
+        };
+        assert!(matches!(
+            with_id(Op::Incr(1), above).start_at_floor(floor),
+            Action::Prepare(b) if b > above
+        ));
+
+        // The key has seen nothing above our acceptor's floor, the floor itself.
+        let mut d = with_id(Op::Incr(3), floor);
+        assert_eq!(d.start_at_floor(floor), Action::ReadAtFloor(floor));
+        let old = (
+            Ballot {
+                round: 2,
+                node: 2,
+                epoch: 1,
+            },
+            Register::new(7, 1),
+        );
+        assert_eq!(promise(&mut d, 2, Some(old.clone())), None);
+        let Some(Action::Accept(b, reg, Some(next))) = promise(&mut d, 3, None) else {
+            panic!()
+        };
+        // Phase 2 at the floor, on top of what the reads reported.
+        assert_eq!((b, reg.value), (floor, 10));
+        assert!(next > floor);
+
+        // Interrupted: the retry is an ordinary round with a fresh ballot above the floor.
+        assert!(matches!(d.on_phase_timeout(), Some(Action::Retry { .. })));
+        let Action::Prepare(retry) = d.start_round() else {
+            panic!()
+        };
+        assert!(retry > floor);
+    }
+
     #[test]
     fn a_chosen_round_prepares_the_next_one_on_the_key() {
         let mut d = decider(&[Op::Incr(2)]);
@@ -471,18 +559,7 @@ mod tests {
         assert!(matches!(d.start_warm(warm.clone()), Action::Prepare(_)));
 
         // One that can goes straight to phase 2, on top of the chosen register.
-        let with_id = |op| -> Decider {
-            let cmd = counter_proto::Command {
-                op,
-                request: Some(counter_proto::RequestId {
-                    client: 1,
-                    seq: 1,
-                    expires_ms: 0,
-                }),
-                ..Default::default()
-            };
-            Decider::new(1, 1, &R, vec![cmd], Ballot::ZERO, Ctx::default())
-        };
+        let with_id = |op| with_id(op, Ballot::ZERO);
         let mut d = with_id(Op::Incr(3));
         let Action::Accept(b2, reg2, _) = d.start_warm(warm.clone()) else {
             panic!()

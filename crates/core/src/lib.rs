@@ -11,6 +11,8 @@
 //! - [`change`]: the change functions (incr, decr, reset, set, cas, read; bounds; exactly-once
 //!   request ids) applied to a register.
 //! - [`ballot`]: choosing the next ballot.
+//! - [`floor`]: a shard's floor, one promise for every key of a shard: a key's first round
+//!   under it reads in phase 1 instead of writing.
 //! - [`read`]: answering a read in one round trip when a majority agree.
 //! - [`quorum`]: who must answer: a majority of a key's replicas, or of both sets during a move.
 
@@ -18,6 +20,7 @@ pub mod acceptor;
 pub mod ballot;
 pub mod change;
 pub mod decider;
+pub mod floor;
 pub mod membership;
 pub mod proposer;
 pub mod quorum;
@@ -29,6 +32,7 @@ pub use ballot::next_ballot;
 pub use change::{apply, apply_all, Ctx, Limits};
 pub use counter_proto::{Ballot, Command, NodeId, Op, Outcome, Register};
 pub use decider::{Action, Decider, Failure};
+pub use floor::{promise_floor, FloorLease};
 pub use proposer::{next_proposal, Round, Step, Warm};
 pub use quorum::Quorum;
 pub use read::{QuietRead, ReadStep};

@@ -12,13 +12,14 @@
 
 use crate::membership::Membership;
 use counter_core::{
-    AcceptorReply, Action, Ctx, Decider, Failure, Limits, QuietRead, ReadStep, Warm,
+    next_ballot, AcceptorReply, Action, Ctx, Decider, Failure, FloorLease, Limits, QuietRead,
+    ReadStep, Round, Step, Warm,
 };
 use counter_net::Pool;
 use counter_proto::{
     AcceptorMsg, Ballot, ClientError, Command, Config, Msg, NodeId, Outcome, Register, ShardId,
 };
-use counter_storage::Store;
+use counter_storage::{StorageError, Store};
 use dashmap::DashMap;
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::future::Future;
@@ -45,6 +46,28 @@ impl quick_cache::Weighter<String, (u64, Ballot, Ballot)> for WarmWeight {
         (key.len() + 120) as u64
     }
 }
+/// Most keys that have their first round at one floor of a shard (`counter_core::floor`);
+/// then the floor is raised again. About 50 bytes each: 64 shards' leases hold at most about
+/// 13 MiB of keys.
+const FLOOR_KEYS: usize = 4096;
+/// How long after a failed raise of a shard's floor (another coordinator holds a higher one,
+/// or no majority answered) before the next try: meanwhile the shard's first rounds have two
+/// writes, as without floors.
+const FLOOR_RETRY: Duration = Duration::from_secs(1);
+/// Rounds at a floor refused in a row after which the lease is given up (another coordinator
+/// raised the shard's floor above it).
+const FLOOR_MISSES: u32 = 16;
+
+/// Where this coordinator stands with a shard's floor.
+enum FloorSlot {
+    /// A raise is in flight.
+    Raising,
+    /// A majority promised the lease's floor; `misses`: rounds at it refused in a row.
+    Leased { lease: FloorLease, misses: u32 },
+    /// No floor: the next raise not before `retry_at`, above `above`.
+    Idle { retry_at: Instant, above: Ballot },
+}
+
 /// Most operations coalesced into one round.
 const MAX_BATCH: usize = 1024;
 const BACKOFF_START: Duration = Duration::from_millis(1);
@@ -80,6 +103,9 @@ pub struct Coordinator {
     warm: WarmCache,
     /// Keys with a leader running, and the operations queued behind it.
     queues: DashMap<String, Vec<Waiter>>,
+    /// Per shard, the floor this coordinator leases (`counter_core::floor`): a key it has no
+    /// prepared round for has its first round there, reading instead of writing in phase 1.
+    floors: DashMap<ShardId, FloorSlot>,
 }
 
 /// What a replica's answer to a Prepare or an Accept came to.
@@ -111,6 +137,7 @@ impl Coordinator {
             limits,
             warm: WarmCache::with_weighter((WARM_BYTES / 140) as usize, WARM_BYTES, WarmWeight),
             queues: DashMap::new(),
+            floors: DashMap::new(),
         })
     }
 
@@ -216,7 +243,7 @@ impl Coordinator {
     }
 
     /// Runs one batch to a decision (or to an honest error) and answers every waiter.
-    async fn run(&self, shard: ShardId, key: &str, batch: Vec<Waiter>) {
+    async fn run(self: &Arc<Self>, shard: ShardId, key: &str, batch: Vec<Waiter>) {
         let deadline = batch
             .iter()
             .map(|w| w.deadline)
@@ -310,7 +337,7 @@ impl Coordinator {
     /// Rounds until `cmds` are chosen: each command's outcome, or an error for all of them. The
     /// decisions are `counter-core`'s [`Decider`]; this function only does the I/O it asks for.
     async fn decide(
-        &self,
+        self: &Arc<Self>,
         shard: ShardId,
         key: &str,
         cmds: Vec<Command>,
@@ -326,7 +353,13 @@ impl Coordinator {
             .store
             .peek(shard, key)
             .map_err(|e| ClientError::unavailable(format!("local acceptor: {e}")))?;
-        let seen = local.highest();
+        // Our acceptor's shard floor is a promise of the key too: a round below it would only
+        // be refused.
+        let floor = self
+            .store
+            .floor(shard)
+            .map_err(|e| ClientError::unavailable(format!("local acceptor: {e}")))?;
+        let seen = local.highest_over(floor);
         // The previous round on the key may have prepared this one (one round trip). Its
         // register is what our acceptor accepted under that round's ballot (one register per
         // ballot); if our acceptor has moved on since, or the configuration changed, the round
@@ -351,7 +384,10 @@ impl Coordinator {
         );
         let mut action = match warm {
             Some(w) => decider.start_warm(w),
-            None => decider.start_round(),
+            None => match self.at_floor(shard, key, &config, seen, decider.ops()) {
+                Some(floor) => decider.start_at_floor(floor),
+                None => decider.start_round(),
+            },
         };
         loop {
             let mut replies = match action {
@@ -361,10 +397,21 @@ impl Coordinator {
                         self.prepare(&config, node, shard, key, ballot)
                     })
                 }
+                Action::ReadAtFloor(ballot) => {
+                    trips.at_floor = Some(ballot);
+                    self.fan_out(&decider, |node| {
+                        self.read_at_floor(&config, node, shard, key, ballot)
+                    })
+                }
                 Action::Accept(ballot, register, next) => self.fan_out(&decider, |node| {
                     self.accept(&config, node, shard, key, ballot, register.clone(), next)
                 }),
                 Action::Retry { attempt } => {
+                    if trips.retries == 0 {
+                        if let Some(floor) = trips.at_floor {
+                            self.floor_missed(shard, floor);
+                        }
+                    }
                     trips.retries += 1;
                     if Instant::now() >= deadline {
                         return Err(failure(decider.give_up()));
@@ -383,6 +430,9 @@ impl Coordinator {
                     continue;
                 }
                 Action::Done(results) => {
+                    if let (Some(floor), 0) = (trips.at_floor, trips.retries) {
+                        self.floor_held(shard, floor);
+                    }
                     if let Some((ballot, at)) = decider.prepared() {
                         self.warm
                             .insert(key.to_string(), (config.version, ballot, at));
@@ -443,6 +493,30 @@ impl Coordinator {
         }
     }
 
+    /// A call to `node`'s acceptor: ours directly (`local`, if the fence lets the round's
+    /// configuration through), another's over the network (`msg`).
+    fn ask<F, Fut>(
+        &self,
+        config: &Config,
+        node: NodeId,
+        shard: ShardId,
+        local: F,
+        msg: impl FnOnce() -> AcceptorMsg,
+    ) -> ReplyFuture
+    where
+        F: FnOnce(Arc<Store>) -> Fut,
+        Fut: Future<Output = Result<AcceptorReply, StorageError>> + Send + 'static,
+    {
+        if node == self.id {
+            if let Some(refused) = self.local(config, node, shard) {
+                return refused;
+            }
+            let reply = local(self.store.clone());
+            return Box::pin(async move { (node, log_local(reply.await)) });
+        }
+        self.remote(config, node, Msg::Acceptor(msg()))
+    }
+
     fn prepare(
         &self,
         config: &Config,
@@ -451,26 +525,41 @@ impl Coordinator {
         key: &str,
         ballot: Ballot,
     ) -> ReplyFuture {
-        if node == self.id {
-            if let Some(refused) = self.local(config, node, shard) {
-                return refused;
-            }
-            let store = self.store.clone();
-            let key = key.to_string();
-            return Box::pin(async move {
-                let reply = store.prepare(shard, &key, ballot).await;
-                (node, log_local(reply))
-            });
-        }
-        self.remote(
+        let owned = key.to_string();
+        self.ask(
             config,
             node,
-            Msg::Acceptor(AcceptorMsg::Prepare {
+            shard,
+            move |store| async move { store.prepare(shard, &owned, ballot).await },
+            || AcceptorMsg::Prepare {
                 shard,
                 key: key.to_string(),
                 ballot,
                 config: config.version,
-            }),
+            },
+        )
+    }
+
+    fn read_at_floor(
+        &self,
+        config: &Config,
+        node: NodeId,
+        shard: ShardId,
+        key: &str,
+        ballot: Ballot,
+    ) -> ReplyFuture {
+        let owned = key.to_string();
+        self.ask(
+            config,
+            node,
+            shard,
+            move |store| async move { store.read_at_floor(shard, &owned, ballot).await },
+            || AcceptorMsg::ReadAtFloor {
+                shard,
+                key: key.to_string(),
+                ballot,
+                config: config.version,
+            },
         )
     }
 
@@ -486,15 +575,16 @@ impl Coordinator {
         next: Option<Ballot>,
     ) -> ReplyFuture {
         if node == self.id {
-            if let Some(refused) = self.local(config, node, shard) {
-                return refused;
-            }
-            let store = self.store.clone();
-            let key = key.to_string();
-            return Box::pin(async move {
-                let reply = store.accept(shard, &key, ballot, register, next).await;
-                (node, log_local(reply))
-            });
+            let owned = key.to_string();
+            return self.ask(
+                config,
+                node,
+                shard,
+                move |store| async move {
+                    store.accept(shard, &owned, ballot, register, next).await
+                },
+                || unreachable!("our own acceptor is called directly"),
+            );
         }
         self.remote(
             config,
@@ -508,6 +598,145 @@ impl Coordinator {
                 config: config.version,
             }),
         )
+    }
+
+    /// The floor `key`'s first round can run at (`counter_core::floor`), if this coordinator
+    /// leases one for `shard` under `config` that the key has not used and that is not below
+    /// any ballot the key has seen (`seen`). A shard without a usable floor gets one raised
+    /// in the background; until then its first rounds are ordinary.
+    fn at_floor(
+        self: &Arc<Self>,
+        shard: ShardId,
+        key: &str,
+        config: &Arc<Config>,
+        seen: Ballot,
+        ops: &[Command],
+    ) -> Option<Ballot> {
+        if !ops.iter().all(counter_core::change::is_retry_safe) {
+            return None;
+        }
+        let mut slot = self.floors.entry(shard).or_insert(FloorSlot::Idle {
+            retry_at: Instant::now(),
+            above: Ballot::ZERO,
+        });
+        let above = match &mut *slot {
+            FloorSlot::Leased { lease, .. }
+                if lease.version() == config.version && !lease.is_full() =>
+            {
+                // `seen` counts our acceptor's floor: above the lease's, the key (or a newer
+                // floor) has gone past it, and the read would be refused.
+                if seen > lease.ballot() {
+                    return None;
+                }
+                return lease.take(key, config.version);
+            }
+            FloorSlot::Leased { lease, .. } => lease.ballot(),
+            FloorSlot::Raising => return None,
+            FloorSlot::Idle { retry_at, .. } if Instant::now() < *retry_at => return None,
+            FloorSlot::Idle { above, .. } => *above,
+        };
+        *slot = FloorSlot::Raising;
+        drop(slot);
+        let this = self.clone();
+        let config = config.clone();
+        tokio::spawn(async move { this.raise_floor(shard, config, above).await });
+        None
+    }
+
+    /// Asks `shard`'s replicas to promise a new floor, above `above` and above our acceptor's,
+    /// for every key of the shard; leases it once a majority (of both sets during a move) did.
+    async fn raise_floor(self: Arc<Self>, shard: ShardId, config: Arc<Config>, above: Ballot) {
+        let own = self.store.floor(shard).unwrap_or(Ballot::ZERO);
+        let ballot = next_ballot(self.id, self.epoch, own.max(above));
+        let quorum = Membership::quorum(&config, shard);
+        let mut round = Round::new(ballot, &quorum);
+        let mut replies: FuturesUnordered<ReplyFuture> = quorum
+            .members()
+            .iter()
+            .map(|&node| {
+                self.ask(
+                    &config,
+                    node,
+                    shard,
+                    move |store| async move { store.promise_floor(shard, ballot).await },
+                    || AcceptorMsg::PromiseFloor {
+                        shard,
+                        ballot,
+                        config: config.version,
+                    },
+                )
+            })
+            .collect();
+        let until = Instant::now() + PHASE_TIMEOUT;
+        let outcome = loop {
+            let step = match next_reply(&mut replies, until).await {
+                Some((from, Got::Reply(AcceptorReply::Promise { ballot, accepted }))) => {
+                    round.on_promise(from, ballot, accepted)
+                }
+                Some((from, Got::Reply(AcceptorReply::Reject { ballot, promised }))) => {
+                    round.on_reject(from, ballot, promised)
+                }
+                Some(_) => Step::Pending,
+                None => break Err(round.seen()),
+            };
+            match step {
+                Step::Promised { .. } => break Ok(()),
+                Step::Preempted { seen } => break Err(seen),
+                _ => {}
+            }
+        };
+        let slot = match outcome {
+            Ok(()) => {
+                tracing::debug!(shard, %ballot, "shard floor leased");
+                FloorSlot::Leased {
+                    lease: FloorLease::new(ballot, config.version, FLOOR_KEYS),
+                    misses: 0,
+                }
+            }
+            Err(seen) => {
+                tracing::debug!(shard, %ballot, %seen, "shard floor not leased; retrying later");
+                FloorSlot::Idle {
+                    retry_at: Instant::now() + FLOOR_RETRY,
+                    above: seen,
+                }
+            }
+        };
+        metrics::counter!("counter_floor_raises_total", "outcome" => match slot {
+            FloorSlot::Leased { .. } => "leased",
+            _ => "refused",
+        })
+        .increment(1);
+        self.floors.insert(shard, slot);
+    }
+
+    /// A round at `floor` of `shard` was decided without a retry.
+    fn floor_held(&self, shard: ShardId, floor: Ballot) {
+        if let Some(mut slot) = self.floors.get_mut(&shard) {
+            if let FloorSlot::Leased { lease, misses } = &mut *slot {
+                if lease.ballot() == floor {
+                    *misses = 0;
+                }
+            }
+        }
+    }
+
+    /// A round at `floor` of `shard` failed: after [`FLOOR_MISSES`] in a row the lease is
+    /// given up (the shard's floor was most likely raised by another coordinator).
+    fn floor_missed(&self, shard: ShardId, floor: Ballot) {
+        if let Some(mut slot) = self.floors.get_mut(&shard) {
+            if let FloorSlot::Leased { lease, misses } = &mut *slot {
+                if lease.ballot() == floor {
+                    *misses += 1;
+                    if *misses >= FLOOR_MISSES {
+                        tracing::debug!(shard, %floor, "shard floor lost");
+                        *slot = FloorSlot::Idle {
+                            retry_at: Instant::now() + FLOOR_RETRY,
+                            above: floor,
+                        };
+                    }
+                }
+            }
+        }
     }
 
     fn remote(&self, config: &Config, node: NodeId, msg: Msg) -> ReplyFuture {
@@ -560,6 +789,8 @@ struct Trips {
     prepares: u32,
     /// Rounds started again after a conflict or a timeout.
     retries: u32,
+    /// The floor the first round read at, if it did.
+    at_floor: Option<Ballot>,
 }
 
 impl Trips {
@@ -569,6 +800,7 @@ impl Trips {
     fn outcome(&self, decided: bool) -> usize {
         match (decided, self.retries, self.prepares) {
             (false, _, _) => 3,
+            (true, 0, _) if self.at_floor.is_some() => 5,
             (true, 0, 0) => 0,
             (true, 0, _) => 1,
             (true, _, _) => 2,
@@ -577,7 +809,14 @@ impl Trips {
 }
 
 /// The `outcome` label of `counter_rounds_total`.
-const ROUND_OUTCOMES: [&str; 5] = ["one_trip", "two_trips", "conflict", "failed", "quiet_read"];
+const ROUND_OUTCOMES: [&str; 6] = [
+    "one_trip",
+    "two_trips",
+    "conflict",
+    "failed",
+    "quiet_read",
+    "floor_read",
+];
 const QUIET_READ: usize = 4;
 
 /// The coordinator's metric handles, looked up once (a `metrics` macro hashes its key at every

@@ -117,6 +117,48 @@ impl Node {
         }
     }
 
+    /// Answers another node's coordinator: the fence first (the key's shard, the
+    /// configuration), then the acceptor's rules.
+    async fn acceptor(&self, msg: AcceptorMsg) -> Msg {
+        let (shard, key, config) = msg.target();
+        let refusal = match key {
+            Some(key) => self.membership.check_key(shard, key, config),
+            None => self.membership.check_shard(shard, config),
+        };
+        if let Some(refusal) = refusal {
+            return refusal;
+        }
+        let store = &self.store;
+        match msg {
+            AcceptorMsg::Read { shard, key, .. } => match store.read_durable(shard, &key) {
+                Ok(accepted) => Msg::ReadReply { accepted },
+                Err(e) => storage_failed(e),
+            },
+            AcceptorMsg::Prepare {
+                shard, key, ballot, ..
+            } => to_msg(store.prepare(shard, &key, ballot).await),
+            AcceptorMsg::Accept {
+                shard,
+                key,
+                ballot,
+                register,
+                next,
+                ..
+            } => {
+                if let Err(e) = validate_register(&register, MAX_CLIENTS_LIMIT) {
+                    return Msg::Error(e);
+                }
+                to_msg(store.accept(shard, &key, ballot, register, next).await)
+            }
+            AcceptorMsg::PromiseFloor { shard, ballot, .. } => {
+                to_msg(store.promise_floor(shard, ballot).await)
+            }
+            AcceptorMsg::ReadAtFloor {
+                shard, key, ballot, ..
+            } => to_msg(store.read_at_floor(shard, &key, ballot).await),
+        }
+    }
+
     /// Answers one message from a router, a client or another node's coordinator.
     pub async fn handle(self: Arc<Self>, msg: Msg) -> Msg {
         match msg {
@@ -130,45 +172,7 @@ impl Node {
                 record_command("node", &command, &reply, started);
                 reply
             }
-            Msg::Acceptor(AcceptorMsg::Read { shard, key, config }) => {
-                if let Some(refusal) = self.membership.check_key(shard, &key, config) {
-                    return refusal;
-                }
-                match self.store.read_durable(shard, &key) {
-                    Ok(accepted) => Msg::ReadReply { accepted },
-                    Err(e) => {
-                        tracing::error!(error = %e, "acceptor storage failed");
-                        Msg::Error(ClientError::unavailable(format!("storage: {e}")))
-                    }
-                }
-            }
-            Msg::Acceptor(AcceptorMsg::Prepare {
-                shard,
-                key,
-                ballot,
-                config,
-            }) => {
-                if let Some(refusal) = self.membership.check_key(shard, &key, config) {
-                    return refusal;
-                }
-                to_msg(self.store.prepare(shard, &key, ballot).await)
-            }
-            Msg::Acceptor(AcceptorMsg::Accept {
-                shard,
-                key,
-                ballot,
-                register,
-                next,
-                config,
-            }) => {
-                if let Some(refusal) = self.membership.check_key(shard, &key, config) {
-                    return refusal;
-                }
-                if let Err(e) = validate_register(&register, MAX_CLIENTS_LIMIT) {
-                    return Msg::Error(e);
-                }
-                to_msg(self.store.accept(shard, &key, ballot, register, next).await)
-            }
+            Msg::Acceptor(m) => self.acceptor(m).await,
             Msg::OpenSession { lifetime_ms } => counter_router::forward::session_opened(
                 &self.coordinator.limits(),
                 lifetime_ms,
@@ -260,9 +264,10 @@ fn to_msg(reply: Result<AcceptorReply, counter_storage::StorageError>) -> Msg {
         Ok(AcceptorReply::Promise { ballot, accepted }) => Msg::Promise { ballot, accepted },
         Ok(AcceptorReply::Accepted { ballot, next }) => Msg::Accepted { ballot, next },
         Ok(AcceptorReply::Reject { ballot, promised }) => Msg::Reject { ballot, promised },
-        Err(e) => {
-            tracing::error!(error = %e, "acceptor storage failed");
-            Msg::Error(ClientError::unavailable(format!("storage: {e}")))
-        }
+        Err(e) => storage_failed(e),
     }
+}
+
+fn storage_failed(e: counter_storage::StorageError) -> Msg {
+    crate::membership::storage_failed_in(true, e)
 }

@@ -51,8 +51,8 @@
 //! Extra property: sometimes the change completes (some server installed version 3).
 
 use counter_core::membership::{fence, Fence};
-use counter_core::{AcceptorReply, AcceptorState, Action, Ctx, Decider, Quorum};
-use counter_proto::{Ballot, NodeId, Op, Outcome, Register};
+use counter_core::{AcceptorReply, AcceptorState, Action, Ctx, Decider, FloorLease, Quorum};
+use counter_proto::{Ballot, Command, NodeId, Op, Outcome, Register, RequestId};
 use stateright::actor::{Actor, ActorModel, Id, LossyNetwork, Network, Out};
 use stateright::semantics::{ConsistencyTester, LinearizabilityTester, SequentialSpec};
 use stateright::Expectation;
@@ -99,6 +99,8 @@ pub enum Msg {
     Prepare(Ballot, u64),
     /// Sent under configuration version `.3`.
     Accept(Ballot, Register, Option<Ballot>, u64),
+    /// Phase 1 at the shard's floor ([`Config::floor`]), under configuration version `.1`.
+    ReadAtFloor(Ballot, u64),
     Acceptor(AcceptorReply),
     /// The acceptor runs a newer configuration (this version) than the message's: refused.
     Stale(u64),
@@ -156,11 +158,15 @@ pub enum Move {
 pub enum State {
     Server {
         acceptor: AcceptorState,
+        /// The key's shard's floor (persisted; `counter_core::floor`).
+        floor: Ballot,
         epoch: u32,
         /// The configuration version installed (persisted); always 1 without a change.
         version: u64,
         lead: Option<Lead>,
         mover: Move,
+        /// The floor this server leases as a coordinator (volatile: [`Config::floor`]).
+        lease: Option<FloorLease>,
     },
     Client {
         next: usize,
@@ -171,6 +177,7 @@ pub enum State {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Durable {
     acceptor: AcceptorState,
+    floor: Ballot,
     epoch: u32,
     version: u64,
 }
@@ -218,6 +225,8 @@ impl Change {
 #[derive(Clone, Debug)]
 pub struct Layout {
     servers: usize,
+    /// Shard floors ([`Config::floor`]).
+    floor: bool,
     /// Every acceptor message is sent twice (see [`Config::duplicate_internal`]).
     duplicate: bool,
     change: Option<Change>,
@@ -270,12 +279,24 @@ fn id_of(node: NodeId) -> Id {
 /// The mover: node 1.
 const MOVER: NodeId = 1;
 
+/// The model's one key, as a floor lease names it.
+const KEY: &str = "k";
+/// With [`Config::floor`]: the floor node 1 raised (in its first incarnation), the nodes that
+/// promised it, and the node that leases it.
+const FLOOR: Ballot = Ballot {
+    round: 1,
+    node: 1,
+    epoch: 1,
+};
+const FLOOR_HOLDERS: [NodeId; 2] = [1, 2];
+const FLOOR_LEASER: NodeId = 1;
+
 /// Installs configuration `to` on a server if it is newer (persisted), dropping its acceptor
 /// state if `to` excludes it.
 fn install(
     layout: &Layout,
     me: NodeId,
-    (acceptor, epoch, version): (&mut AcceptorState, u32, &mut u64),
+    (acceptor, floor, epoch, version): (&mut AcceptorState, Ballot, u32, &mut u64),
     to: u64,
     o: &mut Out<CounterActor>,
 ) {
@@ -288,6 +309,7 @@ fn install(
     }
     o.save(Durable {
         acceptor: acceptor.clone(),
+        floor,
         epoch,
         version: to,
     });
@@ -299,10 +321,12 @@ impl CounterActor {
     fn act(id: Id, layout: &Layout, state: &mut State, action: Action, o: &mut Out<Self>) {
         let State::Server {
             acceptor,
+            floor,
             epoch,
             version,
             lead,
             mover,
+            ..
         } = state
         else {
             return;
@@ -329,14 +353,21 @@ impl CounterActor {
                         o.broadcast(&others, &Msg::Prepare(b, l.version));
                     }
                     o.set_timer(Timer::Phase, model_timeout());
-                    local.then(|| acceptor.prepare(b))
+                    local.then(|| acceptor.prepare_over(b, *floor))
+                }
+                Action::ReadAtFloor(b) => {
+                    for _ in 0..layout.copies() {
+                        o.broadcast(&others, &Msg::ReadAtFloor(b, l.version));
+                    }
+                    o.set_timer(Timer::Phase, model_timeout());
+                    local.then(|| (None, acceptor.read_at_floor(b, *floor)))
                 }
                 Action::Accept(b, r, next) => {
                     for _ in 0..layout.copies() {
                         o.broadcast(&others, &Msg::Accept(b, r.clone(), next, l.version));
                     }
                     o.set_timer(Timer::Phase, model_timeout());
-                    local.then(|| acceptor.accept(b, r, next))
+                    local.then(|| acceptor.accept_over(b, r, next, *floor))
                 }
                 Action::Retry { attempt } => {
                     if attempt < MAX_ATTEMPTS {
@@ -366,7 +397,13 @@ impl CounterActor {
                         Who::Rescan => {
                             // Every value chosen under version 1 is now held by a majority of
                             // the new set: switch to it.
-                            install(layout, me, (&mut *acceptor, *epoch, &mut *version), NEW, o);
+                            install(
+                                layout,
+                                me,
+                                (&mut *acceptor, *floor, *epoch, &mut *version),
+                                NEW,
+                                o,
+                            );
                             o.broadcast(&layout.others(id), &Msg::Install(NEW));
                             *mover = Move::Done;
                             o.cancel_timer(Timer::Move);
@@ -386,6 +423,7 @@ impl CounterActor {
                     if let Some(next) = next {
                         o.save(Durable {
                             acceptor: next.clone(),
+                            floor: *floor,
                             epoch: *epoch,
                             version: *version,
                         });
@@ -411,23 +449,48 @@ impl CounterActor {
     fn lead(id: Id, layout: &Layout, state: &mut State, who: Who, op: Op, o: &mut Out<Self>) {
         let State::Server {
             acceptor,
+            floor,
             epoch,
             version,
             lead,
+            lease,
             ..
         } = state
         else {
             return;
         };
+        // With floors, requests carry ids (a round at a floor is only for a batch that is safe
+        // to retry): the client's own, one request each.
+        let request = match (&who, layout.floor) {
+            (Who::Client(client), true) => Some(RequestId {
+                client: usize::from(*client) as u64,
+                seq: 1,
+                expires_ms: 0,
+            }),
+            _ => None,
+        };
+        let cmd = Command {
+            op,
+            request,
+            ..Default::default()
+        };
+        let seen = acceptor.highest_over(*floor);
         let mut decider = Decider::new(
             node_of(id),
             *epoch,
             layout.quorum(*version),
-            vec![op.into()],
-            acceptor.highest(),
+            vec![cmd],
+            seen,
             Ctx::default(),
         );
-        let action = decider.start_round();
+        let at_floor = lease
+            .as_mut()
+            .and_then(|l| l.take(KEY, *version))
+            .filter(|&f| f >= seen);
+        let action = match at_floor {
+            Some(f) => decider.start_at_floor(f),
+            None => decider.start_round(),
+        };
         *lead = Some(Lead {
             who,
             decider,
@@ -459,17 +522,26 @@ impl Actor for CounterActor {
         match self {
             CounterActor::Server(layout) => {
                 let me = node_of(id);
-                let (acceptor, epoch, version) = match storage {
-                    Some(d) => (d.acceptor.clone(), d.epoch, d.version),
+                let (acceptor, floor, epoch, version) = match storage {
+                    Some(d) => (d.acceptor.clone(), d.floor, d.epoch, d.version),
                     None => match &layout.change {
-                        Some(change) => (change.seed(me), 0, OLD),
-                        None => (AcceptorState::default(), 0, OLD),
+                        Some(change) => (change.seed(me), Ballot::ZERO, 0, OLD),
+                        // With floors: the state right after node 1 raised the shard's floor,
+                        // promised by nodes 1 and 2 (a majority; node 3 missed it).
+                        None if layout.floor && FLOOR_HOLDERS.contains(&me) => {
+                            (AcceptorState::default(), FLOOR, 0, OLD)
+                        }
+                        None => (AcceptorState::default(), Ballot::ZERO, 0, OLD),
                     },
                 };
+                // Node 1 leases the floor it raised, until it crashes (a lease is volatile).
+                let lease = (layout.floor && me == FLOOR_LEASER && storage.is_none())
+                    .then(|| FloorLease::new(FLOOR, OLD, 1));
                 // A new incarnation: bump and persist the epoch before doing anything.
                 let epoch = epoch + 1;
                 o.save(Durable {
                     acceptor: acceptor.clone(),
+                    floor,
                     epoch,
                     version,
                 });
@@ -491,10 +563,12 @@ impl Actor for CounterActor {
                 };
                 State::Server {
                     acceptor,
+                    floor,
                     epoch,
                     version,
                     lead: None,
                     mover,
+                    lease,
                 }
             }
             CounterActor::Client { server, ops } => {
@@ -505,6 +579,7 @@ impl Actor for CounterActor {
                 }
                 o.save(Durable {
                     acceptor: AcceptorState::default(),
+                    floor: Ballot::ZERO,
                     epoch: 0,
                     version: OLD,
                 });
@@ -533,10 +608,12 @@ impl Actor for CounterActor {
                 let s = state.to_mut();
                 let State::Server {
                     acceptor,
+                    floor,
                     epoch,
                     version,
                     lead,
                     mover,
+                    ..
                 } = s
                 else {
                     return;
@@ -548,7 +625,9 @@ impl Actor for CounterActor {
                         }
                         Self::lead(id, layout, s, Who::Client(src), op, o);
                     }
-                    Msg::Prepare(b, sent) | Msg::Accept(b, _, _, sent) => {
+                    Msg::Prepare(b, sent)
+                    | Msg::Accept(b, _, _, sent)
+                    | Msg::ReadAtFloor(b, sent) => {
                         match fence(*version, sent) {
                             Fence::Stale => {
                                 for _ in 0..layout.copies() {
@@ -559,7 +638,7 @@ impl Actor for CounterActor {
                             Fence::Behind => install(
                                 layout,
                                 me,
-                                (&mut *acceptor, *epoch, &mut *version),
+                                (&mut *acceptor, *floor, *epoch, &mut *version),
                                 sent,
                                 o,
                             ),
@@ -569,14 +648,16 @@ impl Actor for CounterActor {
                             return; // not a replica of the key: the node answers an error
                         }
                         let (next, reply) = match msg {
-                            Msg::Prepare(..) => acceptor.prepare(b),
-                            Msg::Accept(_, r, next, _) => acceptor.accept(b, r, next),
+                            Msg::Prepare(..) => acceptor.prepare_over(b, *floor),
+                            Msg::Accept(_, r, next, _) => acceptor.accept_over(b, r, next, *floor),
+                            Msg::ReadAtFloor(..) => (None, acceptor.read_at_floor(b, *floor)),
                             _ => unreachable!(),
                         };
                         if let Some(next) = next {
                             // Persisted before the reply is sent.
                             o.save(Durable {
                                 acceptor: next.clone(),
+                                floor: *floor,
                                 epoch: *epoch,
                                 version: *version,
                             });
@@ -598,7 +679,7 @@ impl Actor for CounterActor {
                         install(
                             layout,
                             me,
-                            (&mut *acceptor, *epoch, &mut *version),
+                            (&mut *acceptor, *floor, *epoch, &mut *version),
                             newer,
                             o,
                         );
@@ -613,7 +694,13 @@ impl Actor for CounterActor {
                         }
                     }
                     Msg::Install(to) => {
-                        install(layout, me, (&mut *acceptor, *epoch, &mut *version), to, o);
+                        install(
+                            layout,
+                            me,
+                            (&mut *acceptor, *floor, *epoch, &mut *version),
+                            to,
+                            o,
+                        );
                         o.send(src, Msg::Installed(to));
                     }
                     Msg::Installed(v) => {
@@ -665,6 +752,7 @@ impl Actor for CounterActor {
                         // on every other server.
                         let State::Server {
                             acceptor,
+                            floor,
                             epoch,
                             version,
                             mover,
@@ -676,7 +764,7 @@ impl Actor for CounterActor {
                         install(
                             layout,
                             me,
-                            (&mut *acceptor, *epoch, &mut *version),
+                            (&mut *acceptor, *floor, *epoch, &mut *version),
                             JOINT,
                             o,
                         );
@@ -717,6 +805,11 @@ pub struct Config {
     /// A membership change runs while the clients do (see the module doc); without one, every
     /// server is a replica of the key and client `c` sends to server `c % servers`.
     pub change: Option<Change>,
+    /// Shard floors (`counter_core::floor`): the key's shard starts with a floor that node 1
+    /// raised and nodes 1 and 2 promised; node 1 leases it (until it crashes), so its first
+    /// round reads at the floor while other coordinators run ordinary rounds, which the floor
+    /// refuses below it. Requests carry ids (what a round at a floor needs). Not with a change.
+    pub floor: bool,
 }
 
 pub type History = LinearizabilityTester<Id, CounterSpec>;
@@ -724,8 +817,13 @@ pub type History = LinearizabilityTester<Id, CounterSpec>;
 impl Config {
     pub fn into_model(self) -> ActorModel<CounterActor, Config, History> {
         let servers = self.servers;
+        assert!(
+            !(self.floor && self.change.is_some()),
+            "floors are modelled without a membership change"
+        );
         let layout = Layout {
             servers,
+            floor: self.floor,
             duplicate: self.duplicate_internal,
             change: self.change.clone(),
         };
@@ -789,6 +887,17 @@ impl Config {
                     .actor_states
                     .iter()
                     .any(|s| matches!(**s, State::Server { version, .. } if version >= NEW))
+            });
+        }
+        if self.floor {
+            model = model.property(Expectation::Sometimes, "chosen at the floor", |_, state| {
+                let at_floor = |s: &State| match s {
+                    State::Server { acceptor, .. } => {
+                        matches!(&acceptor.accepted, Some((b, _)) if *b == FLOOR)
+                    }
+                    _ => false,
+                };
+                state.actor_states.iter().filter(|s| at_floor(s)).count() >= 2
             });
         }
         if self.lossy {

@@ -55,6 +55,7 @@ fn two_clients_three_servers(duplicate_internal: bool, pinned: usize) {
             duplicating: false,
             duplicate_internal,
             change: None,
+            floor: false,
         },
         depth(),
     );
@@ -92,7 +93,36 @@ fn replacing_a_replica(max_crashes: usize, lossy: bool) -> Config {
             seeded: vec![1, 3],
             coordinators: vec![4, 3],
         }),
+        floor: false,
     }
+}
+
+/// Shard floors (`counter_core::floor`): nodes 1 and 2 promised node 1's floor; client 0's
+/// increment goes to node 1, whose first round reads at the floor, client 1's to node 2,
+/// whose rounds are ordinary and must go above the floor; node 3 never heard of it. Same
+/// adversary as `duplicated_acceptor_messages_with_a_crash`.
+fn floors() -> Config {
+    Config {
+        servers: 3,
+        clients: 2,
+        max_crashes: 1,
+        lossy: true,
+        duplicating: false,
+        duplicate_internal: true,
+        change: None,
+        floor: true,
+    }
+}
+
+#[test]
+fn rounds_at_a_floor_beside_ordinary_rounds() {
+    check(floors(), depth());
+}
+
+/// The same far past the exhaustive depth (fixed seed and steps, a few seconds).
+#[test]
+fn rounds_at_a_floor_random_deep_walks() {
+    random_walks(&floors().into_model(), 1_000_000, 40, 11);
 }
 
 /// The membership change under the adversary of `lossy_reordering_network_with_a_crash`

@@ -4,8 +4,8 @@
 use counter_cluster::{Cluster, Placement};
 use counter_net::{CallError, Pool};
 use counter_proto::{
-    validate_command, validate_key, AcceptorMsg, Change, ClientError, Command, Config, ErrorKind,
-    Msg, NodeId, ShardId, NOT_A_MEMBER,
+    validate_command, validate_key, Change, ClientError, Command, Config, ErrorKind, Msg, NodeId,
+    ShardId, NOT_A_MEMBER,
 };
 use dashmap::DashMap;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -415,12 +415,10 @@ pub fn msg_name(msg: &Msg) -> &'static str {
         Msg::Value(_) => "Value",
         Msg::Swapped { .. } => "Swapped",
         Msg::Error(_) => "Error",
-        Msg::Acceptor(AcceptorMsg::Prepare { .. }) => "Prepare",
+        Msg::Acceptor(m) => m.name(),
         Msg::Promise { .. } => "Promise",
-        Msg::Acceptor(AcceptorMsg::Accept { .. }) => "Accept",
         Msg::Accepted { .. } => "Accepted",
         Msg::Reject { .. } => "Reject",
-        Msg::Acceptor(AcceptorMsg::Read { .. }) => "Read",
         Msg::ReadReply { .. } => "ReadReply",
         Msg::OpenSession { .. } => "OpenSession",
         Msg::Session { .. } => "Session",

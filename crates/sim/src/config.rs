@@ -38,6 +38,11 @@ pub struct Config {
     pub client_timeout: u64,
     pub coordinator_deadline: u64,
     pub phase_timeout: u64,
+    /// Keys that have their first round at one floor of a shard before the coordinator raises
+    /// it again (the node's `FLOOR_KEYS`, kept small here so that floors are raised often).
+    pub floor_keys: usize,
+    /// How long after a failed raise of a floor before the next (the node's `FLOOR_RETRY`).
+    pub floor_retry: u64,
     /// Exactly-once mode: mutating commands carry request ids, and a client whose outcome is
     /// unknown (timeout, ambiguous failure) sends the same request again through another live
     /// node until it is answered. The history must be linearizable with every retried request
@@ -104,11 +109,14 @@ pub enum Mutation {
     DropBeforeCommit,
     /// Acceptors admit messages sent under an older configuration version.
     NoFence,
+    /// Acceptors forget their shard's floor when they judge a Prepare or an Accept (they still
+    /// answer reads at it): the floor is no promise.
+    FloorNoPromise,
 }
 
 impl Mutation {
     /// Every mutation with its `--mutation` name.
-    pub const ALL: [(&'static str, Mutation); 12] = [
+    pub const ALL: [(&'static str, Mutation); 13] = [
         ("none", Mutation::None),
         ("promise-not-persisted", Mutation::PromiseNotPersisted),
         ("retry-ambiguous", Mutation::RetryAmbiguous),
@@ -124,6 +132,7 @@ impl Mutation {
         ("old-votes-count", Mutation::OldVotesCount),
         ("drop-before-commit", Mutation::DropBeforeCommit),
         ("no-fence", Mutation::NoFence),
+        ("floor-no-promise", Mutation::FloorNoPromise),
     ];
 
     /// The mutation named `name` (`--mutation`).
@@ -158,6 +167,8 @@ impl Config {
             client_timeout: 1_500,
             coordinator_deadline: 1_000,
             phase_timeout: 120,
+            floor_keys: 3,
+            floor_retry: 200,
             request_ids: false,
             // The client library's rule: a request's retries end well within the margin a
             // session is renewed by (2 × skew before its end): deadline + coordinator
@@ -196,7 +207,8 @@ impl Config {
         }
     }
 
-    /// A preset by name (`cluster`, `hostile`, `sessions`, `crowded`, `outage`, `membership`).
+    /// A preset by name (`cluster`, `hostile`, `sessions`, `crowded`, `outage`, `membership`,
+    /// `cold`).
     pub fn setting(name: &str, nodes: usize) -> Option<Config> {
         Some(match name {
             "cluster" => Config::cluster(nodes),
@@ -205,6 +217,7 @@ impl Config {
             "crowded" => Config::crowded(nodes),
             "outage" => Config::outage(nodes),
             "membership" => Config::membership(nodes),
+            "cold" => Config::cold(nodes),
             _ => return None,
         })
     }
@@ -284,6 +297,23 @@ impl Config {
             replication: 3,
             membership: true,
             ..Config::cluster(nodes)
+        }
+    }
+
+    /// First touches: many keys, each written a few times, so that most batches find no
+    /// prepared round and run at their shard's floor (`counter_core::floor`), which leases
+    /// of a few keys each keep raising; two coordinators compete for the floor while the
+    /// other nodes (pure acceptors) crash often and restart quickly, as in
+    /// [`Config::hostile`].
+    pub fn cold(nodes: usize) -> Config {
+        Config {
+            setting: "cold",
+            clients: 6,
+            keys: 60,
+            ops_per_client: 15,
+            floor_keys: 6,
+            request_ids: true,
+            ..Config::hostile(nodes)
         }
     }
 

@@ -60,6 +60,10 @@ pub struct Stats {
     pub sessions: usize,
     /// Batches that started in phase 2, prepared by the round before (one round trip).
     pub warm_rounds: usize,
+    /// Batches whose first round read at its shard's floor (`counter_core::floor`).
+    pub floor_rounds: usize,
+    /// Floors a coordinator leased.
+    pub floors_leased: usize,
     /// Membership changes done (`membership` setting: 3 per run when the mover finishes).
     pub changes: usize,
     /// Runs of an admin command that failed (a fault) and were run again.

@@ -4,8 +4,9 @@
 //!                 [--mutation none|promise-not-persisted|retry-ambiguous|read-one-replica|
 //!                             forget-request-ids|quiet-read-any-reply|
 //!                             expired-means-not-applied|renew-late|skip-rescan|
-//!                             old-votes-count|drop-before-commit|no-fence]
-//!                 [--setting cluster|hostile|sessions|crowded|outage|membership] [--hostile]
+//!                             old-votes-count|drop-before-commit|no-fence|
+//!                             floor-no-promise]
+//!                 [--setting cluster|hostile|sessions|crowded|outage|membership|cold] [--hostile]
 //!                 [--request-ids] [--clock-skew TICKS] [--batch-window TICKS] [--verbose]
 //!                 [--keep-going]
 //!

@@ -12,9 +12,11 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 mod client;
+mod floor;
 mod membership;
 mod node;
 
+use floor::SimFloor;
 use membership::{Mover, Refusal};
 
 #[derive(Clone, Debug)]
@@ -49,6 +51,27 @@ enum Payload {
     Reply {
         key: String,
         reply: AcceptorReply,
+    },
+    /// A coordinator asks a shard's replicas to promise a floor (`AcceptorMsg::PromiseFloor`),
+    /// and an acceptor's answer; `gen` names the raise.
+    PromiseFloor {
+        shard: u32,
+        ballot: Ballot,
+        version: u64,
+        gen: u64,
+    },
+    FloorReply {
+        shard: u32,
+        gen: u64,
+        reply: AcceptorReply,
+    },
+    /// Phase 1 of a round at its shard's floor (`AcceptorMsg::ReadAtFloor`), answered with a
+    /// `Reply` (or `Refused`) as a Prepare.
+    ReadAtFloor {
+        key: String,
+        ballot: Ballot,
+        version: u64,
+        gen: u64,
     },
     /// A quiet read's question, and an acceptor's durably accepted ballot and value. `read`
     /// names the quiet read (unique in the run) and comes back with the answer: in the node,
@@ -108,7 +131,11 @@ impl Payload {
     fn batchable(&self) -> bool {
         matches!(
             self,
-            Payload::Prepare { .. } | Payload::Accept { .. } | Payload::Read { .. }
+            Payload::Prepare { .. }
+                | Payload::Accept { .. }
+                | Payload::Read { .. }
+                | Payload::PromiseFloor { .. }
+                | Payload::ReadAtFloor { .. }
         )
     }
 }
@@ -144,6 +171,12 @@ enum Event {
     Retry {
         node: NodeId,
         key: String,
+        gen: u64,
+    },
+    /// A raise of a shard's floor (`gen`) got no majority in time.
+    FloorTimeout {
+        node: NodeId,
+        shard: u32,
         gen: u64,
     },
     Fault,
@@ -213,6 +246,8 @@ struct Lead {
     shard: u32,
     version: u64,
     targets: Vec<NodeId>,
+    /// The floor its first round read at, until that round ends (`counter_core::floor`).
+    at_floor: Option<Ballot>,
 }
 
 struct SimNode {
@@ -228,6 +263,10 @@ struct SimNode {
     durable: BTreeMap<String, AcceptorState>,
     /// Volatile view (differs from durable only under `PromiseNotPersisted`).
     volatile: BTreeMap<String, AcceptorState>,
+    /// Durable floors of its shards (`counter_core::floor`).
+    floors: BTreeMap<u32, Ballot>,
+    /// The floors it leases as a coordinator, per shard (volatile).
+    leases: BTreeMap<u32, SimFloor>,
     leads: BTreeMap<String, Lead>,
     queues: BTreeMap<String, Vec<Queued>>,
     /// Keys whose next round is prepared, with the configuration version it was prepared
@@ -246,6 +285,8 @@ impl SimNode {
             config,
             durable: BTreeMap::new(),
             volatile: BTreeMap::new(),
+            floors: BTreeMap::new(),
+            leases: BTreeMap::new(),
             leads: BTreeMap::new(),
             queues: BTreeMap::new(),
             warm: BTreeMap::new(),
@@ -535,6 +576,7 @@ impl Sim {
                     self.act(node, &key, action);
                 }
             }
+            Event::FloorTimeout { node, shard, gen } => self.floor_timeout(node, shard, gen),
             Event::Retry { node, key, gen } => {
                 let now = self.now;
                 let late = self.with_lead(node, &key, gen, |l| now >= l.deadline);
@@ -592,6 +634,7 @@ impl Sim {
         n.queues.clear();
         n.volatile.clear();
         n.warm.clear();
+        n.leases.clear();
         self.schedule(back, Event::Restart(id));
     }
 

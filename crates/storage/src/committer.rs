@@ -2,6 +2,7 @@
 //! is waiting as one `WriteBatch` with the WAL synced, then settles each change (the pending
 //! overlay gives way to the cache of synced states) and releases its reply.
 
+use crate::meta::META_CF;
 use crate::SyncedCache;
 use counter_core::AcceptorState;
 use counter_proto::ShardId;
@@ -21,6 +22,9 @@ pub(crate) struct Pending {
 
 pub(crate) struct WriteReq {
     pub(crate) shard: ShardId,
+    /// Written to the meta column family instead of the shard's (a shard's floor); not a
+    /// key's state, so nothing to settle.
+    pub(crate) meta: bool,
     pub(crate) key: Vec<u8>,
     /// The record, encoded by the caller (the committer thread only writes).
     pub(crate) record: Vec<u8>,
@@ -53,7 +57,10 @@ impl Committer {
             let mut batch = WriteBatch::default();
             let mut missing = None;
             for r in &reqs {
-                let name = self.cf_names.get(r.shard as usize);
+                let name = match r.meta {
+                    true => Some(META_CF),
+                    false => self.cf_names.get(r.shard as usize).map(String::as_str),
+                };
                 match name.and_then(|n| self.db.cf_handle(n)) {
                     Some(cf) => batch.put_cf(&cf, &r.key, &r.record),
                     None => missing = Some(r.shard),
@@ -78,7 +85,9 @@ impl Committer {
                 std::process::exit(70);
             }
             for r in reqs.drain(..) {
-                self.settle((r.shard, r.key), r.gen);
+                if !r.meta {
+                    self.settle((r.shard, r.key), r.gen);
+                }
                 let _ = r.done.send(Ok(()));
             }
         }

@@ -60,6 +60,13 @@ mod store;
 
 /// The record encoding of shard column families lives in `counter-core` (pure, fuzzed).
 pub use counter_core::record::{self, encode as encode_state, FORMAT_VERSION};
+
+/// The data dir's format, recorded in its meta column family: [`FORMAT_VERSION`] while it was
+/// the same as the records', then 4: records of format 3, plus shard floors (promises of every
+/// key of a shard, `counter_core::floor`) in the meta column family. An older build, which
+/// would not know the floors and could accept below them, refuses a dir of format 4. Dirs of
+/// formats 2 and 3 are opened and become format 4.
+pub const DIR_FORMAT: u8 = 4;
 pub mod identity;
 pub use agreed::{RescanProgress, ShardProgress};
 pub use identity::{ClusterConfig, Identity, BOOTSTRAP_CONFIG_VERSION};
@@ -104,7 +111,7 @@ pub enum StorageError {
         configured: u32,
     },
     #[error(
-        "data dir {dir} uses on-disk format {found}, this build reads format {FORMAT_VERSION}"
+        "data dir {dir} uses on-disk format {found}, this build reads formats 2 to {DIR_FORMAT}"
     )]
     FormatMismatch { dir: PathBuf, found: u8 },
     #[error(

@@ -2,7 +2,7 @@
 //! and the guards that refuse another node's data dir or another configuration ([`check`]);
 //! the names of the column families.
 
-use crate::{ClusterConfig, Identity, StorageError, FORMAT_VERSION};
+use crate::{ClusterConfig, Identity, StorageError, DIR_FORMAT};
 use counter_proto::{DataState, NodeId, ShardId};
 use rocksdb::{Options, DB};
 use std::path::Path;
@@ -25,6 +25,10 @@ pub(crate) const META_AGREED: &[u8] = b"agreed";
 pub(crate) const META_CONFIG_REGISTER: &[u8] = b"config_register";
 /// How far the rescan of the change this node drives went (`RescanProgress`).
 pub(crate) const META_RESCAN: &[u8] = b"rescan";
+/// `floor/<shard>`: the shard's floor, a ballot promised to every key of the shard (postcard).
+pub(crate) fn meta_floor(shard: ShardId) -> Vec<u8> {
+    format!("floor/{shard}").into_bytes()
+}
 
 /// The column family of a shard's records (`shard-00000` ..).
 pub(crate) fn shard_cf(shard: ShardId) -> String {
@@ -181,9 +185,10 @@ pub(crate) fn read_meta(db: &DB, dir: &Path) -> Result<DirContents, StorageError
         return Ok(DirContents::Empty);
     };
     let format = db.get_cf(&meta, META_FORMAT)?.unwrap_or_default();
-    // Format 2 (before client sessions) still reads: its records are converted as they are
-    // read (`counter_core::record`), and opening the dir marks it format 3.
-    if format != [FORMAT_VERSION] && format != [2] {
+    // Formats 2 (before client sessions: its records are converted as they are read,
+    // `counter_core::record`) and 3 (before shard floors) still read; opening the dir marks it
+    // format 4.
+    if !matches!(format.as_slice(), [2..=DIR_FORMAT]) {
         return Err(StorageError::FormatMismatch {
             dir: dir.to_path_buf(),
             found: format.first().copied().unwrap_or(0),

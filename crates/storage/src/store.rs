@@ -4,10 +4,10 @@
 
 use crate::committer::{Committer, Pending, WriteReq};
 use crate::meta::{
-    check, check_contents, check_shards, read_meta, shard_cf, DirContents, META_CF, META_CLUSTER,
-    META_CONFIG, META_EPOCH, META_FORMAT, META_NODE, META_SHARDS, META_STATE,
+    check, check_contents, check_shards, meta_floor, read_meta, shard_cf, DirContents, META_CF,
+    META_CLUSTER, META_CONFIG, META_EPOCH, META_FORMAT, META_NODE, META_SHARDS, META_STATE,
 };
-use crate::{decode_state, record, Identity, StorageError, SyncedCache, FORMAT_VERSION};
+use crate::{decode_state, record, Identity, StorageError, SyncedCache, DIR_FORMAT};
 use counter_core::{AcceptorReply, AcceptorState};
 use counter_proto::{Ballot, DataState, Register, ShardId};
 use dashmap::DashMap;
@@ -59,6 +59,11 @@ pub struct Store {
     pending: Arc<DashMap<(ShardId, Vec<u8>), Pending>>,
     /// Synced states of recently used keys (see "Caching").
     pub(crate) synced: Arc<SyncedCache>,
+    /// Each shard's floor (`counter_core::floor`): a ballot promised to every key of the
+    /// shard. Raised here only once synced, so a floor that rules can see is durable.
+    floors: Vec<std::sync::RwLock<Ballot>>,
+    /// Serialises raises of floors (rare: a coordinator's lease of a shard).
+    floor_raise: tokio::sync::Mutex<()>,
     next_gen: AtomicU64,
     /// The committer's queue; `None` once the store is being dropped.
     tx: Option<mpsc::Sender<WriteReq>>,
@@ -151,9 +156,9 @@ impl Store {
                 postcard::to_stdvec(&shards).expect("u32"),
             );
         }
-        // New records are written in this format from now on (an older build then refuses
-        // the dir instead of misreading them).
-        batch.put_cf(&meta, META_FORMAT, [FORMAT_VERSION]);
+        // New records (and floors) are written in this format from now on (an older build then
+        // refuses the dir instead of misreading them).
+        batch.put_cf(&meta, META_FORMAT, [DIR_FORMAT]);
         let (identity, state) = match (contents, expected) {
             (
                 DirContents::Identified {
@@ -237,6 +242,18 @@ impl Store {
             &sync,
         )?;
 
+        let floors = (0..shards)
+            .map(|shard| {
+                let floor = match db.get_cf(&meta, meta_floor(shard))? {
+                    Some(bytes) => postcard::from_bytes::<Ballot>(&bytes).map_err(|e| {
+                        StorageError::Corrupt(format!("floor of shard {shard}: {e}"))
+                    })?,
+                    None => Ballot::ZERO,
+                };
+                Ok(std::sync::RwLock::new(floor))
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
+
         let db = Arc::new(db);
         // Column family names, built once: looking a handle up must not format a string per op.
         let cf_names: Arc<[String]> = (0..shards).map(shard_cf).collect();
@@ -264,6 +281,8 @@ impl Store {
             state: std::sync::Mutex::new(state),
             pending,
             synced,
+            floors,
+            floor_raise: tokio::sync::Mutex::new(()),
             next_gen: AtomicU64::new(1),
             tx: Some(tx),
             committer: Some(committer),
@@ -376,6 +395,61 @@ impl Store {
         }
     }
 
+    /// The floor of `shard`: the ballot promised to every key of it (durable).
+    pub fn floor(&self, shard: ShardId) -> Result<Ballot, StorageError> {
+        let floor = self
+            .floors
+            .get(shard as usize)
+            .ok_or(StorageError::NoSuchShard(shard))?;
+        Ok(*floor.read().expect("floor lock"))
+    }
+
+    /// Handles a PromiseFloor: raises the floor of `shard` to `ballot` if it is above it
+    /// (`counter_core::promise_floor`). The reply is returned, and rules see the new floor,
+    /// only once it is durable.
+    pub async fn promise_floor(
+        &self,
+        shard: ShardId,
+        ballot: Ballot,
+    ) -> Result<AcceptorReply, StorageError> {
+        let _raising = self.floor_raise.lock().await;
+        let (raised, reply) = counter_core::promise_floor(self.floor(shard)?, ballot);
+        let Some(floor) = raised else {
+            return Ok(reply);
+        };
+        let (done, synced) = oneshot::channel();
+        let req = WriteReq {
+            shard,
+            meta: true,
+            key: meta_floor(shard),
+            record: postcard::to_stdvec(&floor).expect("a ballot"),
+            gen: 0,
+            done,
+        };
+        self.queue(req)?;
+        written(synced).await?;
+        *self.floors[shard as usize].write().expect("floor lock") = floor;
+        Ok(reply)
+    }
+
+    /// Handles a ReadAtFloor (`AcceptorState::read_at_floor`): nothing is written, except that
+    /// a promise reporting a change of the key that still waits for its sync is sent only
+    /// once that change is durable.
+    pub async fn read_at_floor(
+        &self,
+        shard: ShardId,
+        key: &str,
+        ballot: Ballot,
+    ) -> Result<AcceptorReply, StorageError> {
+        self.apply(shard, key, |s, pending| {
+            let reply = s.read_at_floor(ballot, self.floor_in_rule(shard));
+            // Written again behind the pending change: synced with it or after it.
+            let wait = pending && matches!(reply, AcceptorReply::Promise { .. });
+            (wait.then(|| s.clone()), reply)
+        })
+        .await
+    }
+
     /// Handles a Prepare; the reply is returned only once any change it reports is durable.
     pub async fn prepare(
         &self,
@@ -383,7 +457,10 @@ impl Store {
         key: &str,
         ballot: Ballot,
     ) -> Result<AcceptorReply, StorageError> {
-        self.apply(shard, key, |s| s.prepare(ballot)).await
+        self.apply(shard, key, |s, _| {
+            s.prepare_over(ballot, self.floor_in_rule(shard))
+        })
+        .await
     }
 
     /// Handles an Accept (and the promise of `next` it may carry); the reply is returned only
@@ -396,15 +473,32 @@ impl Store {
         register: Register,
         next: Option<Ballot>,
     ) -> Result<AcceptorReply, StorageError> {
-        self.apply(shard, key, |s| s.accept(ballot, register, next))
-            .await
+        self.apply(shard, key, |s, _| {
+            s.accept_over(ballot, register, next, self.floor_in_rule(shard))
+        })
+        .await
+    }
+
+    /// The floor of `shard` (checked by [`Store::apply`]), read by a rule under the key's
+    /// entry lock: read before it, a floor raised in between would go unseen by a change that
+    /// a read at the new floor has already been told did not happen.
+    fn floor_in_rule(&self, shard: ShardId) -> Ballot {
+        *self.floors[shard as usize].read().expect("floor lock")
+    }
+
+    fn queue(&self, req: WriteReq) -> Result<(), StorageError> {
+        self.tx
+            .as_ref()
+            .ok_or(StorageError::Stopped)?
+            .send(req)
+            .map_err(|_| StorageError::Stopped)
     }
 
     async fn apply(
         &self,
         shard: ShardId,
         key: &str,
-        rule: impl FnOnce(&AcceptorState) -> (Option<AcceptorState>, AcceptorReply),
+        rule: impl FnOnce(&AcceptorState, bool) -> (Option<AcceptorState>, AcceptorReply),
     ) -> Result<AcceptorReply, StorageError> {
         if shard >= self.shards {
             return Err(StorageError::NoSuchShard(shard));
@@ -414,14 +508,14 @@ impl Store {
             let entry = self.pending.entry((shard, key.as_bytes().to_vec()));
             // The rule reads the current state in place (no copy of its register).
             let (next, reply) = match &entry {
-                dashmap::Entry::Occupied(e) => rule(&e.get().state),
+                dashmap::Entry::Occupied(e) => rule(&e.get().state, true),
                 dashmap::Entry::Vacant(v) => match self.synced.get(v.key()) {
-                    Some(cached) => rule(&cached),
+                    Some(cached) => rule(&cached, false),
                     None => {
                         // Nothing of this key is pending (we hold its entry), so RocksDB has
                         // its latest synced state: safe to cache.
                         let state = self.load(shard, key.as_bytes())?;
-                        let decided = rule(&state);
+                        let decided = rule(&state, false);
                         self.synced.insert(v.key().clone(), Arc::new(state));
                         decided
                     }
@@ -434,24 +528,27 @@ impl Store {
             let (done_tx, done_rx) = oneshot::channel();
             let req = WriteReq {
                 shard,
+                meta: false,
                 key: key.as_bytes().to_vec(),
                 record: record::encode(&state),
                 gen,
                 done: done_tx,
             };
             entry.insert(Pending { state, gen });
-            self.tx
-                .as_ref()
-                .ok_or(StorageError::Stopped)?
-                .send(req)
-                .map_err(|_| StorageError::Stopped)?;
+            self.queue(req)?;
             (reply, done_rx)
         };
-        match done.await {
-            Ok(Ok(())) => Ok(reply),
-            Ok(Err(e)) => Err(StorageError::Corrupt(format!("write failed: {e}"))),
-            Err(_) => Err(StorageError::Stopped),
-        }
+        written(done).await?;
+        Ok(reply)
+    }
+}
+
+/// Waits for the committer to sync a write.
+async fn written(done: oneshot::Receiver<Result<(), String>>) -> Result<(), StorageError> {
+    match done.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(StorageError::Corrupt(format!("write failed: {e}"))),
+        Err(_) => Err(StorageError::Stopped),
     }
 }
 
@@ -493,6 +590,109 @@ mod tests {
         assert_eq!(store.peek(1, "k").unwrap(), AcceptorState::default());
         assert_eq!(store.read_durable(2, "k").unwrap(), Some((b(3, 1), 5)));
         assert_eq!(store.read_durable(1, "k").unwrap(), None);
+    }
+
+    /// A shard's floor is durable, is a promise of every key of the shard (and of no other
+    /// shard), and lets a read at it stand for a Prepare.
+    #[tokio::test]
+    async fn a_shard_floor_survives_reopen_and_promises_every_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 4).unwrap();
+        let reg = Register::new(5, 1);
+        store.prepare(2, "old", b(2, 2)).await.unwrap();
+        store
+            .accept(2, "old", b(2, 2), reg.clone(), None)
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.promise_floor(2, b(4, 1)).await.unwrap(),
+            AcceptorReply::Promise { accepted: None, .. }
+        ));
+        assert_eq!(
+            store.promise_floor(2, b(4, 1)).await.unwrap(),
+            AcceptorReply::Reject {
+                ballot: b(4, 1),
+                promised: b(4, 1)
+            }
+        );
+        drop(store);
+        let store = Store::open(dir.path(), 4).unwrap();
+        assert_eq!(store.floor(2).unwrap(), b(4, 1));
+        assert_eq!(store.floor(1).unwrap(), Ballot::ZERO);
+        assert!(store.floor(4).is_err());
+        // Below the floor nothing is promised or accepted, on a key never seen as on one seen.
+        for key in ["old", "new"] {
+            assert_eq!(
+                store.prepare(2, key, b(3, 9)).await.unwrap(),
+                AcceptorReply::Reject {
+                    ballot: b(3, 9),
+                    promised: b(4, 1)
+                }
+            );
+            assert!(matches!(
+                store
+                    .accept(2, key, b(3, 9), reg.clone(), None)
+                    .await
+                    .unwrap(),
+                AcceptorReply::Reject { .. }
+            ));
+        }
+        // Another shard is not bound by it.
+        assert!(matches!(
+            store.prepare(1, "new", b(3, 9)).await.unwrap(),
+            AcceptorReply::Promise { .. }
+        ));
+        // A read at the floor reports what a Prepare would have, and writes nothing.
+        assert_eq!(
+            store.read_at_floor(2, "old", b(4, 1)).await.unwrap(),
+            AcceptorReply::Promise {
+                ballot: b(4, 1),
+                accepted: Some((b(2, 2), reg.clone()))
+            }
+        );
+        assert_eq!(store.peek(2, "old").unwrap().promised, b(2, 2));
+        assert!(matches!(
+            store.read_at_floor(2, "old", b(5, 1)).await.unwrap(),
+            AcceptorReply::Reject { .. }
+        ));
+        // The round at the floor goes on to phase 2.
+        assert!(matches!(
+            store
+                .accept(2, "new", b(4, 1), reg.clone(), Some(b(5, 1)))
+                .await
+                .unwrap(),
+            AcceptorReply::Accepted { .. }
+        ));
+        assert!(matches!(
+            store.read_at_floor(2, "new", b(4, 1)).await.unwrap(),
+            AcceptorReply::Reject { .. }
+        ));
+    }
+
+    /// A read at the floor judges the key by its changes still waiting for their sync, not by
+    /// what is synced: a change queued first happened first. (That a promise reporting such a
+    /// change waits for its sync is not timed here: it is written again behind it.)
+    #[tokio::test]
+    async fn a_read_at_the_floor_sees_changes_waiting_for_their_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 2).unwrap();
+        store.promise_floor(1, b(4, 1)).await.unwrap();
+        let reg = Register::new(7, 1);
+        // `join!` polls the accept first: it is queued, not synced, when the read runs.
+        let (accepted, read) = tokio::join!(
+            store.accept(1, "k", b(4, 1), reg.clone(), None),
+            store.read_at_floor(1, "k", b(4, 1)),
+        );
+        assert!(matches!(accepted.unwrap(), AcceptorReply::Accepted { .. }));
+        // The accept of the floor's own ballot came first: the key has seen the floor.
+        assert!(matches!(read.unwrap(), AcceptorReply::Reject { .. }));
+        // A promise above the floor pending: the read is refused.
+        let (promised, read) = tokio::join!(
+            store.prepare(1, "i", b(6, 2)),
+            store.read_at_floor(1, "i", b(4, 1)),
+        );
+        assert!(matches!(promised.unwrap(), AcceptorReply::Promise { .. }));
+        assert!(matches!(read.unwrap(), AcceptorReply::Reject { .. }));
     }
 
     /// Every shard's tables charge the one block cache of [`BLOCK_CACHE_BYTES`] (RocksDB's
@@ -564,7 +764,7 @@ mod tests {
         let meta = db.cf_handle(META_CF).unwrap();
         assert_eq!(
             db.get_cf(&meta, META_FORMAT).unwrap().unwrap(),
-            [FORMAT_VERSION]
+            [DIR_FORMAT]
         );
         db.put_cf(&meta, META_FORMAT, [1]).unwrap();
         drop(db);

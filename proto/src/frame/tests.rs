@@ -129,17 +129,17 @@ fn golden() -> Vec<(Msg, &'static str)> {
                 },
                 timeout_ms: 1_000,
             },
-            "060100016b0102010100010506c801e807",
+            "070100016b0102010100010506c801e807",
         ),
-        (Msg::Value(-2), "06010103"),
+        (Msg::Value(-2), "07010103"),
         (
             Msg::Swapped {
                 value: 3,
                 swapped: true,
             },
-            "0601020601",
+            "0701020601",
         ),
-        (Msg::Error(ClientError::expired("x")), "060103040178"),
+        (Msg::Error(ClientError::expired("x")), "070103040178"),
         (
             Msg::Acceptor(AcceptorMsg::Prepare {
                 shard: 7,
@@ -147,14 +147,14 @@ fn golden() -> Vec<(Msg, &'static str)> {
                 ballot: b,
                 config: 2,
             }),
-            "0601040007016bac02020102",
+            "0701040007016bac02020102",
         ),
         (
             Msg::Promise {
                 ballot: b,
                 accepted: Some((b, register.clone())),
             },
-            "060105ac02020101ac020201090901070b010201e807000304",
+            "070105ac02020101ac020201090901070b010201e807000304",
         ),
         (
             Msg::Acceptor(AcceptorMsg::Accept {
@@ -165,21 +165,21 @@ fn golden() -> Vec<(Msg, &'static str)> {
                 next: Some(b),
                 config: 2,
             }),
-            "0601040101016bac020201020200000001ac02020102",
+            "0701040101016bac020201020200000001ac02020102",
         ),
         (
             Msg::Accepted {
                 ballot: b,
                 next: None,
             },
-            "060106ac02020100",
+            "070106ac02020100",
         ),
         (
             Msg::Reject {
                 ballot: b,
                 promised: b,
             },
-            "060107ac020201ac020201",
+            "070107ac020201ac020201",
         ),
         (
             Msg::Acceptor(AcceptorMsg::Read {
@@ -187,23 +187,40 @@ fn golden() -> Vec<(Msg, &'static str)> {
                 key: "k".into(),
                 config: 2,
             }),
-            "0601040201016b02",
+            "0701040201016b02",
+        ),
+        (
+            Msg::Acceptor(AcceptorMsg::PromiseFloor {
+                shard: 1,
+                ballot: b,
+                config: 2,
+            }),
+            "0701040301ac02020102",
+        ),
+        (
+            Msg::Acceptor(AcceptorMsg::ReadAtFloor {
+                shard: 1,
+                key: "k".into(),
+                ballot: b,
+                config: 2,
+            }),
+            "0701040401016bac02020102",
         ),
         (
             Msg::ReadReply {
                 accepted: Some((b, -1)),
             },
-            "06010801ac02020101",
+            "07010801ac02020101",
         ),
-        (Msg::OpenSession { lifetime_ms: 1 }, "06010901"),
+        (Msg::OpenSession { lifetime_ms: 1 }, "07010901"),
         (
             Msg::Session {
                 expires_ms: 2,
                 renew_after_ms: 1,
             },
-            "06010a0201",
+            "07010a0201",
         ),
-        (Msg::Identify, "06010b"),
+        (Msg::Identify, "07010b"),
         (
             Msg::Identity {
                 cluster_id: 1,
@@ -211,47 +228,47 @@ fn golden() -> Vec<(Msg, &'static str)> {
                 config_version: 3,
                 state: DataState::Created,
             },
-            "06010c01020301",
+            "07010c01020301",
         ),
-        (Msg::GetPlacement, "06010d"),
+        (Msg::GetPlacement, "07010d"),
         (
             Msg::Placement {
                 config: 2,
                 nodes: vec![(1, "a:1".into())],
                 shards: vec![vec![1]],
             },
-            "06010e02010103613a31010101",
+            "07010e02010103613a31010101",
         ),
-        (Msg::Status, "06010f"),
+        (Msg::Status, "07010f"),
         (
             Msg::ClusterStatus(sample_cluster_status()),
-            "0601100176010305020101020203683a31000203683a3101010201030405030601760201030001010201010303683a320101780401040101010101020500010177",
+            "0701100176010305020101020203683a31000203683a3101010201030405030601760201030001010201010303683a320101780401040101010101020500010177",
         ),
-        (Msg::NodeStatus, "060111"),
+        (Msg::NodeStatus, "070111"),
         (
             Msg::NodeStatusReply(sample_node_status()),
-            "0601120203683a310101020103040503060176020103000101020101",
+            "0701120203683a310101020103040503060176020103000101020101",
         ),
-        (Msg::StaleConfig(Box::new(sample_config())), "060113030903020103683a310403683a3402020104000101010401000403683a340102010203"),
-        (Msg::NeedConfig { have: 2 }, "06011402"),
-        (Msg::GetConfig, "060115"),
-        (Msg::ConfigIs(Box::new(sample_config())), "060116030903020103683a310403683a3402020104000101010401000403683a340102010203"),
-        (Msg::InstallConfig(Box::new(sample_config())), "060117030903020103683a310403683a3402020104000101010401000403683a340102010203"),
-        (Msg::ConfigInstalled { version: 3 }, "06011803"),
-        (Msg::ConfigPrepare { ballot: b }, "060119ac020201"),
+        (Msg::StaleConfig(Box::new(sample_config())), "070113030903020103683a310403683a3402020104000101010401000403683a340102010203"),
+        (Msg::NeedConfig { have: 2 }, "07011402"),
+        (Msg::GetConfig, "070115"),
+        (Msg::ConfigIs(Box::new(sample_config())), "070116030903020103683a310403683a3402020104000101010401000403683a340102010203"),
+        (Msg::InstallConfig(Box::new(sample_config())), "070117030903020103683a310403683a3402020104000101010401000403683a340102010203"),
+        (Msg::ConfigInstalled { version: 3 }, "07011803"),
+        (Msg::ConfigPrepare { ballot: b }, "070119ac020201"),
         (
             Msg::ConfigPromise {
                 ballot: b,
                 accepted: Some((b, Box::new(sample_config()))),
             },
-            "06011aac02020101ac020201030903020103683a310403683a3402020104000101010401000403683a340102010203",
+            "07011aac02020101ac020201030903020103683a310403683a3402020104000101010401000403683a340102010203",
         ),
         (
             Msg::ConfigAccept {
                 ballot: b,
                 config: Box::new(sample_config()),
             },
-            "06011bac020201030903020103683a310403683a3402020104000101010401000403683a340102010203",
+            "07011bac020201030903020103683a310403683a3402020104000101010401000403683a340102010203",
         ),
         (
             Msg::ListKeys {
@@ -260,25 +277,25 @@ fn golden() -> Vec<(Msg, &'static str)> {
                 limit: 2,
                 config: 3,
             },
-            "06011c0101016b0203",
+            "07011c0101016b0203",
         ),
         (
             Msg::Keys {
                 keys: vec!["k".into()],
                 done: true,
             },
-            "06011d01016b01",
+            "07011d01016b01",
         ),
-        (Msg::Admin(Change::RemoveNode { id: 2 }), "06011e0102"),
+        (Msg::Admin(Change::RemoveNode { id: 2 }), "07011e0102"),
         (
             Msg::Admin(Change::ReplaceNode {
                 old: 1,
                 new: 4,
                 addr: "h:4".into(),
             }),
-            "06011e02010403683a34",
+            "07011e02010403683a34",
         ),
-        (Msg::AdminDone("ok".into()), "06011f026f6b"),
+        (Msg::AdminDone("ok".into()), "07011f026f6b"),
         (
             Msg::Batch(vec![
                 BatchItem {
@@ -299,7 +316,7 @@ fn golden() -> Vec<(Msg, &'static str)> {
                     },
                 },
             ]),
-            "06012002020201016b03030001016bac02020103",
+            "07012002020201016b03030001016bac02020103",
         ),
     ]
 }

@@ -94,7 +94,8 @@ impl Sim {
                     self.send(to, from, Payload::Refused { key, gen, why });
                     return;
                 }
-                let reply = self.acceptor(to, &key, |s| s.prepare(ballot), true);
+                let floor = self.promised_floor(to, shard_of(&self.cfg, &key));
+                let reply = self.acceptor(to, &key, |s| s.prepare_over(ballot, floor), true);
                 self.send(to, from, Payload::Reply { key, reply });
             }
             Payload::Accept {
@@ -109,8 +110,35 @@ impl Sim {
                     self.send(to, from, Payload::Refused { key, gen, why });
                     return;
                 }
-                let reply = self.acceptor(to, &key, |s| s.accept(ballot, register, next), false);
+                let floor = self.promised_floor(to, shard_of(&self.cfg, &key));
+                let rule = |s: &AcceptorState| s.accept_over(ballot, register, next, floor);
+                let reply = self.acceptor(to, &key, rule, false);
                 self.send(to, from, Payload::Reply { key, reply });
+            }
+            Payload::ReadAtFloor {
+                key,
+                ballot,
+                version,
+                gen,
+            } => {
+                let shard = shard_of(&self.cfg, &key);
+                if let Some(why) = self.fence(to, shard, version) {
+                    self.send(to, from, Payload::Refused { key, gen, why });
+                    return;
+                }
+                let floor = self.floor_of(to, shard);
+                let rule = |s: &AcceptorState| (None, s.read_at_floor(ballot, floor));
+                let reply = self.acceptor(to, &key, rule, false);
+                self.send(to, from, Payload::Reply { key, reply });
+            }
+            Payload::PromiseFloor {
+                shard,
+                ballot,
+                version,
+                gen,
+            } => self.on_promise_floor(to, from, shard, ballot, version, gen),
+            Payload::FloorReply { shard, gen, reply } => {
+                self.on_floor_reply(to, from, shard, gen, reply)
             }
             Payload::Reply { key, reply } => {
                 let action = self
@@ -259,11 +287,9 @@ impl Sim {
         if !rest.is_empty() {
             n.queues.insert(key.to_string(), rest);
         }
-        let seen = n
-            .volatile
-            .get(key)
-            .map(|s| s.highest())
-            .unwrap_or(Ballot::ZERO);
+        // Its acceptor's floor of the shard is a promise of the key too.
+        let floor = n.floors.get(&shard).copied().unwrap_or(Ballot::ZERO);
+        let seen = n.volatile.get(key).map_or(floor, |s| s.highest_over(floor));
         // The key's replicas under the configuration the node runs now.
         let version = n.config.version;
         let (targets, counted) = quorum(&n.config, shard, mutation);
@@ -280,6 +306,7 @@ impl Sim {
             shard,
             version,
             targets: targets.members().to_vec(),
+            at_floor: None,
         };
         if reads {
             lead.quiet = Some(QuietRead::new(counted));
@@ -302,13 +329,26 @@ impl Sim {
             return;
         }
         // A prepared round is used only under the configuration it was prepared under.
-        let action = match n.warm.remove(key) {
-            Some((at, warm)) if at == version => lead.decider.start_warm(warm),
-            _ => lead.decider.start_round(),
+        let warm = match n.warm.remove(key) {
+            Some((at, warm)) if at == version => Some(warm),
+            _ => None,
         };
-        if matches!(action, Action::Accept(..)) {
-            self.stats.warm_rounds += 1;
+        let action = match warm {
+            Some(warm) => lead.decider.start_warm(warm),
+            None => match self.floor_for(node, key, shard, version, seen, lead.decider.ops()) {
+                Some(floor) => lead.decider.start_at_floor(floor),
+                None => lead.decider.start_round(),
+            },
+        };
+        match action {
+            Action::Accept(..) => self.stats.warm_rounds += 1,
+            Action::ReadAtFloor(floor) => {
+                self.stats.floor_rounds += 1;
+                lead.at_floor = Some(floor);
+            }
+            _ => {}
         }
+        let n = self.nodes.get_mut(&node).expect("node");
         n.leads.insert(key.to_string(), lead);
         self.act(node, key, action);
     }
@@ -393,6 +433,15 @@ impl Sim {
                 };
                 self.start_phase(node, key, gen, payload);
             }
+            Action::ReadAtFloor(ballot) => {
+                let payload = Payload::ReadAtFloor {
+                    key: key.into(),
+                    ballot,
+                    version,
+                    gen,
+                };
+                self.start_phase(node, key, gen, payload);
+            }
             Action::Accept(ballot, register, next) => {
                 let payload = Payload::Accept {
                     key: key.into(),
@@ -405,6 +454,15 @@ impl Sim {
                 self.start_phase(node, key, gen, payload);
             }
             Action::Retry { attempt } => {
+                let floor = self
+                    .nodes
+                    .get_mut(&node)
+                    .and_then(|n| n.leads.get_mut(key))
+                    .and_then(|l| l.at_floor.take());
+                if let Some(floor) = floor {
+                    let shard = shard_of(&self.cfg, key);
+                    self.floor_missed(node, shard, floor);
+                }
                 let cap = (2u64 << attempt.min(6)).min(100);
                 let wait = self.rng.range(1, cap);
                 self.schedule(
@@ -419,10 +477,15 @@ impl Sim {
             Action::Done(results) => {
                 self.stats.chosen_values += 1;
                 let n = self.nodes.get_mut(&node).expect("node");
+                let mut held = None;
                 if let Some(lead) = n.leads.get(key) {
                     if let Some(warm) = lead.decider.warm() {
                         n.warm.insert(key.to_string(), (lead.version, warm));
                     }
+                    held = lead.at_floor.map(|f| (lead.shard, f));
+                }
+                if let Some((shard, floor)) = held {
+                    self.floor_held(node, shard, floor);
                 }
                 let lead = self.finish_lead(node, key);
                 for (waiter, outcome) in lead.waiters.into_iter().zip(results) {
