@@ -176,7 +176,7 @@ impl Decider {
             return self.start_round();
         }
         self.seen = floor;
-        self.round = Some(Round::new(floor, &self.quorum));
+        self.round = Some(Round::at_floor(floor, &self.quorum));
         self.phase = Phase::Preparing;
         Action::ReadAtFloor(floor)
     }

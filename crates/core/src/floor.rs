@@ -60,6 +60,10 @@ pub fn promise_floor(current: Ballot, ballot: Ballot) -> (Option<Ballot>, Accept
     }
 }
 
+/// Bytes a lease counts per key it remembers, besides the key's own: the set's node and the
+/// string's header.
+pub const LEASE_KEY_OVERHEAD: usize = 48;
+
 /// A floor a majority of a shard's replicas promised to this coordinator, and the keys that
 /// have had their round at it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -69,17 +73,20 @@ pub struct FloorLease {
     /// of that configuration (another has other replicas).
     version: u64,
     used: BTreeSet<String>,
+    /// Bytes of `used` (each key's length plus [`LEASE_KEY_OVERHEAD`]), at most `capacity`.
+    bytes: usize,
     capacity: usize,
 }
 
 impl FloorLease {
-    /// A floor `ballot` promised under configuration `version`, for the first rounds of at
-    /// most `capacity` keys.
+    /// A floor `ballot` promised under configuration `version`, for the first rounds of keys
+    /// whose names take at most `capacity` bytes (with [`LEASE_KEY_OVERHEAD`] each).
     pub fn new(ballot: Ballot, version: u64, capacity: usize) -> FloorLease {
         FloorLease {
             ballot,
             version,
             used: BTreeSet::new(),
+            bytes: 0,
             capacity,
         }
     }
@@ -97,20 +104,167 @@ impl FloorLease {
         self.used.len()
     }
 
+    /// Whether `key` had its round at this floor.
+    pub fn has_used(&self, key: &str) -> bool {
+        self.used.contains(key)
+    }
+
     /// Whether no more keys can have a round at this floor: time to raise it.
     pub fn is_full(&self) -> bool {
-        self.used.len() >= self.capacity
+        self.bytes >= self.capacity
     }
 
     /// The floor's ballot for a round on `key` under configuration `version`, once per key:
-    /// `None` if `key` had its round at this floor already, the lease is full, or of another
-    /// configuration.
+    /// `None` if `key` had its round at this floor already, there is no room left for it, or
+    /// the lease is of another configuration.
     pub fn take(&mut self, key: &str, version: u64) -> Option<Ballot> {
-        if version != self.version || self.is_full() || self.used.contains(key) {
+        let weight = key.len() + LEASE_KEY_OVERHEAD;
+        if version != self.version || self.bytes + weight > self.capacity || self.used.contains(key)
+        {
             return None;
         }
         self.used.insert(key.to_string());
+        self.bytes += weight;
         Some(self.ballot)
+    }
+}
+
+/// How a coordinator keeps its floors: room per lease, the wait after a failed raise, and how
+/// many refused rounds in a row give a lease up. Times are in the driver's unit (the node's
+/// milliseconds, the simulator's ticks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FloorPolicy {
+    pub lease_bytes: usize,
+    pub retry_after: u64,
+    pub max_misses: u32,
+}
+
+/// What a coordinator should do about a key's first round ([`FloorSlot::use_for`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FloorUse {
+    /// Run it at this floor (a read in phase 1).
+    At(Ballot),
+    /// Run an ordinary round, and raise the shard's floor above `above` (send PromiseFloor
+    /// to the replicas, then report with [`FloorSlot::raised`]).
+    Raise { above: Ballot },
+    /// Run an ordinary round.
+    Ordinary,
+}
+
+/// Where a coordinator stands with one shard's floor: the node and the simulator both drive
+/// this state machine.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum FloorSlot {
+    /// A raise is in flight.
+    Raising,
+    /// A majority promised the lease's floor; `misses`: rounds at it refused in a row.
+    Leased { lease: FloorLease, misses: u32 },
+    /// No floor: the next raise not before `retry_at`, above `above`.
+    Idle { retry_at: u64, above: Ballot },
+}
+
+impl Default for FloorSlot {
+    fn default() -> FloorSlot {
+        FloorSlot::Idle {
+            retry_at: 0,
+            above: Ballot::ZERO,
+        }
+    }
+}
+
+impl FloorSlot {
+    /// A key without a prepared round, under configuration `version`: `own` is the highest
+    /// ballot our acceptor has seen for the key, `local_floor` our acceptor's floor of the
+    /// shard, `now` the driver's clock.
+    pub fn use_for(
+        &mut self,
+        key: &str,
+        version: u64,
+        own: Ballot,
+        local_floor: Ballot,
+        now: u64,
+        policy: &FloorPolicy,
+    ) -> FloorUse {
+        let above = match self {
+            FloorSlot::Leased { lease, .. } if lease.version() == version && !lease.is_full() => {
+                if local_floor > lease.ballot() {
+                    // Another coordinator raised the shard's floor above ours: every read at
+                    // ours would be refused. Raise again later, above theirs.
+                    *self = FloorSlot::Idle {
+                        retry_at: now.saturating_add(policy.retry_after),
+                        above: local_floor,
+                    };
+                    return FloorUse::Ordinary;
+                }
+                // The key has its own ballots at or above the floor: a read would be refused.
+                if own >= lease.ballot() {
+                    return FloorUse::Ordinary;
+                }
+                return match lease.take(key, version) {
+                    Some(floor) => FloorUse::At(floor),
+                    None if lease.has_used(key) => FloorUse::Ordinary,
+                    // No room left for this key: a new floor.
+                    None => {
+                        let above = lease.ballot().max(local_floor);
+                        *self = FloorSlot::Raising;
+                        FloorUse::Raise { above }
+                    }
+                };
+            }
+            FloorSlot::Leased { lease, .. } => lease.ballot(),
+            FloorSlot::Raising => return FloorUse::Ordinary,
+            FloorSlot::Idle { retry_at, .. } if now < *retry_at => return FloorUse::Ordinary,
+            FloorSlot::Idle { above, .. } => *above,
+        };
+        *self = FloorSlot::Raising;
+        FloorUse::Raise {
+            above: above.max(local_floor),
+        }
+    }
+
+    /// How a raise ended: `Ok((floor, version))`, a majority promised `floor` under
+    /// configuration `version`; `Err(seen)`, it did not (`seen`: the highest ballot heard of).
+    pub fn raised(
+        &mut self,
+        outcome: Result<(Ballot, u64), Ballot>,
+        now: u64,
+        policy: &FloorPolicy,
+    ) {
+        *self = match outcome {
+            Ok((floor, version)) => FloorSlot::Leased {
+                lease: FloorLease::new(floor, version, policy.lease_bytes),
+                misses: 0,
+            },
+            Err(seen) => FloorSlot::Idle {
+                retry_at: now.saturating_add(policy.retry_after),
+                above: seen,
+            },
+        };
+    }
+
+    /// A round at `floor` was decided without a retry.
+    pub fn held(&mut self, floor: Ballot) {
+        if let FloorSlot::Leased { lease, misses } = self {
+            if lease.ballot() == floor {
+                *misses = 0;
+            }
+        }
+    }
+
+    /// A round at `floor` failed: after `max_misses` in a row the lease is given up (the
+    /// shard's floor was most likely raised by another coordinator).
+    pub fn missed(&mut self, floor: Ballot, now: u64, policy: &FloorPolicy) {
+        if let FloorSlot::Leased { lease, misses } = self {
+            if lease.ballot() == floor {
+                *misses += 1;
+                if *misses >= policy.max_misses {
+                    *self = FloorSlot::Idle {
+                        retry_at: now.saturating_add(policy.retry_after),
+                        above: floor,
+                    };
+                }
+            }
+        }
     }
 }
 
@@ -238,7 +392,7 @@ mod tests {
 
     #[test]
     fn a_lease_gives_each_key_one_round_at_its_floor() {
-        let mut lease = FloorLease::new(b(5, 1), 7, 2);
+        let mut lease = FloorLease::new(b(5, 1), 7, 2 * (1 + LEASE_KEY_OVERHEAD));
         assert_eq!(lease.take("a", 7), Some(b(5, 1)));
         // The same key again: its retry (or its next batch) must use a fresh ballot.
         assert_eq!(lease.take("a", 7), None);
@@ -248,5 +402,107 @@ mod tests {
         assert!(lease.is_full());
         assert_eq!(lease.take("c", 7), None);
         assert_eq!(lease.used(), 2);
+        // Room is counted in bytes: a long key takes more of it.
+        let mut lease = FloorLease::new(b(5, 1), 7, 100);
+        assert_eq!(lease.take(&"x".repeat(60), 7), None);
+        assert_eq!(lease.take(&"x".repeat(40), 7), Some(b(5, 1)));
+    }
+
+    const POLICY: FloorPolicy = FloorPolicy {
+        lease_bytes: 2 * (1 + LEASE_KEY_OVERHEAD),
+        retry_after: 10,
+        max_misses: 2,
+    };
+
+    #[test]
+    fn a_slot_raises_leases_and_raises_again_when_full() {
+        let mut slot = FloorSlot::default();
+        let zero = Ballot::ZERO;
+        let raise = slot.use_for("a", 7, zero, zero, 0, &POLICY);
+        assert_eq!(raise, FloorUse::Raise { above: zero });
+        // While it is in flight, first rounds are ordinary.
+        assert_eq!(
+            slot.use_for("a", 7, zero, zero, 0, &POLICY),
+            FloorUse::Ordinary
+        );
+        slot.raised(Ok((b(5, 1), 7)), 0, &POLICY);
+        assert_eq!(
+            slot.use_for("a", 7, zero, b(5, 1), 0, &POLICY),
+            FloorUse::At(b(5, 1))
+        );
+        // Once per key; not for a key that has seen the floor; not under another version.
+        assert_eq!(
+            slot.use_for("a", 7, zero, b(5, 1), 0, &POLICY),
+            FloorUse::Ordinary
+        );
+        assert_eq!(
+            slot.use_for("b", 7, b(5, 1), b(5, 1), 0, &POLICY),
+            FloorUse::Ordinary
+        );
+        assert_eq!(
+            slot.use_for("b", 8, zero, b(5, 1), 0, &POLICY),
+            FloorUse::Raise { above: b(5, 1) }
+        );
+        slot.raised(Ok((b(6, 1), 7)), 0, &POLICY);
+        assert_eq!(
+            slot.use_for("b", 7, zero, b(6, 1), 0, &POLICY),
+            FloorUse::At(b(6, 1))
+        );
+        assert_eq!(
+            slot.use_for("c", 7, zero, b(6, 1), 0, &POLICY),
+            FloorUse::At(b(6, 1))
+        );
+        // Full: the next first round raises it again, above it.
+        assert_eq!(
+            slot.use_for("d", 7, zero, b(6, 1), 0, &POLICY),
+            FloorUse::Raise { above: b(6, 1) }
+        );
+    }
+
+    #[test]
+    fn a_slot_gives_up_a_floor_another_coordinator_raised_past() {
+        let zero = Ballot::ZERO;
+        let mut slot = FloorSlot::default();
+        slot.use_for("a", 7, zero, zero, 0, &POLICY);
+        slot.raised(Ok((b(5, 1), 7)), 0, &POLICY);
+        // Our acceptor's floor is above our lease: idle until the retry time, then above it.
+        assert_eq!(
+            slot.use_for("a", 7, zero, b(8, 2), 3, &POLICY),
+            FloorUse::Ordinary
+        );
+        assert_eq!(
+            slot.use_for("a", 7, zero, b(8, 2), 12, &POLICY),
+            FloorUse::Ordinary
+        );
+        assert_eq!(
+            slot.use_for("a", 7, zero, b(8, 2), 13, &POLICY),
+            FloorUse::Raise { above: b(8, 2) }
+        );
+        // A refused raise idles too; refused rounds in a row give a lease up.
+        slot.raised(Err(b(9, 3)), 20, &POLICY);
+        assert_eq!(
+            slot.use_for("a", 7, zero, zero, 29, &POLICY),
+            FloorUse::Ordinary
+        );
+        assert_eq!(
+            slot.use_for("a", 7, zero, zero, 30, &POLICY),
+            FloorUse::Raise { above: b(9, 3) }
+        );
+        slot.raised(Ok((b(10, 1), 7)), 30, &POLICY);
+        slot.missed(b(10, 1), 31, &POLICY);
+        slot.held(b(10, 1));
+        slot.missed(b(10, 1), 32, &POLICY);
+        assert!(
+            matches!(slot, FloorSlot::Leased { .. }),
+            "a hit resets the misses"
+        );
+        slot.missed(b(10, 1), 33, &POLICY);
+        assert_eq!(
+            slot,
+            FloorSlot::Idle {
+                retry_at: 43,
+                above: b(10, 1)
+            }
+        );
     }
 }

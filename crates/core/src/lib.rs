@@ -32,7 +32,7 @@ pub use ballot::next_ballot;
 pub use change::{apply, apply_all, Ctx, Limits};
 pub use counter_proto::{Ballot, Command, NodeId, Op, Outcome, Register};
 pub use decider::{Action, Decider, Failure};
-pub use floor::{promise_floor, FloorLease};
+pub use floor::{promise_floor, FloorLease, FloorPolicy, FloorSlot, FloorUse};
 pub use proposer::{next_proposal, Round, Step, Warm};
 pub use quorum::Quorum;
 pub use read::{QuietRead, ReadStep};

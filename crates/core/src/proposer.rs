@@ -56,6 +56,10 @@ pub struct Round {
     /// The ballot the Accepts asked to be promised for the next round, and who promised it.
     next: Option<Ballot>,
     next_granted: Vec<NodeId>,
+    /// Phase 1 reads at the shard's floor ([`crate::floor`]): a refusal naming our own ballot
+    /// (or a lower one) is real, not the echo of a duplicated Prepare (a read changes nothing,
+    /// so a duplicate gets the same answer).
+    at_floor: bool,
 }
 
 /// A coordinator's next round on a key, already prepared: a majority promised `ballot` when
@@ -82,7 +86,15 @@ impl Round {
             proposed: None,
             next: None,
             next_granted: Vec::new(),
+            at_floor: false,
         }
+    }
+
+    /// A round at the shard's floor `ballot`, whose phase 1 reads ([`crate::floor`]).
+    pub fn at_floor(ballot: Ballot, quorum: impl Into<Quorum>) -> Round {
+        let mut round = Round::new(ballot, quorum);
+        round.at_floor = true;
+        round
     }
 
     /// A round whose phase 1 is already done (the round before piggybacked it): it starts at
@@ -217,8 +229,10 @@ impl Round {
             return Step::Pending;
         }
         // A refusal that names our own ballot is the echo of a duplicated request we already
-        // counted, not a competitor.
-        if promised <= self.ballot || !self.counts(from, ballot) {
+        // counted, not a competitor; except a read's at the floor (an acceptor that has not
+        // promised the floor, or a key that has seen its ballot).
+        let read = self.at_floor && self.phase == Phase::Preparing;
+        if (promised <= self.ballot && !read) || !self.counts(from, ballot) {
             return Step::Pending;
         }
         self.seen = self.seen.max(promised);
@@ -254,6 +268,28 @@ mod tests {
         Register::new(value, version)
     }
     const REPLICAS: [NodeId; 3] = [1, 2, 3];
+
+    #[test]
+    fn a_read_at_the_floor_counts_refusals_that_name_no_higher_ballot() {
+        // An ordinary Prepare's refusal naming its own ballot is a duplicate's echo...
+        let mut r = Round::new(b(5, 1), &REPLICAS);
+        assert_eq!(r.on_reject(2, b(5, 1), b(5, 1)), Step::Pending);
+        assert_eq!(r.on_reject(3, b(5, 1), b(4, 2)), Step::Pending);
+        // ...a read's at the floor is a refusal: two of three end the round at once.
+        let mut r = Round::at_floor(b(5, 1), &REPLICAS);
+        assert_eq!(r.on_reject(2, b(5, 1), b(5, 1)), Step::Pending);
+        assert_eq!(
+            r.on_reject(3, b(5, 1), b(4, 2)),
+            Step::Preempted { seen: b(5, 1) }
+        );
+        // In phase 2 an echo is an echo again.
+        let mut r = Round::at_floor(b(5, 1), &REPLICAS);
+        r.on_promise(1, b(5, 1), None);
+        r.on_promise(2, b(5, 1), None);
+        r.propose(reg(1, 1), None);
+        assert_eq!(r.on_reject(3, b(5, 1), b(5, 1)), Step::Pending);
+        assert_eq!(r.on_reject(2, b(5, 1), b(5, 1)), Step::Pending);
+    }
 
     #[test]
     fn a_majority_of_distinct_replicas_is_needed() {

@@ -12,8 +12,8 @@
 
 use crate::membership::Membership;
 use counter_core::{
-    next_ballot, AcceptorReply, Action, Ctx, Decider, Failure, FloorLease, Limits, QuietRead,
-    ReadStep, Round, Step, Warm,
+    next_ballot, AcceptorReply, Action, Ctx, Decider, Failure, FloorPolicy, FloorSlot, FloorUse,
+    Limits, QuietRead, ReadStep, Round, Step, Warm,
 };
 use counter_net::Pool;
 use counter_proto::{
@@ -46,27 +46,15 @@ impl quick_cache::Weighter<String, (u64, Ballot, Ballot)> for WarmWeight {
         (key.len() + 120) as u64
     }
 }
-/// Most keys that have their first round at one floor of a shard (`counter_core::floor`);
-/// then the floor is raised again. About 50 bytes each: 64 shards' leases hold at most about
-/// 13 MiB of keys.
-const FLOOR_KEYS: usize = 4096;
-/// How long after a failed raise of a shard's floor (another coordinator holds a higher one,
-/// or no majority answered) before the next try: meanwhile the shard's first rounds have two
-/// writes, as without floors.
-const FLOOR_RETRY: Duration = Duration::from_secs(1);
-/// Rounds at a floor refused in a row after which the lease is given up (another coordinator
-/// raised the shard's floor above it).
-const FLOOR_MISSES: u32 = 16;
-
-/// Where this coordinator stands with a shard's floor.
-enum FloorSlot {
-    /// A raise is in flight.
-    Raising,
-    /// A majority promised the lease's floor; `misses`: rounds at it refused in a row.
-    Leased { lease: FloorLease, misses: u32 },
-    /// No floor: the next raise not before `retry_at`, above `above`.
-    Idle { retry_at: Instant, above: Ballot },
-}
+/// How this coordinator keeps the shards' floors (`counter_core::floor`): 256 KiB of keys per
+/// lease (about 4,000 short keys; 16 MiB over 64 shards), a raise tried again 1 s after one
+/// that failed (meanwhile a shard's first rounds have two writes, as without floors), and a
+/// lease given up after 16 refused rounds at it in a row.
+const FLOOR_POLICY: FloorPolicy = FloorPolicy {
+    lease_bytes: 256 << 10,
+    retry_after: 1_000,
+    max_misses: 16,
+};
 
 /// Most operations coalesced into one round.
 const MAX_BATCH: usize = 1024;
@@ -106,6 +94,8 @@ pub struct Coordinator {
     /// Per shard, the floor this coordinator leases (`counter_core::floor`): a key it has no
     /// prepared round for has its first round there, reading instead of writing in phase 1.
     floors: DashMap<ShardId, FloorSlot>,
+    /// The clock of the floors' retry times (milliseconds since this instant).
+    started: Instant,
 }
 
 /// What a replica's answer to a Prepare or an Accept came to.
@@ -138,6 +128,7 @@ impl Coordinator {
             warm: WarmCache::with_weighter((WARM_BYTES / 140) as usize, WARM_BYTES, WarmWeight),
             queues: DashMap::new(),
             floors: DashMap::new(),
+            started: Instant::now(),
         })
     }
 
@@ -364,14 +355,18 @@ impl Coordinator {
         // register is what our acceptor accepted under that round's ballot (one register per
         // ballot); if our acceptor has moved on since, or the configuration changed, the round
         // is not used.
+        let own = local.highest();
+        // A prepared round below our acceptor's floor would be refused: not used.
         let warm = self
             .warm
             .remove(key)
             .and_then(|(_, (version, ballot, at))| match local.accepted {
-                Some((b, register)) if b == at && version == config.version => Some(Warm {
-                    ballot,
-                    accepted: (b, register),
-                }),
+                Some((b, register)) if b == at && version == config.version && ballot >= floor => {
+                    Some(Warm {
+                        ballot,
+                        accepted: (b, register),
+                    })
+                }
                 _ => None,
             });
         let mut decider = Decider::new(
@@ -384,7 +379,7 @@ impl Coordinator {
         );
         let mut action = match warm {
             Some(w) => decider.start_warm(w),
-            None => match self.at_floor(shard, key, &config, seen, decider.ops()) {
+            None => match self.at_floor(shard, key, &config, (own, floor), decider.ops()) {
                 Some(floor) => decider.start_at_floor(floor),
                 None => decider.start_round(),
             },
@@ -407,9 +402,10 @@ impl Coordinator {
                     self.accept(&config, node, shard, key, ballot, register.clone(), next)
                 }),
                 Action::Retry { attempt } => {
-                    if trips.retries == 0 {
-                        if let Some(floor) = trips.at_floor {
-                            self.floor_missed(shard, floor);
+                    if let (Some(floor), 0) = (trips.at_floor, trips.retries) {
+                        let now = self.now_ms();
+                        if let Some(mut slot) = self.floors.get_mut(&shard) {
+                            slot.missed(floor, now, &FLOOR_POLICY);
                         }
                     }
                     trips.retries += 1;
@@ -431,7 +427,9 @@ impl Coordinator {
                 }
                 Action::Done(results) => {
                     if let (Some(floor), 0) = (trips.at_floor, trips.retries) {
-                        self.floor_held(shard, floor);
+                        if let Some(mut slot) = self.floors.get_mut(&shard) {
+                            slot.held(floor);
+                        }
                     }
                     if let Some((ballot, at)) = decider.prepared() {
                         self.warm
@@ -493,28 +491,23 @@ impl Coordinator {
         }
     }
 
-    /// A call to `node`'s acceptor: ours directly (`local`, if the fence lets the round's
-    /// configuration through), another's over the network (`msg`).
-    fn ask<F, Fut>(
+    /// A call to our own acceptor (`node`, this one), if the fence lets the round's
+    /// configuration through: `call` gets the store.
+    fn ask_local<Fut>(
         &self,
         config: &Config,
         node: NodeId,
         shard: ShardId,
-        local: F,
-        msg: impl FnOnce() -> AcceptorMsg,
+        call: impl FnOnce(Arc<Store>) -> Fut,
     ) -> ReplyFuture
     where
-        F: FnOnce(Arc<Store>) -> Fut,
         Fut: Future<Output = Result<AcceptorReply, StorageError>> + Send + 'static,
     {
-        if node == self.id {
-            if let Some(refused) = self.local(config, node, shard) {
-                return refused;
-            }
-            let reply = local(self.store.clone());
-            return Box::pin(async move { (node, log_local(reply.await)) });
+        if let Some(refused) = self.local(config, node, shard) {
+            return refused;
         }
-        self.remote(config, node, Msg::Acceptor(msg()))
+        let reply = call(self.store.clone());
+        Box::pin(async move { (node, log_local(reply.await)) })
     }
 
     fn prepare(
@@ -525,19 +518,19 @@ impl Coordinator {
         key: &str,
         ballot: Ballot,
     ) -> ReplyFuture {
-        let owned = key.to_string();
-        self.ask(
-            config,
-            node,
+        let key = key.to_string();
+        if node == self.id {
+            return self.ask_local(config, node, shard, move |store| async move {
+                store.prepare(shard, &key, ballot).await
+            });
+        }
+        let msg = AcceptorMsg::Prepare {
             shard,
-            move |store| async move { store.prepare(shard, &owned, ballot).await },
-            || AcceptorMsg::Prepare {
-                shard,
-                key: key.to_string(),
-                ballot,
-                config: config.version,
-            },
-        )
+            key,
+            ballot,
+            config: config.version,
+        };
+        self.remote(config, node, Msg::Acceptor(msg))
     }
 
     fn read_at_floor(
@@ -548,19 +541,19 @@ impl Coordinator {
         key: &str,
         ballot: Ballot,
     ) -> ReplyFuture {
-        let owned = key.to_string();
-        self.ask(
-            config,
-            node,
+        let key = key.to_string();
+        if node == self.id {
+            return self.ask_local(config, node, shard, move |store| async move {
+                store.read_at_floor(shard, &key, ballot).await
+            });
+        }
+        let msg = AcceptorMsg::ReadAtFloor {
             shard,
-            move |store| async move { store.read_at_floor(shard, &owned, ballot).await },
-            || AcceptorMsg::ReadAtFloor {
-                shard,
-                key: key.to_string(),
-                ballot,
-                config: config.version,
-            },
-        )
+            key,
+            ballot,
+            config: config.version,
+        };
+        self.remote(config, node, Msg::Acceptor(msg))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -574,98 +567,95 @@ impl Coordinator {
         register: Register,
         next: Option<Ballot>,
     ) -> ReplyFuture {
+        let key = key.to_string();
         if node == self.id {
-            let owned = key.to_string();
-            return self.ask(
-                config,
-                node,
-                shard,
-                move |store| async move {
-                    store.accept(shard, &owned, ballot, register, next).await
-                },
-                || unreachable!("our own acceptor is called directly"),
-            );
+            return self.ask_local(config, node, shard, move |store| async move {
+                store.accept(shard, &key, ballot, register, next).await
+            });
         }
-        self.remote(
-            config,
-            node,
-            Msg::Acceptor(AcceptorMsg::Accept {
-                shard,
-                key: key.to_string(),
-                ballot,
-                register,
-                next,
-                config: config.version,
-            }),
-        )
+        let msg = AcceptorMsg::Accept {
+            shard,
+            key,
+            ballot,
+            register,
+            next,
+            config: config.version,
+        };
+        self.remote(config, node, Msg::Acceptor(msg))
+    }
+
+    fn promise_floor(
+        &self,
+        config: &Config,
+        node: NodeId,
+        shard: ShardId,
+        ballot: Ballot,
+    ) -> ReplyFuture {
+        if node == self.id {
+            return self.ask_local(config, node, shard, move |store| async move {
+                store.promise_floor(shard, ballot).await
+            });
+        }
+        let msg = AcceptorMsg::PromiseFloor {
+            shard,
+            ballot,
+            config: config.version,
+        };
+        self.remote(config, node, Msg::Acceptor(msg))
+    }
+
+    /// Milliseconds since this coordinator started: the clock of its floors' retry times.
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     /// The floor `key`'s first round can run at (`counter_core::floor`), if this coordinator
-    /// leases one for `shard` under `config` that the key has not used and that is not below
-    /// any ballot the key has seen (`seen`). A shard without a usable floor gets one raised
-    /// in the background; until then its first rounds are ordinary.
+    /// leases a usable one for `shard` under `config` (`FloorSlot::use_for`; `(own, floor)`:
+    /// the highest ballot our acceptor has seen for the key, and its floor of the shard). A
+    /// shard without one gets one raised in the background; meanwhile first rounds are
+    /// ordinary.
     fn at_floor(
         self: &Arc<Self>,
         shard: ShardId,
         key: &str,
         config: &Arc<Config>,
-        seen: Ballot,
+        (own, floor): (Ballot, Ballot),
         ops: &[Command],
     ) -> Option<Ballot> {
         if !ops.iter().all(counter_core::change::is_retry_safe) {
             return None;
         }
-        let mut slot = self.floors.entry(shard).or_insert(FloorSlot::Idle {
-            retry_at: Instant::now(),
-            above: Ballot::ZERO,
-        });
-        let above = match &mut *slot {
-            FloorSlot::Leased { lease, .. }
-                if lease.version() == config.version && !lease.is_full() =>
-            {
-                // `seen` counts our acceptor's floor: above the lease's, the key (or a newer
-                // floor) has gone past it, and the read would be refused.
-                if seen > lease.ballot() {
-                    return None;
-                }
-                return lease.take(key, config.version);
+        let now = self.now_ms();
+        let used = self.floors.entry(shard).or_default().use_for(
+            key,
+            config.version,
+            own,
+            floor,
+            now,
+            &FLOOR_POLICY,
+        );
+        match used {
+            FloorUse::At(floor) => Some(floor),
+            FloorUse::Ordinary => None,
+            FloorUse::Raise { above } => {
+                let this = self.clone();
+                let config = config.clone();
+                tokio::spawn(async move { this.raise_floor(shard, config, above).await });
+                None
             }
-            FloorSlot::Leased { lease, .. } => lease.ballot(),
-            FloorSlot::Raising => return None,
-            FloorSlot::Idle { retry_at, .. } if Instant::now() < *retry_at => return None,
-            FloorSlot::Idle { above, .. } => *above,
-        };
-        *slot = FloorSlot::Raising;
-        drop(slot);
-        let this = self.clone();
-        let config = config.clone();
-        tokio::spawn(async move { this.raise_floor(shard, config, above).await });
-        None
+        }
     }
 
-    /// Asks `shard`'s replicas to promise a new floor, above `above` and above our acceptor's,
-    /// for every key of the shard; leases it once a majority (of both sets during a move) did.
+    /// Asks `shard`'s replicas to promise a new floor above `above` for every key of the
+    /// shard; leases it once a majority (of both sets during a move) did.
     async fn raise_floor(self: Arc<Self>, shard: ShardId, config: Arc<Config>, above: Ballot) {
-        let own = self.store.floor(shard).unwrap_or(Ballot::ZERO);
-        let ballot = next_ballot(self.id, self.epoch, own.max(above));
+        let ballot = next_ballot(self.id, self.epoch, above);
         let quorum = Membership::quorum(&config, shard);
         let mut round = Round::new(ballot, &quorum);
         let mut replies: FuturesUnordered<ReplyFuture> = quorum
             .members()
             .iter()
-            .map(|&node| {
-                self.ask(
-                    &config,
-                    node,
-                    shard,
-                    move |store| async move { store.promise_floor(shard, ballot).await },
-                    || AcceptorMsg::PromiseFloor {
-                        shard,
-                        ballot,
-                        config: config.version,
-                    },
-                )
-            })
+            .map(|&node| self.promise_floor(&config, node, shard, ballot))
             .collect();
         let until = Instant::now() + PHASE_TIMEOUT;
         let outcome = loop {
@@ -676,67 +666,34 @@ impl Coordinator {
                 Some((from, Got::Reply(AcceptorReply::Reject { ballot, promised }))) => {
                     round.on_reject(from, ballot, promised)
                 }
+                // A replica runs a newer configuration (now installed here): this floor would
+                // serve no round.
+                Some((_, Got::Stale)) => break Err(round.seen()),
                 Some(_) => Step::Pending,
                 None => break Err(round.seen()),
             };
             match step {
-                Step::Promised { .. } => break Ok(()),
+                Step::Promised { .. } => break Ok((ballot, config.version)),
                 Step::Preempted { seen } => break Err(seen),
                 _ => {}
             }
         };
-        let slot = match outcome {
-            Ok(()) => {
+        let label = match outcome {
+            Ok(_) => {
                 tracing::debug!(shard, %ballot, "shard floor leased");
-                FloorSlot::Leased {
-                    lease: FloorLease::new(ballot, config.version, FLOOR_KEYS),
-                    misses: 0,
-                }
+                "leased"
             }
             Err(seen) => {
                 tracing::debug!(shard, %ballot, %seen, "shard floor not leased; retrying later");
-                FloorSlot::Idle {
-                    retry_at: Instant::now() + FLOOR_RETRY,
-                    above: seen,
-                }
+                "refused"
             }
         };
-        metrics::counter!("counter_floor_raises_total", "outcome" => match slot {
-            FloorSlot::Leased { .. } => "leased",
-            _ => "refused",
-        })
-        .increment(1);
-        self.floors.insert(shard, slot);
-    }
-
-    /// A round at `floor` of `shard` was decided without a retry.
-    fn floor_held(&self, shard: ShardId, floor: Ballot) {
-        if let Some(mut slot) = self.floors.get_mut(&shard) {
-            if let FloorSlot::Leased { lease, misses } = &mut *slot {
-                if lease.ballot() == floor {
-                    *misses = 0;
-                }
-            }
-        }
-    }
-
-    /// A round at `floor` of `shard` failed: after [`FLOOR_MISSES`] in a row the lease is
-    /// given up (the shard's floor was most likely raised by another coordinator).
-    fn floor_missed(&self, shard: ShardId, floor: Ballot) {
-        if let Some(mut slot) = self.floors.get_mut(&shard) {
-            if let FloorSlot::Leased { lease, misses } = &mut *slot {
-                if lease.ballot() == floor {
-                    *misses += 1;
-                    if *misses >= FLOOR_MISSES {
-                        tracing::debug!(shard, %floor, "shard floor lost");
-                        *slot = FloorSlot::Idle {
-                            retry_at: Instant::now() + FLOOR_RETRY,
-                            above: floor,
-                        };
-                    }
-                }
-            }
-        }
+        metrics::counter!("counter_floor_raises_total", "outcome" => label).increment(1);
+        let now = self.now_ms();
+        self.floors
+            .entry(shard)
+            .or_default()
+            .raised(outcome, now, &FLOOR_POLICY);
     }
 
     fn remote(&self, config: &Config, node: NodeId, msg: Msg) -> ReplyFuture {

@@ -250,7 +250,7 @@ impl Membership {
                         accepted: accepted.map(|(b, c)| (b, Box::new(c))),
                     }
                 }
-                Err(e) => storage_failed_in(false, e),
+                Err(e) => storage_failed("configuration", e),
             },
             Err(promised) => Msg::Reject { ballot, promised },
         }
@@ -273,7 +273,7 @@ impl Membership {
                     *register = next;
                     Msg::Accepted { ballot, next: None }
                 }
-                Err(e) => storage_failed_in(false, e),
+                Err(e) => storage_failed("configuration", e),
             },
             Err(promised) => Msg::Reject { ballot, promised },
         }
@@ -289,7 +289,7 @@ impl Membership {
             .keys(shard, after, limit.clamp(1, 4096) as usize, PAGE_BYTES)
         {
             Ok((keys, done)) => Msg::Keys { keys, done },
-            Err(e) => storage_failed_in(false, e),
+            Err(e) => storage_failed("configuration", e),
         }
     }
 
@@ -895,12 +895,9 @@ fn joiner(change: &Change) -> Option<(NodeId, &str)> {
     }
 }
 
-/// A storage failure (of the configuration's or, `acceptor`, of a key's acceptor state),
-/// logged and answered as unavailable.
-pub(crate) fn storage_failed_in(acceptor: bool, e: StorageError) -> Msg {
-    match acceptor {
-        true => tracing::error!(error = %e, "acceptor storage failed"),
-        false => tracing::error!(error = %e, "configuration storage failed"),
-    }
+/// A failure of `what` storage (`configuration`, `acceptor`), logged and answered as
+/// unavailable.
+pub(crate) fn storage_failed(what: &str, e: StorageError) -> Msg {
+    tracing::error!(error = %e, "{what} storage failed");
     Msg::Error(ClientError::unavailable(format!("storage: {e}")))
 }

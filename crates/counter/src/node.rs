@@ -269,5 +269,5 @@ fn to_msg(reply: Result<AcceptorReply, counter_storage::StorageError>) -> Msg {
 }
 
 fn storage_failed(e: counter_storage::StorageError) -> Msg {
-    crate::membership::storage_failed_in(true, e)
+    crate::membership::storage_failed("acceptor", e)
 }

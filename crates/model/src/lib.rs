@@ -50,6 +50,7 @@
 //!
 //! Extra property: sometimes the change completes (some server installed version 3).
 
+use counter_core::floor::LEASE_KEY_OVERHEAD;
 use counter_core::membership::{fence, Fence};
 use counter_core::{AcceptorReply, AcceptorState, Action, Ctx, Decider, FloorLease, Quorum};
 use counter_proto::{Ballot, Command, NodeId, Op, Outcome, Register, RequestId};
@@ -283,8 +284,9 @@ const MOVER: NodeId = 1;
 const KEY: &str = "k";
 /// With [`Config::floor`]: the floor node 1 raised (in its first incarnation), the nodes that
 /// promised it, and the node that leases it.
+/// Round 2, so that node 3's first ballot, (1, 3, 1), is below it.
 const FLOOR: Ballot = Ballot {
-    round: 1,
+    round: 2,
     node: 1,
     epoch: 1,
 };
@@ -536,7 +538,7 @@ impl Actor for CounterActor {
                 };
                 // Node 1 leases the floor it raised, until it crashes (a lease is volatile).
                 let lease = (layout.floor && me == FLOOR_LEASER && storage.is_none())
-                    .then(|| FloorLease::new(FLOOR, OLD, 1));
+                    .then(|| FloorLease::new(FLOOR, OLD, KEY.len() + LEASE_KEY_OVERHEAD));
                 // A new incarnation: bump and persist the epoch before doing anything.
                 let epoch = epoch + 1;
                 o.save(Durable {
@@ -807,8 +809,10 @@ pub struct Config {
     pub change: Option<Change>,
     /// Shard floors (`counter_core::floor`): the key's shard starts with a floor that node 1
     /// raised and nodes 1 and 2 promised; node 1 leases it (until it crashes), so its first
-    /// round reads at the floor while other coordinators run ordinary rounds, which the floor
-    /// refuses below it. Requests carry ids (what a round at a floor needs). Not with a change.
+    /// round reads at the floor, while node 3, which never heard of the floor, coordinates
+    /// the other client's request with a first ballot below it (refused by nodes 1 and 2,
+    /// then retried above). Two clients, on nodes 1 and 3. Requests carry ids (what a round
+    /// at a floor needs). Not with a change.
     pub floor: bool,
 }
 
@@ -841,6 +845,9 @@ impl Config {
                     Box::new(move |c| id_of(coordinators[c % coordinators.len()])),
                 )
             }
+            // With floors: node 1, which leases the floor, and node 3, which never heard of it
+            // (its first round goes below the floor: nodes 1 and 2 must refuse it).
+            None if self.floor => (CounterSpec(0), Box::new(|c| Id::from([0, 2][c % 2]))),
             None => (CounterSpec(0), Box::new(move |c| Id::from(c % servers))),
         };
         let mut model = ActorModel::new(self.clone(), LinearizabilityTester::new(spec))

@@ -98,8 +98,8 @@ fn replacing_a_replica(max_crashes: usize, lossy: bool) -> Config {
 }
 
 /// Shard floors (`counter_core::floor`): nodes 1 and 2 promised node 1's floor; client 0's
-/// increment goes to node 1, whose first round reads at the floor, client 1's to node 2,
-/// whose rounds are ordinary and must go above the floor; node 3 never heard of it. Same
+/// increment goes to node 1, whose first round reads at the floor, client 1's to node 3,
+/// which never heard of the floor: its first round goes below it and must be refused. Same
 /// adversary as `duplicated_acceptor_messages_with_a_crash`.
 fn floors() -> Config {
     Config {

@@ -38,9 +38,10 @@ pub struct Config {
     pub client_timeout: u64,
     pub coordinator_deadline: u64,
     pub phase_timeout: u64,
-    /// Keys that have their first round at one floor of a shard before the coordinator raises
-    /// it again (the node's `FLOOR_KEYS`, kept small here so that floors are raised often).
-    pub floor_keys: usize,
+    /// Bytes of keys that have their first round at one floor of a shard before the
+    /// coordinator raises it again (the node's 256 KiB, kept small here so that floors are
+    /// raised often: 3 keys of the simulator's names, `k0`..).
+    pub floor_lease_bytes: usize,
     /// How long after a failed raise of a floor before the next (the node's `FLOOR_RETRY`).
     pub floor_retry: u64,
     /// Exactly-once mode: mutating commands carry request ids, and a client whose outcome is
@@ -167,7 +168,7 @@ impl Config {
             client_timeout: 1_500,
             coordinator_deadline: 1_000,
             phase_timeout: 120,
-            floor_keys: 3,
+            floor_lease_bytes: 3 * 51,
             floor_retry: 200,
             request_ids: false,
             // The client library's rule: a request's retries end well within the margin a
@@ -311,7 +312,7 @@ impl Config {
             clients: 6,
             keys: 60,
             ops_per_client: 15,
-            floor_keys: 6,
+            floor_lease_bytes: 6 * 51,
             request_ids: true,
             ..Config::hostile(nodes)
         }

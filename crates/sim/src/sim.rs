@@ -6,7 +6,9 @@
 
 use crate::{Config, Rng, Run, Stats};
 use counter_check::Operation;
-use counter_core::{AcceptorReply, AcceptorState, Action, Ctx, Decider, QuietRead, Warm};
+use counter_core::{
+    AcceptorReply, AcceptorState, Action, Ctx, Decider, FloorSlot, QuietRead, Warm,
+};
 use counter_proto::{Ballot, Command, Config as ClusterConfig, NodeId, Register};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -16,7 +18,7 @@ mod floor;
 mod membership;
 mod node;
 
-use floor::SimFloor;
+use floor::Raise;
 use membership::{Mover, Refusal};
 
 #[derive(Clone, Debug)]
@@ -265,8 +267,9 @@ struct SimNode {
     volatile: BTreeMap<String, AcceptorState>,
     /// Durable floors of its shards (`counter_core::floor`).
     floors: BTreeMap<u32, Ballot>,
-    /// The floors it leases as a coordinator, per shard (volatile).
-    leases: BTreeMap<u32, SimFloor>,
+    /// The floors it leases as a coordinator, per shard, and its raises in flight (volatile).
+    leases: BTreeMap<u32, FloorSlot>,
+    raises: BTreeMap<u32, Raise>,
     leads: BTreeMap<String, Lead>,
     queues: BTreeMap<String, Vec<Queued>>,
     /// Keys whose next round is prepared, with the configuration version it was prepared
@@ -287,6 +290,7 @@ impl SimNode {
             volatile: BTreeMap::new(),
             floors: BTreeMap::new(),
             leases: BTreeMap::new(),
+            raises: BTreeMap::new(),
             leads: BTreeMap::new(),
             queues: BTreeMap::new(),
             warm: BTreeMap::new(),
@@ -635,6 +639,7 @@ impl Sim {
         n.volatile.clear();
         n.warm.clear();
         n.leases.clear();
+        n.raises.clear();
         self.schedule(back, Event::Restart(id));
     }
 

@@ -1,36 +1,31 @@
 //! Shard floors (`counter_core::floor`) as `counter-node` runs them: the acceptor's durable
-//! floor per shard, and the coordinator's lease of one (raised when a key without a prepared
-//! round finds none, given up after a run of refused rounds, raised again when full).
+//! floor per shard, and the coordinator's `FloorSlot` per shard (the node's state machine,
+//! with the simulator's ticks as its clock and smaller limits).
 
 use super::membership::quorum;
 use super::{Event, Payload, Sim};
 use crate::Mutation;
-use counter_core::{next_ballot, promise_floor, AcceptorReply, FloorLease, Round, Step};
+use counter_core::{next_ballot, promise_floor, AcceptorReply, FloorPolicy, FloorUse, Round, Step};
 use counter_proto::{Ballot, Command, NodeId};
 
-/// Rounds at a floor refused in a row after which the lease is given up (the node's
-/// `FLOOR_MISSES`, smaller here).
-const FLOOR_MISSES: u32 = 4;
-
-/// Where a coordinator stands with a shard's floor (the node's `FloorSlot`).
-pub(super) enum SimFloor {
-    /// Raise `gen` in flight, counted by `round`, under configuration `version`.
-    Raising {
-        round: Box<Round>,
-        gen: u64,
-        version: u64,
-    },
-    Leased {
-        lease: FloorLease,
-        misses: u32,
-    },
-    Idle {
-        retry_at: u64,
-        above: Ballot,
-    },
+/// A raise of a shard's floor in flight at a coordinator: its name, its replies so far, and
+/// the configuration version it runs under.
+pub(super) struct Raise {
+    gen: u64,
+    round: Round,
+    version: u64,
 }
 
 impl Sim {
+    fn floor_policy(&self) -> FloorPolicy {
+        FloorPolicy {
+            lease_bytes: self.cfg.floor_lease_bytes,
+            retry_after: self.cfg.floor_retry,
+            // The node's is 16.
+            max_misses: 4,
+        }
+    }
+
     /// The floor of `shard` a Prepare or an Accept at `node` is judged under (none under the
     /// planted `FloorNoPromise`).
     pub(super) fn promised_floor(&self, node: NodeId, shard: u32) -> Ballot {
@@ -50,55 +45,49 @@ impl Sim {
     }
 
     /// The floor a key's first round can run at (the coordinator's `at_floor`), starting a
-    /// raise when the shard has none usable.
+    /// raise when the shard has none usable. `own`: the highest ballot the node's acceptor has
+    /// seen for the key.
     pub(super) fn floor_for(
         &mut self,
         node: NodeId,
         key: &str,
         shard: u32,
         version: u64,
-        seen: Ballot,
+        own: Ballot,
         ops: &[Command],
     ) -> Option<Ballot> {
         if !ops.iter().all(counter_core::change::is_retry_safe) {
             return None;
         }
+        let policy = self.floor_policy();
+        let local_floor = self.floor_of(node, shard);
         let now = self.now;
         let n = self.nodes.get_mut(&node).expect("node");
-        let slot = n.leases.entry(shard).or_insert(SimFloor::Idle {
-            retry_at: now,
-            above: Ballot::ZERO,
-        });
-        let above = match slot {
-            SimFloor::Leased { lease, .. } if lease.version() == version && !lease.is_full() => {
-                if seen > lease.ballot() {
-                    return None;
-                }
-                return lease.take(key, version);
+        let slot = n.leases.entry(shard).or_default();
+        match slot.use_for(key, version, own, local_floor, now, &policy) {
+            FloorUse::At(floor) => Some(floor),
+            FloorUse::Ordinary => None,
+            FloorUse::Raise { above } => {
+                self.raise_floor(node, shard, above);
+                None
             }
-            SimFloor::Leased { lease, .. } => lease.ballot(),
-            SimFloor::Raising { .. } => return None,
-            SimFloor::Idle { retry_at, .. } if now < *retry_at => return None,
-            SimFloor::Idle { above, .. } => *above,
-        };
-        self.raise_floor(node, shard, above);
-        None
+        }
     }
 
-    /// Sends PromiseFloor to the shard's replicas, above `above` and the node's own floor.
+    /// Sends PromiseFloor to the shard's replicas, above `above`.
     fn raise_floor(&mut self, node: NodeId, shard: u32, above: Ballot) {
         self.phases += 1;
         let gen = self.phases;
-        let own = self.floor_of(node, shard);
         let n = self.nodes.get_mut(&node).expect("node");
-        let ballot = next_ballot(node, n.epoch, own.max(above));
+        let ballot = next_ballot(node, n.epoch, above);
         let version = n.config.version;
         let (targets, counted) = quorum(&n.config, shard, self.cfg.mutation);
-        n.leases.insert(
+        let round = Round::new(ballot, counted);
+        n.raises.insert(
             shard,
-            SimFloor::Raising {
-                round: Box::new(Round::new(ballot, counted)),
+            Raise {
                 gen,
+                round,
                 version,
             },
         );
@@ -145,94 +134,73 @@ impl Sim {
         gen: u64,
         reply: AcceptorReply,
     ) {
-        let floor_keys = self.cfg.floor_keys;
-        let retry = self.now + self.cfg.floor_retry;
-        let Some(n) = self.nodes.get_mut(&node).filter(|n| n.up) else {
-            return;
-        };
-        let Some(SimFloor::Raising {
-            round,
-            gen: raising,
-            version,
-        }) = n.leases.get_mut(&shard)
+        let Some(raise) = self
+            .nodes
+            .get_mut(&node)
+            .filter(|n| n.up)
+            .and_then(|n| n.raises.get_mut(&shard))
+            .filter(|r| r.gen == gen)
         else {
             return;
         };
-        if *raising != gen {
-            return;
-        }
         let step = match reply {
-            AcceptorReply::Promise { ballot, accepted } => round.on_promise(from, ballot, accepted),
-            AcceptorReply::Reject { ballot, promised } => round.on_reject(from, ballot, promised),
+            AcceptorReply::Promise { ballot, accepted } => {
+                raise.round.on_promise(from, ballot, accepted)
+            }
+            AcceptorReply::Reject { ballot, promised } => {
+                raise.round.on_reject(from, ballot, promised)
+            }
             AcceptorReply::Accepted { .. } => Step::Pending,
         };
-        let slot = match step {
-            Step::Promised { .. } => SimFloor::Leased {
-                lease: FloorLease::new(round.ballot(), *version, floor_keys),
-                misses: 0,
-            },
-            Step::Preempted { seen } => SimFloor::Idle {
-                retry_at: retry,
-                above: seen,
-            },
+        let outcome = match step {
+            Step::Promised { .. } => Ok((raise.round.ballot(), raise.version)),
+            Step::Preempted { seen } => Err(seen),
             _ => return,
         };
-        if matches!(slot, SimFloor::Leased { .. }) {
-            self.stats.floors_leased += 1;
-        }
-        n.leases.insert(shard, slot);
+        self.end_raise(node, shard, outcome);
     }
 
     pub(super) fn floor_timeout(&mut self, node: NodeId, shard: u32, gen: u64) {
-        let retry = self.now + self.cfg.floor_retry;
-        let Some(n) = self.nodes.get_mut(&node) else {
-            return;
-        };
-        if let Some(SimFloor::Raising {
-            round,
-            gen: raising,
-            ..
-        }) = n.leases.get(&shard)
-        {
-            if *raising == gen {
-                let above = round.seen();
-                n.leases.insert(
-                    shard,
-                    SimFloor::Idle {
-                        retry_at: retry,
-                        above,
-                    },
-                );
-            }
+        let seen = self
+            .nodes
+            .get(&node)
+            .and_then(|n| n.raises.get(&shard))
+            .filter(|r| r.gen == gen)
+            .map(|r| r.round.seen());
+        if let Some(seen) = seen {
+            self.end_raise(node, shard, Err(seen));
         }
     }
 
-    /// A round at `floor` was decided without a retry.
-    pub(super) fn floor_held(&mut self, node: NodeId, shard: u32, floor: Ballot) {
-        let n = self.nodes.get_mut(&node).expect("node");
-        if let Some(SimFloor::Leased { lease, misses }) = n.leases.get_mut(&shard) {
-            if lease.ballot() == floor {
-                *misses = 0;
-            }
+    fn end_raise(&mut self, node: NodeId, shard: u32, outcome: Result<(Ballot, u64), Ballot>) {
+        let policy = self.floor_policy();
+        let now = self.now;
+        if outcome.is_ok() {
+            self.stats.floors_leased += 1;
         }
+        let n = self.nodes.get_mut(&node).expect("node");
+        n.raises.remove(&shard);
+        n.leases
+            .entry(shard)
+            .or_default()
+            .raised(outcome, now, &policy);
     }
 
-    /// A round at `floor` failed: after [`FLOOR_MISSES`] in a row the lease is given up.
-    pub(super) fn floor_missed(&mut self, node: NodeId, shard: u32, floor: Ballot) {
-        let retry = self.now + self.cfg.floor_retry;
+    /// A round at `floor` ended: decided without a retry (`held`) or not.
+    pub(super) fn floor_round_ended(
+        &mut self,
+        node: NodeId,
+        shard: u32,
+        floor: Ballot,
+        held: bool,
+    ) {
+        let policy = self.floor_policy();
+        let now = self.now;
         let n = self.nodes.get_mut(&node).expect("node");
-        if let Some(SimFloor::Leased { lease, misses }) = n.leases.get_mut(&shard) {
-            if lease.ballot() == floor {
-                *misses += 1;
-                if *misses >= FLOOR_MISSES {
-                    n.leases.insert(
-                        shard,
-                        SimFloor::Idle {
-                            retry_at: retry,
-                            above: floor,
-                        },
-                    );
-                }
+        if let Some(slot) = n.leases.get_mut(&shard) {
+            match held {
+                true => slot.held(floor),
+                false => slot.missed(floor, now, &policy),
             }
         }
     }

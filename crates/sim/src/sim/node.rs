@@ -289,7 +289,8 @@ impl Sim {
         }
         // Its acceptor's floor of the shard is a promise of the key too.
         let floor = n.floors.get(&shard).copied().unwrap_or(Ballot::ZERO);
-        let seen = n.volatile.get(key).map_or(floor, |s| s.highest_over(floor));
+        let own = n.volatile.get(key).map_or(Ballot::ZERO, |s| s.highest());
+        let seen = own.max(floor);
         // The key's replicas under the configuration the node runs now.
         let version = n.config.version;
         let (targets, counted) = quorum(&n.config, shard, mutation);
@@ -328,14 +329,15 @@ impl Sim {
             self.start_phase(node, key, read, payload);
             return;
         }
-        // A prepared round is used only under the configuration it was prepared under.
+        // A prepared round is used only under the configuration it was prepared under, and not
+        // below the acceptor's floor (it would be refused).
         let warm = match n.warm.remove(key) {
-            Some((at, warm)) if at == version => Some(warm),
+            Some((at, warm)) if at == version && warm.ballot >= floor => Some(warm),
             _ => None,
         };
         let action = match warm {
             Some(warm) => lead.decider.start_warm(warm),
-            None => match self.floor_for(node, key, shard, version, seen, lead.decider.ops()) {
+            None => match self.floor_for(node, key, shard, version, own, lead.decider.ops()) {
                 Some(floor) => lead.decider.start_at_floor(floor),
                 None => lead.decider.start_round(),
             },
@@ -461,7 +463,7 @@ impl Sim {
                     .and_then(|l| l.at_floor.take());
                 if let Some(floor) = floor {
                     let shard = shard_of(&self.cfg, key);
-                    self.floor_missed(node, shard, floor);
+                    self.floor_round_ended(node, shard, floor, false);
                 }
                 let cap = (2u64 << attempt.min(6)).min(100);
                 let wait = self.rng.range(1, cap);
@@ -485,7 +487,7 @@ impl Sim {
                     held = lead.at_floor.map(|f| (lead.shard, f));
                 }
                 if let Some((shard, floor)) = held {
-                    self.floor_held(node, shard, floor);
+                    self.floor_round_ended(node, shard, floor, true);
                 }
                 let lead = self.finish_lead(node, key);
                 for (waiter, outcome) in lead.waiters.into_iter().zip(results) {
