@@ -144,13 +144,7 @@ impl AcceptorState {
 mod tests {
     use super::*;
 
-    fn b(round: u64, node: u32) -> Ballot {
-        Ballot {
-            round,
-            node,
-            epoch: 0,
-        }
-    }
+    use crate::ballot::b;
     fn reg(value: i64) -> Register {
         Register::new(value, value as u64)
     }

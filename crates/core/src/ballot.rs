@@ -14,6 +14,16 @@ pub fn next_ballot(node: NodeId, epoch: u32, seen: Ballot) -> Ballot {
     }
 }
 
+/// A ballot for unit tests: `round` of `node` (epoch 1).
+#[cfg(test)]
+pub(crate) fn b(round: u64, node: NodeId) -> Ballot {
+    Ballot {
+        round,
+        node,
+        epoch: 1,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -274,13 +274,7 @@ mod tests {
     use crate::AcceptorState;
     use counter_proto::Register;
 
-    fn b(round: u64, node: u32) -> Ballot {
-        Ballot {
-            round,
-            node,
-            epoch: 1,
-        }
-    }
+    use crate::ballot::b;
 
     #[test]
     fn a_floor_is_promised_only_above_the_current_one() {

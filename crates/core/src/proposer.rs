@@ -257,13 +257,7 @@ impl Round {
 mod tests {
     use super::*;
 
-    fn b(round: u64, node: u32) -> Ballot {
-        Ballot {
-            round,
-            node,
-            epoch: 0,
-        }
-    }
+    use crate::ballot::b;
     fn reg(value: i64, version: u64) -> Register {
         Register::new(value, version)
     }
@@ -526,11 +520,7 @@ mod warm_tests {
     const REPLICAS: [NodeId; 3] = [1, 2, 3];
 
     fn b(round: u64) -> Ballot {
-        Ballot {
-            round,
-            node: 1,
-            epoch: 1,
-        }
+        crate::ballot::b(round, 1)
     }
 
     #[test]
@@ -584,11 +574,7 @@ mod proposal_tests {
     use counter_proto::{Command, Op, Outcome, RequestId};
 
     fn b(round: u64) -> Ballot {
-        Ballot {
-            round,
-            node: 1,
-            epoch: 1,
-        }
+        crate::ballot::b(round, 1)
     }
     fn reg(value: i64, version: u64) -> Register {
         Register::new(value, version)

@@ -90,11 +90,7 @@ mod tests {
     use super::*;
 
     fn b(round: u64) -> Ballot {
-        Ballot {
-            round,
-            node: 1,
-            epoch: 1,
-        }
+        crate::ballot::b(round, 1)
     }
 
     #[test]

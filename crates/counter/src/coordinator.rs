@@ -389,13 +389,13 @@ impl Coordinator {
                 Action::Prepare(ballot) => {
                     trips.prepares += 1;
                     self.fan_out(&decider, |node| {
-                        self.prepare(&config, node, shard, key, ballot)
+                        self.phase_one(&config, node, shard, key, (ballot, false))
                     })
                 }
                 Action::ReadAtFloor(ballot) => {
                     trips.at_floor = Some(ballot);
                     self.fan_out(&decider, |node| {
-                        self.read_at_floor(&config, node, shard, key, ballot)
+                        self.phase_one(&config, node, shard, key, (ballot, true))
                     })
                 }
                 Action::Accept(ballot, register, next) => self.fan_out(&decider, |node| {
@@ -510,48 +510,41 @@ impl Coordinator {
         Box::pin(async move { (node, log_local(reply.await)) })
     }
 
-    fn prepare(
+    /// Phase 1 of a round at `ballot` on `node`: a Prepare, or a read at a floor the shard
+    /// promised (`counter_core::floor`).
+    fn phase_one(
         &self,
         config: &Config,
         node: NodeId,
         shard: ShardId,
         key: &str,
-        ballot: Ballot,
+        (ballot, at_floor): (Ballot, bool),
     ) -> ReplyFuture {
         let key = key.to_string();
         if node == self.id {
             return self.ask_local(config, node, shard, move |store| async move {
-                store.prepare(shard, &key, ballot).await
+                if at_floor {
+                    store.read_at_floor(shard, &key, ballot).await
+                } else {
+                    store.prepare(shard, &key, ballot).await
+                }
             });
         }
-        let msg = AcceptorMsg::Prepare {
-            shard,
-            key,
-            ballot,
-            config: config.version,
-        };
-        self.remote(config, node, Msg::Acceptor(msg))
-    }
-
-    fn read_at_floor(
-        &self,
-        config: &Config,
-        node: NodeId,
-        shard: ShardId,
-        key: &str,
-        ballot: Ballot,
-    ) -> ReplyFuture {
-        let key = key.to_string();
-        if node == self.id {
-            return self.ask_local(config, node, shard, move |store| async move {
-                store.read_at_floor(shard, &key, ballot).await
-            });
-        }
-        let msg = AcceptorMsg::ReadAtFloor {
-            shard,
-            key,
-            ballot,
-            config: config.version,
+        let version = config.version;
+        let msg = if at_floor {
+            AcceptorMsg::ReadAtFloor {
+                shard,
+                key,
+                ballot,
+                config: version,
+            }
+        } else {
+            AcceptorMsg::Prepare {
+                shard,
+                key,
+                ballot,
+                config: version,
+            }
         };
         self.remote(config, node, Msg::Acceptor(msg))
     }

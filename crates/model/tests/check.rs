@@ -42,20 +42,29 @@ fn check(cfg: Config, depth: usize) -> usize {
     checker.unique_state_count()
 }
 
+/// 2 clients x 3 servers, a lossy reordering network, one crash at a time: the adversary the
+/// tests below start from.
+fn lossy_with_a_crash() -> Config {
+    Config {
+        servers: 3,
+        clients: 2,
+        max_crashes: 1,
+        lossy: true,
+        duplicating: false,
+        duplicate_internal: false,
+        change: None,
+        floor: false,
+    }
+}
+
 /// 2 clients x 3 servers, lossy reordering network, one crash; acceptor messages duplicated
 /// or not. At the default depth the unique state count is pinned to `pinned`: a change means
 /// the model or the core changed what it can do.
 fn two_clients_three_servers(duplicate_internal: bool, pinned: usize) {
     let n = check(
         Config {
-            servers: 3,
-            clients: 2,
-            max_crashes: 1,
-            lossy: true,
-            duplicating: false,
             duplicate_internal,
-            change: None,
-            floor: false,
+            ..lossy_with_a_crash()
         },
         depth(),
     );
@@ -103,14 +112,9 @@ fn replacing_a_replica(max_crashes: usize, lossy: bool) -> Config {
 /// adversary as `duplicated_acceptor_messages_with_a_crash`.
 fn floors() -> Config {
     Config {
-        servers: 3,
-        clients: 2,
-        max_crashes: 1,
-        lossy: true,
-        duplicating: false,
         duplicate_internal: true,
-        change: None,
         floor: true,
+        ..lossy_with_a_crash()
     }
 }
 
