@@ -330,7 +330,15 @@ where
 {
     let (read, write) = stream.into_split();
     let (tx, rx) = mpsc::channel::<Frame>(config.max_inflight_per_conn);
-    let writer = tokio::spawn(write_loop(write, rx, Arc::new(AtomicBool::new(false))));
+    let requests = live.inflight.clone();
+    let most = config.max_inflight_per_conn;
+    let busy = move || most.saturating_sub(requests.available_permits()) > 1;
+    let writer = tokio::spawn(write_loop(
+        write,
+        rx,
+        Arc::new(AtomicBool::new(false)),
+        busy,
+    ));
     let mut frames = FramedRead::new(read, FrameCodec::default());
     // How often the timeouts are checked: one periodic timer per connection, not one timer
     // per request.
