@@ -8,8 +8,8 @@
 # (counter-sim --mutation ...), whose acceptors and coordinators are the real core types.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-if ! git diff --quiet -- crates/core crates/counter/src; then
-  echo "crates/core or crates/counter/src has uncommitted changes; commit or stash them first" >&2
+if ! git diff --quiet -- crates/core crates/counter/src crates/storage/src; then
+  echo "crates/core, crates/counter/src or crates/storage/src has uncommitted changes; commit or stash them first" >&2
   exit 2
 fi
 
@@ -72,6 +72,9 @@ source_bug "a shard's floor is no promise" crates/core/src/acceptor.rs \
 source_bug "a key has a second round at one floor" crates/core/src/floor.rs \
   "self.is_full() || self.used.contains(key)" "self.is_full()" \
   "core unit tests" cargo test -q --release -p counter-core
+source_bug "a read at a floor answers before its sync" crates/storage/src/store.rs \
+  "let wait = pending && matches!" "let wait = false && matches!" \
+  "storage unit tests" cargo test -q --release -p counter-storage --lib
 sim_bug "acceptors judge rounds without their floor" floor-no-promise --setting cold --seeds 4000
 sim_bug "promise not persisted before replying" promise-not-persisted
 sim_bug "read answered from one replica" read-one-replica

@@ -39,6 +39,18 @@ pub(crate) struct Committer {
     pub(crate) pending: Arc<DashMap<(ShardId, Vec<u8>), Pending>>,
     pub(crate) synced: Arc<SyncedCache>,
     pub(crate) rx: mpsc::Receiver<WriteReq>,
+    /// Tests only: holds every batch until the test lets it through ([`Gate`]).
+    #[cfg(test)]
+    pub(crate) gate: Arc<std::sync::Mutex<Option<Gate>>>,
+}
+
+/// Tests only: the committer reports each batch it is about to write (its size) on `held`,
+/// then writes it only when `go` gets a message, so that a test can keep a change waiting
+/// for its sync as long as it likes and see who waits with it.
+#[cfg(test)]
+pub(crate) struct Gate {
+    pub(crate) held: mpsc::Sender<usize>,
+    pub(crate) go: mpsc::Receiver<()>,
 }
 
 impl Committer {
@@ -53,6 +65,11 @@ impl Committer {
                     Ok(r) => reqs.push(r),
                     Err(_) => break,
                 }
+            }
+            #[cfg(test)]
+            if let Some(gate) = self.gate.lock().expect("gate lock").as_ref() {
+                let _ = gate.held.send(reqs.len());
+                let _ = gate.go.recv();
             }
             let mut batch = WriteBatch::default();
             let mut missing = None;

@@ -68,6 +68,8 @@ pub struct Store {
     /// The committer's queue; `None` once the store is being dropped.
     tx: Option<mpsc::Sender<WriteReq>>,
     committer: Option<std::thread::JoinHandle<()>>,
+    #[cfg(test)]
+    gate: Arc<std::sync::Mutex<Option<crate::committer::Gate>>>,
 }
 
 impl Drop for Store {
@@ -260,12 +262,16 @@ impl Store {
         let pending = Arc::new(DashMap::new());
         let synced = Arc::new(crate::synced_cache());
         let (tx, rx) = mpsc::channel();
+        #[cfg(test)]
+        let gate = Arc::default();
         let committer = Committer {
             db: db.clone(),
             cf_names: cf_names.clone(),
             pending: pending.clone(),
             synced: synced.clone(),
             rx,
+            #[cfg(test)]
+            gate: Arc::clone(&gate),
         };
         let committer = std::thread::Builder::new()
             .name("committer".into())
@@ -286,7 +292,23 @@ impl Store {
             next_gen: AtomicU64::new(1),
             tx: Some(tx),
             committer: Some(committer),
+            #[cfg(test)]
+            gate,
         })
+    }
+
+    /// Tests only: from now on the committer holds each batch (reporting its size on the first
+    /// channel) until the second channel lets it through; dropping that sender opens the gate
+    /// for good.
+    #[cfg(test)]
+    pub(crate) fn gate_commits(&self) -> (mpsc::Receiver<usize>, mpsc::Sender<()>) {
+        let (held_tx, held) = mpsc::channel();
+        let (go, go_rx) = mpsc::channel();
+        *self.gate.lock().unwrap() = Some(crate::committer::Gate {
+            held: held_tx,
+            go: go_rx,
+        });
+        (held, go)
     }
 
     /// Keys in the cache of synced states, and changes waiting for their sync.
@@ -556,6 +578,7 @@ async fn written(done: oneshot::Receiver<Result<(), String>>) -> Result<(), Stor
 mod tests {
     use super::*;
     use crate::tests::b;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn state_survives_reopen_and_epoch_grows() {
@@ -671,7 +694,7 @@ mod tests {
 
     /// A read at the floor judges the key by its changes still waiting for their sync, not by
     /// what is synced: a change queued first happened first. (That a promise reporting such a
-    /// change waits for its sync is not timed here: it is written again behind it.)
+    /// change waits for its sync: `a_read_at_the_floor_reporting_a_change_answers_after_its_sync`.)
     #[tokio::test]
     async fn a_read_at_the_floor_sees_changes_waiting_for_their_sync() {
         let dir = tempfile::tempdir().unwrap();
@@ -693,6 +716,57 @@ mod tests {
         );
         assert!(matches!(promised.unwrap(), AcceptorReply::Promise { .. }));
         assert!(matches!(read.unwrap(), AcceptorReply::Reject { .. }));
+    }
+
+    /// A read at the floor that reports a change still waiting for its sync answers only once
+    /// that change is durable: else a crash could lose a value a coordinator has already
+    /// counted as accepted. The change: an accept below the floor, ruled on while the floor's
+    /// own write waited (a floor counts only once synced), then held unsynced by the gate.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_at_the_floor_reporting_a_change_answers_after_its_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), 2).unwrap());
+        let (held, go) = store.gate_commits();
+        let wait = |held: &mpsc::Receiver<usize>| held.recv_timeout(Duration::from_secs(5));
+        let floor = tokio::spawn({
+            let store = store.clone();
+            async move { store.promise_floor(1, b(4, 1)).await }
+        });
+        assert_eq!(wait(&held), Ok(1), "the floor's write alone in its batch");
+        let reg = Register::new(7, 1);
+        let accept = tokio::spawn({
+            let (store, reg) = (store.clone(), reg.clone());
+            async move { store.accept(1, "k", b(2, 2), reg, None).await }
+        });
+        // Queued behind the floor's batch: let the floor through, and hold the accept.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        go.send(()).unwrap();
+        assert!(matches!(
+            floor.await.unwrap().unwrap(),
+            AcceptorReply::Promise { .. }
+        ));
+        assert_eq!(wait(&held), Ok(1), "the accept alone in its batch");
+        let read = tokio::spawn({
+            let store = store.clone();
+            async move { store.read_at_floor(1, "k", b(4, 1)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !read.is_finished(),
+            "a promise reporting an unsynced accept was sent before its sync"
+        );
+        drop(go);
+        assert!(matches!(
+            accept.await.unwrap().unwrap(),
+            AcceptorReply::Accepted { .. }
+        ));
+        assert_eq!(
+            read.await.unwrap().unwrap(),
+            AcceptorReply::Promise {
+                ballot: b(4, 1),
+                accepted: Some((b(2, 2), reg))
+            }
+        );
     }
 
     /// Every shard's tables charge the one block cache of [`BLOCK_CACHE_BYTES`] (RocksDB's
