@@ -62,8 +62,9 @@ pub struct Store {
     /// Each shard's floor (`counter_core::floor`): a ballot promised to every key of the
     /// shard. Raised here only once synced, so a floor that rules can see is durable.
     floors: Vec<std::sync::RwLock<Ballot>>,
-    /// Serialises raises of floors (rare: a coordinator's lease of a shard).
-    floor_raise: tokio::sync::Mutex<()>,
+    /// Serialises raises of each shard's floor (rare: a coordinator's lease of a shard);
+    /// raises of different shards do not wait for each other's syncs.
+    floor_raise: Vec<tokio::sync::Mutex<()>>,
     next_gen: AtomicU64,
     /// The committer's queue; `None` once the store is being dropped.
     tx: Option<mpsc::Sender<WriteReq>>,
@@ -288,7 +289,7 @@ impl Store {
             pending,
             synced,
             floors,
-            floor_raise: tokio::sync::Mutex::new(()),
+            floor_raise: (0..shards).map(|_| tokio::sync::Mutex::new(())).collect(),
             next_gen: AtomicU64::new(1),
             tx: Some(tx),
             committer: Some(committer),
@@ -434,7 +435,11 @@ impl Store {
         shard: ShardId,
         ballot: Ballot,
     ) -> Result<AcceptorReply, StorageError> {
-        let _raising = self.floor_raise.lock().await;
+        let raise = self
+            .floor_raise
+            .get(shard as usize)
+            .ok_or(StorageError::NoSuchShard(shard))?;
+        let _raising = raise.lock().await;
         let (raised, reply) = counter_core::promise_floor(self.floor(shard)?, ballot);
         let Some(floor) = raised else {
             return Ok(reply);
@@ -767,6 +772,51 @@ mod tests {
                 accepted: Some((b(2, 2), reg))
             }
         );
+    }
+
+    /// Raises of one shard's floor are serialised: a raise that decided against an older floor
+    /// while a higher one waited for its sync would, once synced, lower the floor in memory
+    /// and on disk (a promise taken back). (A raise of another shard runs beside them; that it
+    /// does not wait for their syncs is not timed here.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lower_raise_behind_a_higher_one_lowers_no_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), 2).unwrap());
+        let (held, go) = store.gate_commits();
+        let wait = |held: &mpsc::Receiver<usize>| held.recv_timeout(Duration::from_secs(5));
+        let raise = |shard, ballot| {
+            let store = store.clone();
+            tokio::spawn(async move { store.promise_floor(shard, ballot).await })
+        };
+        let higher = raise(1, b(6, 2));
+        assert_eq!(wait(&held), Ok(1), "the higher raise, held unsynced");
+        let lower = raise(1, b(5, 1));
+        let other = raise(0, b(7, 1));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        go.send(()).unwrap();
+        assert!(matches!(
+            higher.await.unwrap().unwrap(),
+            AcceptorReply::Promise { .. }
+        ));
+        drop(go);
+        assert_eq!(
+            lower.await.unwrap().unwrap(),
+            AcceptorReply::Reject {
+                ballot: b(5, 1),
+                promised: b(6, 2)
+            }
+        );
+        assert!(matches!(
+            other.await.unwrap().unwrap(),
+            AcceptorReply::Promise { .. }
+        ));
+        assert_eq!(store.floor(1).unwrap(), b(6, 2));
+        assert_eq!(store.floor(0).unwrap(), b(7, 1));
+        drop(held);
+        let store = Arc::into_inner(store).unwrap();
+        drop(store);
+        let store = Store::open(dir.path(), 2).unwrap();
+        assert_eq!(store.floor(1).unwrap(), b(6, 2), "on disk too");
     }
 
     /// Every shard's tables charge the one block cache of [`BLOCK_CACHE_BYTES`] (RocksDB's
