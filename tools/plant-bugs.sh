@@ -70,7 +70,7 @@ source_bug "a shard's floor is no promise" crates/core/src/acceptor.rs \
   "        self.highest().max(floor)" "        self.highest()" \
   "simulation (counter-sim)" cargo run -q --release -p counter-sim -- --setting cold --seeds 4000
 source_bug "a key has a second round at one floor" crates/core/src/floor.rs \
-  "self.is_full() || self.used.contains(key)" "self.is_full()" \
+  "self.bytes + weight > self.capacity || self.used.contains(key)" "self.bytes + weight > self.capacity" \
   "core unit tests" cargo test -q --release -p counter-core
 source_bug "a read at a floor answers before its sync" crates/storage/src/store.rs \
   "let wait = pending && matches!" "let wait = false && matches!" \
@@ -124,6 +124,8 @@ source_bug "membership: rescan skipped" crates/counter/src/membership.rs \
 source_bug "membership: old set's votes make a joint quorum" crates/core/src/quorum.rs \
   "        if new.is_empty() || same_set(old, new) {" "        if true {" \
   "core unit tests" cargo test -q --release -p counter-core
+# Timing-dependent with real processes (caught in 1 of 3 runs on 2026-12-02): the simulator's
+# "a shard deleted at the joint configuration" below catches the same bug at seed 0.
 source_bug "membership: a shard deleted before the switch" crates/counter/src/membership.rs \
   "            if old.holds(self.id, shard) && !new.holds(self.id, shard) {" \
   "            if old.holds(self.id, shard) && !new.shard(shard).is_some_and(|s| s.target().contains(&self.id)) {" \
@@ -139,5 +141,5 @@ source_bug "membership: a config change needs only the old members" crates/core/
 sim_bug "membership: rescan skipped" skip-rescan --setting membership
 sim_bug "membership: old set's votes make a joint quorum" old-votes-count --setting membership
 sim_bug "membership: a shard deleted at the joint configuration" drop-before-commit --setting membership
-sim_bug "membership: acceptors admit an older configuration" no-fence --setting membership
+sim_bug "membership: acceptors admit an older configuration" no-fence --setting membership --seeds 4000
 exit $failed
