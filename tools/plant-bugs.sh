@@ -76,7 +76,7 @@ source_bug "a read at a floor answers before its sync" crates/storage/src/store.
   "let wait = pending && matches!" "let wait = false && matches!" \
   "storage unit tests" cargo test -q --release -p counter-storage --lib
 source_bug "raises of one floor race" crates/storage/src/store.rs \
-  "let _raising = raise.lock().await;" "let _raising = &raise;" \
+  "let _raising = shard_floor.raise.lock().await;" "let _raising = &shard_floor;" \
   "storage unit tests" cargo test -q --release -p counter-storage --lib
 sim_bug "acceptors judge rounds without their floor" floor-no-promise --setting cold --seeds 4000
 sim_bug "promise not persisted before replying" promise-not-persisted

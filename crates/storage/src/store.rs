@@ -46,6 +46,14 @@ fn table_options() -> BlockBasedOptions {
     table
 }
 
+/// A shard's floor: a ballot promised to every key of the shard, raised here only once
+/// synced (so a floor that rules can see is durable), and the lock that serialises its raises
+/// (rare: a coordinator's lease of the shard; other shards' raises do not wait for it).
+struct ShardFloor {
+    ballot: std::sync::RwLock<Ballot>,
+    raise: tokio::sync::Mutex<()>,
+}
+
 /// The acceptor store of one node.
 pub struct Store {
     pub(crate) db: Arc<DB>,
@@ -59,12 +67,8 @@ pub struct Store {
     pending: Arc<DashMap<(ShardId, Vec<u8>), Pending>>,
     /// Synced states of recently used keys (see "Caching").
     pub(crate) synced: Arc<SyncedCache>,
-    /// Each shard's floor (`counter_core::floor`): a ballot promised to every key of the
-    /// shard. Raised here only once synced, so a floor that rules can see is durable.
-    floors: Vec<std::sync::RwLock<Ballot>>,
-    /// Serialises raises of each shard's floor (rare: a coordinator's lease of a shard);
-    /// raises of different shards do not wait for each other's syncs.
-    floor_raise: Vec<tokio::sync::Mutex<()>>,
+    /// Each shard's floor (`counter_core::floor`), by shard.
+    floors: Vec<ShardFloor>,
     next_gen: AtomicU64,
     /// The committer's queue; `None` once the store is being dropped.
     tx: Option<mpsc::Sender<WriteReq>>,
@@ -253,7 +257,10 @@ impl Store {
                     })?,
                     None => Ballot::ZERO,
                 };
-                Ok(std::sync::RwLock::new(floor))
+                Ok(ShardFloor {
+                    ballot: std::sync::RwLock::new(floor),
+                    raise: tokio::sync::Mutex::new(()),
+                })
             })
             .collect::<Result<Vec<_>, StorageError>>()?;
 
@@ -289,7 +296,6 @@ impl Store {
             pending,
             synced,
             floors,
-            floor_raise: (0..shards).map(|_| tokio::sync::Mutex::new(())).collect(),
             next_gen: AtomicU64::new(1),
             tx: Some(tx),
             committer: Some(committer),
@@ -420,11 +426,13 @@ impl Store {
 
     /// The floor of `shard`: the ballot promised to every key of it (durable).
     pub fn floor(&self, shard: ShardId) -> Result<Ballot, StorageError> {
-        let floor = self
-            .floors
+        Ok(*self.shard_floor(shard)?.ballot.read().expect("floor lock"))
+    }
+
+    fn shard_floor(&self, shard: ShardId) -> Result<&ShardFloor, StorageError> {
+        self.floors
             .get(shard as usize)
-            .ok_or(StorageError::NoSuchShard(shard))?;
-        Ok(*floor.read().expect("floor lock"))
+            .ok_or(StorageError::NoSuchShard(shard))
     }
 
     /// Handles a PromiseFloor: raises the floor of `shard` to `ballot` if it is above it
@@ -435,11 +443,8 @@ impl Store {
         shard: ShardId,
         ballot: Ballot,
     ) -> Result<AcceptorReply, StorageError> {
-        let raise = self
-            .floor_raise
-            .get(shard as usize)
-            .ok_or(StorageError::NoSuchShard(shard))?;
-        let _raising = raise.lock().await;
+        let shard_floor = self.shard_floor(shard)?;
+        let _raising = shard_floor.raise.lock().await;
         let (raised, reply) = counter_core::promise_floor(self.floor(shard)?, ballot);
         let Some(floor) = raised else {
             return Ok(reply);
@@ -455,7 +460,7 @@ impl Store {
         };
         self.queue(req)?;
         written(synced).await?;
-        *self.floors[shard as usize].write().expect("floor lock") = floor;
+        *shard_floor.ballot.write().expect("floor lock") = floor;
         Ok(reply)
     }
 
@@ -510,7 +515,10 @@ impl Store {
     /// entry lock: read before it, a floor raised in between would go unseen by a change that
     /// a read at the new floor has already been told did not happen.
     fn floor_in_rule(&self, shard: ShardId) -> Ballot {
-        *self.floors[shard as usize].read().expect("floor lock")
+        *self.floors[shard as usize]
+            .ballot
+            .read()
+            .expect("floor lock")
     }
 
     fn queue(&self, req: WriteReq) -> Result<(), StorageError> {
@@ -723,34 +731,57 @@ mod tests {
         assert!(matches!(read.unwrap(), AcceptorReply::Reject { .. }));
     }
 
+    /// A store of 2 shards whose committer holds every batch (`Store::gate_commits`).
+    #[allow(clippy::type_complexity)]
+    fn gated_store() -> (
+        tempfile::TempDir,
+        Arc<Store>,
+        mpsc::Receiver<usize>,
+        mpsc::Sender<()>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), 2).unwrap());
+        let (held, go) = store.gate_commits();
+        (dir, store, held, go)
+    }
+
+    /// The size of the next batch the gated committer holds.
+    fn held_batch(held: &mpsc::Receiver<usize>) -> Result<usize, mpsc::RecvTimeoutError> {
+        held.recv_timeout(Duration::from_secs(5))
+    }
+
     /// A read at the floor that reports a change still waiting for its sync answers only once
     /// that change is durable: else a crash could lose a value a coordinator has already
     /// counted as accepted. The change: an accept below the floor, ruled on while the floor's
     /// own write waited (a floor counts only once synced), then held unsynced by the gate.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_read_at_the_floor_reporting_a_change_answers_after_its_sync() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path(), 2).unwrap());
-        let (held, go) = store.gate_commits();
-        let wait = |held: &mpsc::Receiver<usize>| held.recv_timeout(Duration::from_secs(5));
+        let (_dir, store, held, go) = gated_store();
         let floor = tokio::spawn({
             let store = store.clone();
             async move { store.promise_floor(1, b(4, 1)).await }
         });
-        assert_eq!(wait(&held), Ok(1), "the floor's write alone in its batch");
+        assert_eq!(
+            held_batch(&held),
+            Ok(1),
+            "the floor's write alone in its batch"
+        );
         let reg = Register::new(7, 1);
         let accept = tokio::spawn({
             let (store, reg) = (store.clone(), reg.clone());
             async move { store.accept(1, "k", b(2, 2), reg, None).await }
         });
-        // Queued behind the floor's batch: let the floor through, and hold the accept.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Queued behind the floor's batch (ruled on before the floor counts): let the floor
+        // through, and hold the accept.
+        while store.cache_sizes().1 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         go.send(()).unwrap();
         assert!(matches!(
             floor.await.unwrap().unwrap(),
             AcceptorReply::Promise { .. }
         ));
-        assert_eq!(wait(&held), Ok(1), "the accept alone in its batch");
+        assert_eq!(held_batch(&held), Ok(1), "the accept alone in its batch");
         let read = tokio::spawn({
             let store = store.clone();
             async move { store.read_at_floor(1, "k", b(4, 1)).await }
@@ -780,16 +811,13 @@ mod tests {
     /// does not wait for their syncs is not timed here.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lower_raise_behind_a_higher_one_lowers_no_floor() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path(), 2).unwrap());
-        let (held, go) = store.gate_commits();
-        let wait = |held: &mpsc::Receiver<usize>| held.recv_timeout(Duration::from_secs(5));
+        let (dir, store, held, go) = gated_store();
         let raise = |shard, ballot| {
             let store = store.clone();
             tokio::spawn(async move { store.promise_floor(shard, ballot).await })
         };
         let higher = raise(1, b(6, 2));
-        assert_eq!(wait(&held), Ok(1), "the higher raise, held unsynced");
+        assert_eq!(held_batch(&held), Ok(1), "the higher raise, held unsynced");
         let lower = raise(1, b(5, 1));
         let other = raise(0, b(7, 1));
         tokio::time::sleep(Duration::from_millis(50)).await;
