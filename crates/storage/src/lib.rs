@@ -54,6 +54,8 @@ use counter_proto::{NodeId, ShardId};
 use std::path::PathBuf;
 
 mod agreed;
+#[cfg(test)]
+mod crash;
 mod committer;
 mod meta;
 mod store;
