@@ -78,9 +78,6 @@ source_bug "a read at a floor answers before its sync" crates/storage/src/store.
 source_bug "raises of one floor race" crates/storage/src/store.rs \
   "let _raising = shard_floor.raise.lock().await;" "let _raising = &shard_floor;" \
   "storage unit tests" cargo test -q --release -p counter-storage --lib
-source_bug "acknowledged accepts wait in a WAL buffer" crates/storage/src/store.rs \
-  "opts.set_recycle_log_file_num(WAL_RECYCLE_FILES);" "opts.set_recycle_log_file_num(WAL_RECYCLE_FILES); opts.set_manual_wal_flush(true);" \
-  "storage unit tests (a killed writer)" cargo test -q --release -p counter-storage --lib crash
 source_bug "a recovery mode that turns recycling off" crates/storage/src/store.rs \
   "DBRecoveryMode::PointInTime" "DBRecoveryMode::TolerateCorruptedTailRecords" \
   "storage unit tests (a killed writer)" cargo test -q --release -p counter-storage --lib crash
