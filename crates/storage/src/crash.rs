@@ -10,8 +10,8 @@
 //! What a process crash cannot show: a write that reached the page cache but not the disk
 //! (power loss). That the committer syncs before it answers is the committer's own rule.
 
-use crate::tests::b;
 use crate::meta::META_CF;
+use crate::tests::b;
 use crate::Store;
 use counter_proto::Register;
 use std::collections::HashMap;
@@ -84,6 +84,12 @@ fn a_store_killed_while_writing_into_reused_wal_files_keeps_every_acknowledged_a
         "the child never wrote into a reused WAL file: the test did not test recycling"
     );
 
+    // A read-only look first (what `counter-node` does before it opens a data dir), then
+    // the store itself: both replay the WAL.
+    assert!(matches!(
+        crate::inspect(dir.path()).unwrap(),
+        crate::DirContents::Legacy { shards: SHARDS }
+    ));
     let store = Store::open(dir.path(), SHARDS).unwrap();
     for (k, last) in acked {
         let (shard, key) = key(k);
@@ -145,7 +151,10 @@ fn write_until_killed(dir: &Path) {
             tokio::time::sleep(Duration::from_millis(5)).await;
             // Every column family that holds data, or its oldest WAL would stay alive.
             store.db.flush().unwrap();
-            store.db.flush_cf(store.db.cf_handle(META_CF).unwrap()).unwrap();
+            store
+                .db
+                .flush_cf(store.db.cf_handle(META_CF).unwrap())
+                .unwrap();
             for shard in 0..SHARDS {
                 store.db.flush_cf(store.shard_cf(shard).unwrap()).unwrap();
             }

@@ -54,9 +54,9 @@ use counter_proto::{NodeId, ShardId};
 use std::path::PathBuf;
 
 mod agreed;
+mod committer;
 #[cfg(test)]
 mod crash;
-mod committer;
 mod meta;
 mod store;
 

@@ -66,7 +66,8 @@ pub fn inspect(dir: &Path) -> Result<DirContents, StorageError> {
             )))
         }
     }
-    let opts = Options::default();
+    let mut opts = Options::default();
+    crate::store::wal_options(&mut opts);
     let cfs = DB::list_cf(&opts, dir)?;
     if !cfs.iter().any(|cf| cf == META_CF) {
         return Err(StorageError::Corrupt(format!(

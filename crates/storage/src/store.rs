@@ -39,7 +39,24 @@ const MEMTABLE_BLOOM_RATIO: f64 = 0.02;
 const WAL_RECYCLE_FILES: usize = 4;
 
 /// Past this much live WAL, RocksDB flushes the column families that hold the oldest one.
-const MAX_TOTAL_WAL_BYTES: u64 = 256 << 20;
+/// The meta column family is written at open and at floor raises, then rarely: its memtable
+/// would keep every WAL since alive (RocksDB's default bound is 4 times all write buffers,
+/// gigabytes here), so no WAL would become obsolete to be reused, and a restart would replay
+/// it all. The size of all memtables together: a few extra small flushes, a bounded replay.
+const MAX_TOTAL_WAL_BYTES: u64 = 64 << 20;
+
+/// How every open of a data dir (read-only ones too) writes and replays the WAL.
+pub(crate) fn wal_options(opts: &mut Options) {
+    // Reuse obsolete WAL files instead of creating new ones: an fdatasync of an append inside
+    // an already written file has no inode (size, extents) to write, one disk write instead of
+    // two or three (0.19 -> 0.13 ms here, BENCHMARKS.md). Point-in-time recovery (the default,
+    // stated here because recycling needs it: RocksDB turns recycling off under the other
+    // strict modes) tells a reused file's old records from new ones by the log number each
+    // record carries.
+    opts.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
+    opts.set_recycle_log_file_num(WAL_RECYCLE_FILES);
+    opts.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
+}
 
 /// Table options of every column family, all charging one block cache of
 /// [`BLOCK_CACHE_BYTES`].
@@ -130,16 +147,7 @@ impl Store {
         opts.create_missing_column_families(true);
         // One WAL for all shards; bound the memtables of many column families together.
         opts.set_db_write_buffer_size(64 << 20);
-        // Reuse obsolete WAL files instead of creating new ones: an fdatasync of an append
-        // inside an already written file has no inode (size, extents) to write, one disk write
-        // instead of two or three (0.19 -> 0.13 ms here, BENCHMARKS.md). Point-in-time
-        // recovery (the default, stated here because recycling needs it: RocksDB turns
-        // recycling off under the other strict modes) tells a reused file's old records from
-        // new ones by the log number each record carries.
-        opts.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
-        opts.set_recycle_log_file_num(WAL_RECYCLE_FILES);
-        // Bound the WAL that rarely written shards keep alive (and so the replay at restart).
-        opts.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
+        wal_options(&mut opts);
         // The `default` column family (unused, but always there) takes these options.
         let table = table_options();
         opts.set_block_based_table_factory(&table);
