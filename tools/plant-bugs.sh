@@ -8,8 +8,8 @@
 # (counter-sim --mutation ...), whose acceptors and coordinators are the real core types.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-if ! git diff --quiet -- crates/core crates/counter/src crates/storage/src; then
-  echo "crates/core, crates/counter/src or crates/storage/src has uncommitted changes; commit or stash them first" >&2
+if ! git diff --quiet -- crates/core crates/counter/src crates/storage/src crates/net/src; then
+  echo "crates/core, crates/counter/src, crates/storage/src or crates/net/src has uncommitted changes; commit or stash them first" >&2
   exit 2
 fi
 
@@ -81,6 +81,12 @@ source_bug "raises of one floor race" crates/storage/src/store.rs \
 source_bug "a recovery mode that turns recycling off" crates/storage/src/store.rs \
   "DBRecoveryMode::PointInTime" "DBRecoveryMode::TolerateCorruptedTailRecords" \
   "storage unit tests (a killed writer)" cargo test -q --release -p counter-storage --lib crash
+source_bug "a client's writer yields with one call alone" crates/net/src/client.rs \
+  "calls.lock().is_ok_and(|calls| calls.len() > 1)" "calls.lock().is_ok_and(|calls| !calls.is_empty())" \
+  "net unit tests" cargo test -q --release -p counter-net --lib busy_with
+source_bug "a server's writer counts free permits as busy" crates/net/src/server.rs \
+  "most.saturating_sub(requests.available_permits()) > 1" "requests.available_permits() > 1" \
+  "net unit tests" cargo test -q --release -p counter-net --lib busy_with
 sim_bug "acceptors judge rounds without their floor" floor-no-promise --setting cold --seeds 4000
 sim_bug "promise not persisted before replying" promise-not-persisted
 sim_bug "read answered from one replica" read-one-replica

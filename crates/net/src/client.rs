@@ -63,7 +63,7 @@ impl Conn {
         let inflight: Inflight = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
         let calls = inflight.clone();
-        let busy = move || calls.lock().is_ok_and(|calls| calls.len() > 1);
+        let busy = move || more_than_one_call(&calls);
         tokio::spawn(write_loop(write, rx, closed.clone(), busy));
         tokio::spawn(read_loop(
             addr.to_string(),
@@ -164,6 +164,11 @@ fn is_draining(e: &counter_proto::ClientError) -> bool {
             .filter_map(|why| e.message.strip_suffix(why))
             .filter_map(|name| name.strip_suffix(' '))
             .any(|name| !name.is_empty() && !name.contains(' '))
+}
+
+/// A client connection's `busy` for [`write_loop`]: more than one call awaits its reply.
+fn more_than_one_call(calls: &Inflight) -> bool {
+    calls.lock().is_ok_and(|calls| calls.len() > 1)
 }
 
 /// Writes queued frames, as many per write as are waiting (at most [`MAX_BATCH`]); the
@@ -449,6 +454,20 @@ mod tests {
     async fn frames_of_requests_in_flight_together_share_one_write() {
         assert_eq!(writes_of_ten_frames(true).await, 1);
         assert_eq!(writes_of_ten_frames(false).await, 2);
+    }
+
+    /// The client's writer yields only with a second call awaiting its reply.
+    #[test]
+    fn a_client_connection_is_busy_with_two_calls_in_flight() {
+        let calls: Inflight = Arc::default();
+        let call = |id| calls.lock().unwrap().insert(id, oneshot::channel().0);
+        assert!(!more_than_one_call(&calls));
+        call(1);
+        assert!(!more_than_one_call(&calls), "one call alone");
+        call(2);
+        assert!(more_than_one_call(&calls));
+        calls.lock().unwrap().remove(&1);
+        assert!(!more_than_one_call(&calls));
     }
 
     /// A batch too large for one frame is split until every part fits; nothing is dropped.

@@ -316,6 +316,12 @@ pub async fn serve_until<H, F>(
     tracker.wait().await;
 }
 
+/// A server connection's `busy` for [`write_loop`]: more than one of its requests (permits of
+/// `requests`, `most` in all) is in flight, so other replies are coming to share a write.
+fn more_than_one_request(requests: &Semaphore, most: usize) -> bool {
+    most.saturating_sub(requests.available_permits()) > 1
+}
+
 async fn serve_conn<H, F>(
     stream: tokio::net::TcpStream,
     peer: String,
@@ -332,7 +338,7 @@ where
     let (tx, rx) = mpsc::channel::<Frame>(config.max_inflight_per_conn);
     let requests = live.inflight.clone();
     let most = config.max_inflight_per_conn;
-    let busy = move || most.saturating_sub(requests.available_permits()) > 1;
+    let busy = move || more_than_one_request(&requests, most);
     let writer = tokio::spawn(write_loop(
         write,
         rx,
@@ -576,6 +582,19 @@ mod tests {
     use super::*;
     use crate::client::{CallError, Conn};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The server's writer yields only with a second request of the connection in flight.
+    #[test]
+    fn a_server_connection_is_busy_with_two_requests_in_flight() {
+        let requests = Semaphore::new(8);
+        assert!(!more_than_one_request(&requests, 8));
+        let first = requests.try_acquire().unwrap();
+        assert!(!more_than_one_request(&requests, 8), "one request alone");
+        let second = requests.try_acquire().unwrap();
+        assert!(more_than_one_request(&requests, 8));
+        drop((first, second));
+        assert!(!more_than_one_request(&requests, 8));
+    }
 
     async fn echo_server() -> String {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
