@@ -35,7 +35,7 @@ const BLOOM_BITS_PER_KEY: f64 = 10.0;
 /// ~16 bits per entry of ~100 bytes; 5 MiB over 65 column families).
 const MEMTABLE_BLOOM_RATIO: f64 = 0.02;
 
-/// Obsolete WAL files kept for reuse (see [`Store::open_with`]).
+/// Obsolete WAL files kept for reuse (see [`wal_options`]).
 const WAL_RECYCLE_FILES: usize = 4;
 
 /// Past this much live WAL, RocksDB flushes the column families that hold the oldest one.
@@ -43,7 +43,10 @@ const WAL_RECYCLE_FILES: usize = 4;
 /// would keep every WAL since alive (RocksDB's default bound is 4 times all write buffers,
 /// gigabytes here), so no WAL would become obsolete to be reused, and a restart would replay
 /// it all. The size of all memtables together: a few extra small flushes, a bounded replay.
-const MAX_TOTAL_WAL_BYTES: u64 = 64 << 20;
+const MAX_TOTAL_WAL_BYTES: u64 = DB_WRITE_BUFFER_BYTES as u64;
+
+/// All memtables together are flushed past this (a trigger, not a hard cap).
+const DB_WRITE_BUFFER_BYTES: usize = 64 << 20;
 
 /// How every open of a data dir (read-only ones too) writes and replays the WAL.
 pub(crate) fn wal_options(opts: &mut Options) {
@@ -146,7 +149,7 @@ impl Store {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         // One WAL for all shards; bound the memtables of many column families together.
-        opts.set_db_write_buffer_size(64 << 20);
+        opts.set_db_write_buffer_size(DB_WRITE_BUFFER_BYTES);
         wal_options(&mut opts);
         // The `default` column family (unused, but always there) takes these options.
         let table = table_options();
