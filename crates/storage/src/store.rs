@@ -81,6 +81,12 @@ struct ShardFloor {
     raise: tokio::sync::Mutex<()>,
 }
 
+impl ShardFloor {
+    fn current(&self) -> Ballot {
+        *self.ballot.read().expect("floor lock")
+    }
+}
+
 /// The acceptor store of one node.
 pub struct Store {
     pub(crate) db: Arc<DB>,
@@ -454,7 +460,7 @@ impl Store {
 
     /// The floor of `shard`: the ballot promised to every key of it (durable).
     pub fn floor(&self, shard: ShardId) -> Result<Ballot, StorageError> {
-        Ok(*self.shard_floor(shard)?.ballot.read().expect("floor lock"))
+        Ok(self.shard_floor(shard)?.current())
     }
 
     fn shard_floor(&self, shard: ShardId) -> Result<&ShardFloor, StorageError> {
@@ -473,7 +479,7 @@ impl Store {
     ) -> Result<AcceptorReply, StorageError> {
         let shard_floor = self.shard_floor(shard)?;
         let _raising = shard_floor.raise.lock().await;
-        let (raised, reply) = counter_core::promise_floor(self.floor(shard)?, ballot);
+        let (raised, reply) = counter_core::promise_floor(shard_floor.current(), ballot);
         let Some(floor) = raised else {
             return Ok(reply);
         };
@@ -543,10 +549,7 @@ impl Store {
     /// entry lock: read before it, a floor raised in between would go unseen by a change that
     /// a read at the new floor has already been told did not happen.
     fn floor_in_rule(&self, shard: ShardId) -> Ballot {
-        *self.floors[shard as usize]
-            .ballot
-            .read()
-            .expect("floor lock")
+        self.floors[shard as usize].current()
     }
 
     fn queue(&self, req: WriteReq) -> Result<(), StorageError> {
