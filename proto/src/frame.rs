@@ -264,11 +264,9 @@ pub enum EncodeError {
 /// Appends the encoding of `frame` (version, then the frame) to `out`.
 pub fn encode_frame(frame: &Frame, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     let start = out.len();
-    let mut buf = std::mem::take(out);
-    buf = postcard::to_extend(&PROTOCOL_VERSION, buf)?;
-    buf = postcard::to_extend(frame, buf)?;
-    let len = buf.len() - start;
-    *out = buf;
+    crate::append_postcard(&PROTOCOL_VERSION, out)?;
+    crate::append_postcard(frame, out)?;
+    let len = out.len() - start;
     if len > MAX_FRAME_LEN {
         out.truncate(start);
         return Err(EncodeError::TooLarge(len));

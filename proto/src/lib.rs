@@ -17,6 +17,7 @@
 //! Framing (the length prefix) belongs to `counter-net`; [`MAX_FRAME_LEN`] is the one limit both
 //! sides agree on.
 
+mod append;
 mod config;
 mod error;
 mod frame;
@@ -26,6 +27,7 @@ mod validate;
 pub mod identity;
 pub mod status;
 
+pub use append::append_postcard;
 pub use config::{Change, Config, Dedup, ShardSet, BOOTSTRAP_CONFIG_VERSION};
 pub use error::{ClientError, ErrorKind, CLOSING, DRAINING, NOT_A_MEMBER};
 pub use frame::{

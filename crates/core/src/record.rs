@@ -21,7 +21,7 @@ pub fn encode(state: &AcceptorState) -> Vec<u8> {
 pub fn encode_into(state: &AcceptorState, out: &mut Vec<u8>) {
     out.clear();
     out.push(FORMAT_VERSION);
-    *out = postcard::to_extend(state, std::mem::take(out))
+    counter_proto::append_postcard(state, out)
         .expect("encoding an AcceptorState into memory cannot fail");
 }
 
