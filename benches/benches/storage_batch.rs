@@ -1,5 +1,6 @@
-//! The store's synced writes (fsync on): one accept at a time (one WAL sync each), and 64
-//! accepts on 64 keys at once, which the committer gathers into one synced WriteBatch. The
+//! The store's synced writes (fsync on): one accept at a time (one WAL sync each), 64
+//! accepts on 64 keys at once, which the committer gathers into one synced WriteBatch, and
+//! the same over 10,000 keys in 64 shards (W3's spread: memtables of thousands of keys). The
 //! data dir is a temporary directory on the same disk as `target/` (set TMPDIR to measure
 //! another one).
 
@@ -54,6 +55,30 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    let wide = Arc::new(Store::open(dir.path().join("wide").as_path(), 64).unwrap());
+    let keys: Vec<String> = (0..10_000).map(|i| format!("key-{i}")).collect();
+    let next = AtomicU64::new(0);
+    let register = register_with_clients(32);
+    g.throughput(Throughput::Elements(64));
+    g.bench_function("64-of-10k-keys-in-64-shards/32-clients", |b| {
+        b.iter(|| {
+            let ballot = Ballot {
+                round: round.fetch_add(1, Ordering::Relaxed),
+                node: 1,
+                epoch: 1,
+            };
+            let first = next.fetch_add(64, Ordering::Relaxed) as usize;
+            rt.block_on(futures::future::join_all((first..first + 64).map(|i| {
+                let (store, register) = (wide.clone(), register.clone());
+                let i = i.wrapping_mul(7_919) % keys.len();
+                let key = &keys[i];
+                async move {
+                    let shard = (i % 64) as u32;
+                    store.accept(shard, key, ballot, register, None).await.unwrap()
+                }
+            })))
+        })
+    });
     g.finish();
 }
 
