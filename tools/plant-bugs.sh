@@ -81,9 +81,6 @@ source_bug "raises of one floor race" crates/storage/src/store.rs \
 source_bug "a recovery mode that turns recycling off" crates/storage/src/store.rs \
   "DBRecoveryMode::PointInTime" "DBRecoveryMode::TolerateCorruptedTailRecords" \
   "storage unit tests (a killed writer)" cargo test -q --release -p counter-storage --lib crash
-source_bug "a rescan walks a hashed memtable out of order" crates/storage/src/agreed.rs \
-  "r.set_total_order_seek(true);" "r.set_total_order_seek(false);" \
-  "storage unit tests" cargo test -q --release -p counter-storage --lib keys_page
 source_bug "a client's writer yields with one call alone" crates/net/src/client.rs \
   "calls.lock().is_ok_and(|calls| calls.len() > 1)" "calls.lock().is_ok_and(|calls| !calls.is_empty())" \
   "net unit tests" cargo test -q --release -p counter-net --lib busy_with

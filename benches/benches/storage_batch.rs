@@ -74,7 +74,10 @@ fn bench(c: &mut Criterion) {
                 let key = &keys[i];
                 async move {
                     let shard = (i % 64) as u32;
-                    store.accept(shard, key, ballot, register, None).await.unwrap()
+                    store
+                        .accept(shard, key, ballot, register, None)
+                        .await
+                        .unwrap()
                 }
             })))
         })

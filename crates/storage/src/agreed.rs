@@ -121,7 +121,7 @@ impl Store {
         };
         let mut keys = Vec::new();
         let mut bytes = 0;
-        for item in self.db.iterator_cf_opt(&cf, total_order(), mode) {
+        for item in self.db.iterator_cf(&cf, mode) {
             let (key, _) = item?;
             if after.is_some_and(|a| a.as_bytes() == &*key) {
                 continue;
@@ -155,11 +155,7 @@ impl Store {
     /// Whether `shard` holds any record.
     pub fn shard_is_empty(&self, shard: ShardId) -> Result<bool, StorageError> {
         let cf = self.shard_cf(shard)?;
-        let empty = match self
-            .db
-            .iterator_cf_opt(&cf, total_order(), IteratorMode::Start)
-            .next()
-        {
+        let empty = match self.db.iterator_cf(&cf, IteratorMode::Start).next() {
             None => true,
             Some(item) => {
                 item?;
@@ -168,15 +164,6 @@ impl Store {
         };
         Ok(empty)
     }
-}
-
-/// Read options of every walk through a shard in key order: the shards' memtables are hashed
-/// by key (`store::hashed_memtable`), and only a total-order iterator sees them in order; the
-/// default one would skip what the memtable holds.
-pub(crate) fn total_order() -> rocksdb::ReadOptions {
-    let mut r = rocksdb::ReadOptions::default();
-    r.set_total_order_seek(true);
-    r
 }
 
 #[cfg(test)]
@@ -213,9 +200,9 @@ mod tests {
     }
 
     /// A rescan pages through every key of a shard in order, wherever its records are: in
-    /// tables, in the memtable (a hash of linked lists, which only a total-order iterator
-    /// walks in order), both, and for a key with hundreds of versions in one memtable (whose
-    /// bucket becomes a skiplist).
+    /// tables, in the memtable, both, and for a key with hundreds of versions in one memtable.
+    /// (It caught a hashed memtable walked without a total-order iterator, tried and dropped:
+    /// BENCHMARKS.md "Hashed memtables".)
     #[tokio::test]
     async fn keys_page_through_memtable_and_tables_in_order() {
         let dir = tempfile::tempdir().unwrap();

@@ -61,23 +61,6 @@ pub(crate) fn wal_options(opts: &mut Options) {
     opts.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
 }
 
-/// Buckets of a shard's memtable hash (8 bytes each: 128 KiB of a 4 MiB memtable, which
-/// holds a few thousand records).
-const MEMTABLE_BUCKETS: usize = 16 << 10;
-
-/// A shard's memtable is a hash of the keys, each bucket a list of its records, instead of
-/// one skiplist: a record is inserted after one hash instead of a walk down a skiplist of
-/// thousands (that walk was the largest single symbol of W3's profile, BENCHMARKS.md "Hashed
-/// memtables"). The "prefix" that picks a bucket is the whole key. Reads of one key (`get`)
-/// need no order; what walks a shard in order (a rescan's `keys`, `shard_is_empty`) must ask
-/// for a total-order iterator (`agreed::total_order`), or it sees nothing of the memtable.
-fn hashed_memtable(cf: &mut Options) {
-    cf.set_prefix_extractor(rocksdb::SliceTransform::create_noop());
-    cf.set_memtable_factory(rocksdb::MemtableFactory::HashLinkList {
-        bucket_count: MEMTABLE_BUCKETS,
-    });
-}
-
 /// Table options of every column family, all charging one block cache of
 /// [`BLOCK_CACHE_BYTES`].
 fn table_options() -> BlockBasedOptions {
@@ -173,8 +156,6 @@ impl Store {
         opts.create_missing_column_families(true);
         // One WAL for all shards; bound the memtables of many column families together.
         opts.set_db_write_buffer_size(DB_WRITE_BUFFER_BYTES);
-        // One writer (the committer) at a time; the hashed memtables allow no other.
-        opts.set_allow_concurrent_memtable_write(false);
         wal_options(&mut opts);
         // The `default` column family (unused, but always there) takes these options.
         let table = table_options();
@@ -193,9 +174,6 @@ impl Store {
             // A key not in a memtable is found absent without searching its skiplist.
             cf.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO);
             cf.set_memtable_whole_key_filtering(true);
-            if name != META_CF {
-                hashed_memtable(&mut cf);
-            }
             ColumnFamilyDescriptor::new(name, cf)
         });
         let db = DB::open_cf_descriptors(&opts, dir, descriptors)?;
