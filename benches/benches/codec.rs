@@ -1,5 +1,6 @@
 //! Frame encode and decode: a client command, and an Accept carrying a register with no client
-//! entries and with 256 (a busy key under exactly-once requests).
+//! entries and with 256 (a busy key under exactly-once requests); and the on-disk record of an
+//! acceptor state holding such a register (encoded at every accept).
 
 use counter_benches::register_with_clients;
 use counter_proto::{
@@ -67,6 +68,18 @@ fn bench(c: &mut Criterion) {
         });
         g.bench_function(format!("decode/{name}"), |b| {
             b.iter(|| decode_frame(black_box(&bytes)).unwrap())
+        });
+    }
+    for clients in [0, 32, 256] {
+        let state = counter_core::AcceptorState {
+            promised: Ballot::ZERO,
+            accepted: Some((Ballot::ZERO, register_with_clients(clients))),
+        };
+        g.throughput(Throughput::Bytes(
+            counter_core::record::encode(&state).len() as u64,
+        ));
+        g.bench_function(format!("record/{clients}-clients"), |b| {
+            b.iter(|| counter_core::record::encode(black_box(&state)))
         });
     }
     g.finish();

@@ -2,6 +2,7 @@
 //!
 //! Pure, so that it can be fuzzed without a database. Decoding never panics, whatever the bytes.
 
+use crate::change::MAX_ENTRY_BYTES;
 use crate::AcceptorState;
 
 /// Version of the record encoding. Bumped on any incompatible change of [`AcceptorState`].
@@ -10,9 +11,16 @@ use crate::AcceptorState;
 /// Records of format 2 are still read (see [`v2`]).
 pub const FORMAT_VERSION: u8 = 3;
 
-/// Encodes a record.
+/// Longest encoding of a record without its client entries: the format byte, two ballots of
+/// at most 20 bytes (a u64 and two u32 varints), the option's tag, and five 10-byte varints
+/// (value, version, the entries' count, horizon, floor).
+const MAX_FIXED_BYTES: usize = 1 + 20 + 1 + 20 + 5 * 10;
+
+/// Encodes a record, into a buffer allocated once at the largest size it can take (a register
+/// of tens of entries would otherwise grow it four or five times).
 pub fn encode(state: &AcceptorState) -> Vec<u8> {
-    let mut out = Vec::with_capacity(40);
+    let entries = state.accepted.as_ref().map_or(0, |(_, r)| r.clients.len());
+    let mut out = Vec::with_capacity(MAX_FIXED_BYTES + entries * MAX_ENTRY_BYTES);
     encode_into(state, &mut out);
     out
 }
@@ -107,6 +115,46 @@ mod v2 {
 mod tests {
     use super::*;
     use counter_proto::{Ballot, Register};
+
+    /// `encode` allocates once: the largest record (every field at its longest, a full
+    /// register of the longest entries) fits the buffer it starts with.
+    #[test]
+    fn the_largest_record_fits_the_first_allocation() {
+        let longest = Ballot {
+            round: u64::MAX,
+            node: u32::MAX,
+            epoch: u32::MAX,
+        };
+        let worst = counter_proto::ClientEntry {
+            client: u64::MAX,
+            seq: u64::MAX,
+            outcome: counter_proto::Outcome::BelowMin {
+                value: i64::MIN,
+                would: i64::MIN,
+                min: i64::MIN,
+            },
+            expires_ms: u64::MAX,
+            sessionless: true,
+        };
+        for n in [0, 1, crate::change::MAX_CLIENTS_LIMIT] {
+            let state = AcceptorState {
+                promised: longest,
+                accepted: Some((
+                    longest,
+                    Register {
+                        value: i64::MIN,
+                        version: u64::MAX,
+                        clients: vec![worst.clone(); n],
+                        horizon: u64::MAX,
+                        floor: u64::MAX,
+                    },
+                )),
+            };
+            let out = encode(&state);
+            assert_eq!(out.capacity(), MAX_FIXED_BYTES + n * MAX_ENTRY_BYTES);
+            assert_eq!(decode(&out).unwrap(), state);
+        }
+    }
 
     /// A record with one client entry: `sessionless` and `floor` as given.
     fn sample(sessionless: bool, floor: u64) -> AcceptorState {
