@@ -54,6 +54,22 @@ pub const MAX_ENTRY_BYTES: usize = 3 * 10 + 1 + 3 * 10 + 1;
 
 const _: () = assert!(MAX_CLIENTS_LIMIT * MAX_ENTRY_BYTES + MAX_KEY_LEN + 256 <= MAX_FRAME_LEN);
 
+/// Tests only: a client entry whose encoding is the longest ([`MAX_ENTRY_BYTES`]).
+#[cfg(test)]
+pub(crate) fn longest_entry() -> ClientEntry {
+    ClientEntry {
+        client: u64::MAX,
+        seq: u64::MAX,
+        outcome: Outcome::BelowMin {
+            value: i64::MIN,
+            would: i64::MIN,
+            min: i64::MIN,
+        },
+        expires_ms: u64::MAX,
+        sessionless: true,
+    }
+}
+
 /// Default of [`Limits::skew_ms`]: how far apart the servers' clocks may be.
 pub const MAX_CLOCK_SKEW_MS: u64 = 60_000;
 
@@ -864,17 +880,7 @@ mod tests {
 
     #[test]
     fn a_full_register_fits_in_a_frame() {
-        let worst = ClientEntry {
-            client: u64::MAX,
-            seq: u64::MAX,
-            outcome: Outcome::BelowMin {
-                value: i64::MIN,
-                would: i64::MIN,
-                min: i64::MIN,
-            },
-            expires_ms: u64::MAX,
-            sessionless: true,
-        };
+        let worst = longest_entry();
         assert_eq!(postcard::to_stdvec(&worst).unwrap().len(), MAX_ENTRY_BYTES);
         let full = Register {
             value: i64::MIN,

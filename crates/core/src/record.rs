@@ -125,17 +125,7 @@ mod tests {
             node: u32::MAX,
             epoch: u32::MAX,
         };
-        let worst = counter_proto::ClientEntry {
-            client: u64::MAX,
-            seq: u64::MAX,
-            outcome: counter_proto::Outcome::BelowMin {
-                value: i64::MIN,
-                would: i64::MIN,
-                min: i64::MIN,
-            },
-            expires_ms: u64::MAX,
-            sessionless: true,
-        };
+        let worst = crate::change::longest_entry();
         for n in [0, 1, crate::change::MAX_CLIENTS_LIMIT] {
             let state = AcceptorState {
                 promised: longest,
