@@ -11,6 +11,15 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+/// A ballot above every earlier one of this run (each iteration's accepts need a higher one).
+fn next_ballot(round: &AtomicU64) -> Ballot {
+    Ballot {
+        round: round.fetch_add(1, Ordering::Relaxed),
+        node: 1,
+        epoch: 1,
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -30,11 +39,7 @@ fn bench(c: &mut Criterion) {
         g.throughput(Throughput::Elements(1));
         g.bench_function(format!("one-accept/{name}"), |b| {
             b.iter(|| {
-                let ballot = Ballot {
-                    round: round.fetch_add(1, Ordering::Relaxed),
-                    node: 1,
-                    epoch: 1,
-                };
+                let ballot = next_ballot(&round);
                 rt.block_on(store.accept(0, &keys[0], ballot, register.clone(), None))
                     .unwrap()
             })
@@ -42,11 +47,7 @@ fn bench(c: &mut Criterion) {
         g.throughput(Throughput::Elements(keys.len() as u64));
         g.bench_function(format!("64-keys-at-once/{name}"), |b| {
             b.iter(|| {
-                let ballot = Ballot {
-                    round: round.fetch_add(1, Ordering::Relaxed),
-                    node: 1,
-                    epoch: 1,
-                };
+                let ballot = next_ballot(&round);
                 rt.block_on(futures::future::join_all(keys.iter().map(|k| {
                     let store = store.clone();
                     let register = register.clone();
@@ -62,11 +63,7 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(64));
     g.bench_function("64-of-10k-keys-in-64-shards/32-clients", |b| {
         b.iter(|| {
-            let ballot = Ballot {
-                round: round.fetch_add(1, Ordering::Relaxed),
-                node: 1,
-                epoch: 1,
-            };
+            let ballot = next_ballot(&round);
             let first = next.fetch_add(64, Ordering::Relaxed) as usize;
             rt.block_on(futures::future::join_all((first..first + 64).map(|i| {
                 let (store, register) = (wide.clone(), register.clone());

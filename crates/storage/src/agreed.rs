@@ -202,7 +202,8 @@ mod tests {
     /// A rescan pages through every key of a shard in order, wherever its records are: in
     /// tables, in the memtable, both, and for a key with hundreds of versions in one memtable.
     /// (It caught a hashed memtable walked without a total-order iterator, tried and dropped:
-    /// BENCHMARKS.md "Hashed memtables".)
+    /// BENCHMARKS.md "Encodings without a memcpy per varint;
+    /// hashed memtables tried".)
     #[tokio::test]
     async fn keys_page_through_memtable_and_tables_in_order() {
         let dir = tempfile::tempdir().unwrap();
